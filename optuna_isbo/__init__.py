@@ -1,0 +1,33 @@
+"""optuna-isbo: cost-aware multi-fidelity Bayesian optimization for Optuna.
+
+The public names are imported lazily so that ``from optuna_isbo import ISSGD`` does not pay
+for importing the Bayesian-optimization stack (BoTorch, GPyTorch), and vice versa.
+
+- :class:`ISBOSampler` (``optuna_isbo.sampler``): an Optuna sampler choosing each trial's
+  hyperparameters *and* fidelity by entropy reduction per unit of expected cost.
+- :class:`ISSGD` (``optuna_isbo.issgd``): importance-sampled minibatches for any PyTorch loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ISBOSampler": "optuna_isbo.sampler",
+    "ISSGD": "optuna_isbo.issgd",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from optuna_isbo.issgd import ISSGD
+    from optuna_isbo.sampler import ISBOSampler
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'optuna_isbo' has no attribute {name!r}")
