@@ -1,0 +1,283 @@
+"""Plots for cost-aware multi-fidelity studies, in the style of :mod:`optuna.visualization`.
+
+A multi-fidelity optimizer spends its budget unevenly: a trial at a low fidelity costs a
+fraction of one at the target fidelity. Plotting against the trial number, as
+:func:`optuna.visualization.plot_optimization_history` does, hides that trade-off; this module
+plots against the wall-clock actually spent instead.
+
+For completed trials :math:`t_1, \\dots, t_n` in trial-number order with costs
+:math:`c_i` (seconds) and objective values :math:`y_i`, the x coordinate of trial
+:math:`t_k` is the cumulative cost :math:`C_k = \\sum_{i \\le k} c_i`, and the best-so-far
+line is :math:`\\min_{i \\le k} y_i` (:math:`\\max` when the study maximizes). The cost of a
+trial is the user attribute ``"isbo:cost"`` written by :class:`~optuna_isbo.ISBOSampler`'s
+objective helpers (for example ``ISSGD.report``), or else the trial's duration
+``datetime_complete - datetime_start``, which matches the cost the sampler models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.logging import get_logger
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+__all__ = ["plot_cost_history"]
+
+_logger = get_logger(__name__)
+
+
+class _CostHistoryInfo(NamedTuple):
+    trial_numbers: list[int]
+    cumulative_cost_seconds: list[float]
+    values: list[float]
+    best_values: list[float]
+    fidelities: list[float | None]
+    log_fidelity: bool
+
+
+def _import_plotly() -> Any:
+    try:
+        import plotly.graph_objects as go
+    except ImportError as e:
+        raise ImportError(
+            "plot_cost_history requires plotly. Install it with `pip install plotly`."
+        ) from e
+    return go
+
+
+def _trial_cost_seconds(trial: FrozenTrial, cost_attr: str = "isbo:cost") -> float:
+    """Return the cost of a finished trial in seconds.
+
+    Args:
+        trial:
+            A finished trial.
+        cost_attr:
+            Name of the user attribute holding the cost in seconds. When the trial lacks it, the
+            trial's duration (``datetime_complete - datetime_start``) is used instead.
+
+    Returns:
+        The cost in seconds, a finite non-negative float.
+
+    Raises:
+        ValueError:
+            If the attribute is present but not a finite non-negative number, or if the trial
+            has neither the attribute nor both timestamps.
+    """
+    if cost_attr in trial.user_attrs:
+        raw = trial.user_attrs[cost_attr]
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ValueError(
+                f"Trial {trial.number} has user attribute {cost_attr!r} = {raw!r}; "
+                "expected a number of seconds."
+            )
+        cost_seconds = float(raw)
+        if not math.isfinite(cost_seconds) or cost_seconds < 0.0:
+            raise ValueError(
+                f"Trial {trial.number} has user attribute {cost_attr!r} = {raw!r}; "
+                "expected a finite non-negative number of seconds."
+            )
+        return cost_seconds
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        raise ValueError(
+            f"Trial {trial.number} has no user attribute {cost_attr!r} and no duration "
+            "(datetime_start or datetime_complete is missing)."
+        )
+    return max((trial.datetime_complete - trial.datetime_start).total_seconds(), 0.0)
+
+
+def _is_log_distribution(distribution: BaseDistribution) -> bool:
+    return isinstance(distribution, FloatDistribution | IntDistribution) and distribution.log
+
+
+def _fidelity_value(trial: FrozenTrial, fidelity_param: str) -> float | None:
+    if fidelity_param not in trial.params:
+        return None
+    raw = trial.params[fidelity_param]
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(
+            f"Trial {trial.number} has fidelity_param {fidelity_param!r} = {raw!r}; "
+            "the fidelity must be numeric."
+        )
+    return float(raw)
+
+
+def _get_cost_history_info(
+    study: Study, cost_attr: str, fidelity_param: str
+) -> _CostHistoryInfo | None:
+    if study._is_multi_objective():
+        raise ValueError(
+            "plot_cost_history does not support multi-objective studies; "
+            f"`study` {study.study_name!r} has {len(study.directions)} objectives."
+        )
+    trials = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+        key=lambda t: t.number,
+    )
+    if len(trials) == 0:
+        _logger.warning("There are no complete trials.")
+        return None
+
+    cost_seconds = np.array([_trial_cost_seconds(t, cost_attr) for t in trials])
+    values = np.array([float(t.values[0]) for t in trials])
+    if study.direction == StudyDirection.MINIMIZE:
+        best_values = np.minimum.accumulate(values)
+    else:
+        best_values = np.maximum.accumulate(values)
+
+    fidelities = [_fidelity_value(t, fidelity_param) for t in trials]
+    distributions = [
+        t.distributions[fidelity_param] for t in trials if fidelity_param in t.distributions
+    ]
+    log_fidelity = len(distributions) > 0 and all(_is_log_distribution(d) for d in distributions)
+    if log_fidelity and any(f is not None and f <= 0.0 for f in fidelities):
+        log_fidelity = False
+    return _CostHistoryInfo(
+        trial_numbers=[t.number for t in trials],
+        cumulative_cost_seconds=np.cumsum(cost_seconds).tolist(),
+        values=values.tolist(),
+        best_values=best_values.tolist(),
+        fidelities=fidelities,
+        log_fidelity=log_fidelity,
+    )
+
+
+def _colorbar(fidelities: Sequence[float], log_fidelity: bool, title: str) -> dict[str, Any]:
+    colorbar: dict[str, Any] = {"title": {"text": title}}
+    if log_fidelity:
+        low, high = min(fidelities), max(fidelities)
+        n_ticks = 1 if low == high else 5
+        tick_fidelities = np.geomspace(low, high, n_ticks)
+        colorbar["tickvals"] = np.log10(tick_fidelities).tolist()
+        colorbar["ticktext"] = [f"{f:.3g}" for f in tick_fidelities]
+    return colorbar
+
+
+def _get_cost_history_plot(
+    info: _CostHistoryInfo | None, target_name: str, fidelity_param: str
+) -> go.Figure:
+    go = _import_plotly()
+    layout = go.Layout(
+        title="Cost History Plot",
+        xaxis={"title": "Cumulative cost (seconds)"},
+        yaxis={"title": target_name},
+    )
+    if info is None:
+        return go.Figure(data=[], layout=layout)
+
+    with_fidelity = [i for i, f in enumerate(info.fidelities) if f is not None]
+    without_fidelity = [i for i, f in enumerate(info.fidelities) if f is None]
+    hover = "Trial %{customdata[0]}<br>" + fidelity_param + ": %{customdata[1]}<extra></extra>"
+
+    traces = []
+    if with_fidelity:
+        fidelity_values = [f for f in info.fidelities if f is not None]
+        color = np.log10(fidelity_values) if info.log_fidelity else np.asarray(fidelity_values)
+        traces.append(
+            go.Scatter(
+                x=[info.cumulative_cost_seconds[i] for i in with_fidelity],
+                y=[info.values[i] for i in with_fidelity],
+                mode="markers",
+                name=target_name,
+                customdata=[
+                    [info.trial_numbers[i], f]
+                    for i, f in zip(with_fidelity, fidelity_values, strict=True)
+                ],
+                hovertemplate=hover,
+                marker={
+                    "color": color.tolist(),
+                    "colorscale": "Viridis",
+                    "showscale": True,
+                    "colorbar": _colorbar(
+                        fidelity_values,
+                        info.log_fidelity,
+                        f"{fidelity_param} (log scale)" if info.log_fidelity else fidelity_param,
+                    ),
+                },
+            )
+        )
+    if without_fidelity:
+        traces.append(
+            go.Scatter(
+                x=[info.cumulative_cost_seconds[i] for i in without_fidelity],
+                y=[info.values[i] for i in without_fidelity],
+                mode="markers",
+                name=f"{target_name} (no {fidelity_param})",
+                customdata=[[info.trial_numbers[i], None] for i in without_fidelity],
+                hovertemplate=hover,
+                marker={"color": "#cccccc"},
+            )
+        )
+    traces.append(
+        go.Scatter(
+            x=info.cumulative_cost_seconds,
+            y=info.best_values,
+            mode="lines",
+            line_shape="hv",
+            name="Best Value",
+        )
+    )
+    return go.Figure(data=traces, layout=layout)
+
+
+def plot_cost_history(
+    study: Study,
+    *,
+    cost_attr: str = "isbo:cost",
+    fidelity_param: str = "super_batch_size",
+    target_name: str = "Objective Value",
+) -> go.Figure:
+    """Plot objective values and the best value so far against the cumulative cost.
+
+    Completed trials are taken in trial-number order; pruned, failed and running trials are
+    left out and add no cost. Each completed trial is a marker at (cumulative cost, value),
+    coloured by its fidelity (on a log colour scale when the fidelity's distribution is log);
+    trials without the fidelity parameter are grey. A step line shows the best value so far,
+    respecting the study direction.
+
+    Example:
+
+        .. code::
+
+            import optuna
+            from optuna_isbo import ISBOSampler
+            from optuna_isbo.visualization import plot_cost_history
+
+            study = optuna.create_study(sampler=ISBOSampler())
+            study.optimize(objective, n_trials=30)
+            plot_cost_history(study).show()
+
+    Args:
+        study:
+            A single-objective :class:`~optuna.study.Study`.
+        cost_attr:
+            User attribute holding each trial's cost in seconds. Trials without it count their
+            duration (``datetime_complete - datetime_start``) instead.
+        fidelity_param:
+            Name of the fidelity parameter that colours the markers.
+        target_name:
+            Label of the objective on the y axis and in the legend.
+
+    Returns:
+        A :class:`plotly.graph_objects.Figure`. Its first trace holds the markers of trials with
+        the fidelity parameter, an optional grey trace those without it, and the last trace the
+        best-value line. A study without completed trials gives a figure without traces and a
+        logged warning.
+
+    Raises:
+        ValueError:
+            If ``study`` is multi-objective, if a cost attribute is not a finite non-negative
+            number, or if a fidelity value is not numeric.
+        ImportError:
+            If plotly is not installed.
+    """
+    _import_plotly()
+    info = _get_cost_history_info(study, cost_attr, fidelity_param)
+    return _get_cost_history_plot(info, target_name, fidelity_param)
