@@ -760,4 +760,3 @@ def _check_bounds(name: str, bounds: tuple[float, float]) -> tuple[float, float]
     if not (math.isfinite(low) and math.isfinite(high)) or low < 0.0 or low > high:
         raise ValueError(f"{name} must satisfy 0 <= low <= high (finite), got {bounds}.")
     return low, high
-

@@ -169,9 +169,7 @@ def test_memory_does_not_grow_with_horizon() -> None:
 
 def test_replaying_schedules_reproduces_the_learned_run() -> None:
     # Momentum 0 in the first block exercises torch.optim.SGD's buffer-less path.
-    schedules = Schedules(
-        lr=(0.2, 0.1), momentum=(0.0, 0.8), weight_decay=(0.0, 0.01), n_steps=10
-    )
+    schedules = Schedules(lr=(0.2, 0.1), momentum=(0.0, 0.8), weight_decay=(0.0, 0.01), n_steps=10)
     result = hypergradient(_model(), TRAIN, VAL, schedules, batch_size=BATCH_SIZE, seed=SEED)
 
     model = _model()
