@@ -1,0 +1,110 @@
+"""Tiny classifiers for examples and benchmarks on the digits of :mod:`optuna_isbo.datasets`.
+
+Both return a plain :class:`torch.nn.Sequential` whose output is the ``(n, n_classes)`` logits,
+for inputs of shape ``(n, 1, image_size, image_size)``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["mlp", "small_cnn"]
+
+
+def small_cnn(
+    width: int = 16,
+    *,
+    image_size: int = 28,
+    n_classes: int = 10,
+    in_channels: int = 1,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """Two 3x3 convolution blocks and a linear classifier.
+
+    ``conv(width) - ReLU - maxpool(2) - conv(2 width) - ReLU - global average pool -
+    [dropout] - linear(n_classes)``. The global pooling makes it work for any
+    ``image_size >= 2`` (28 for MNIST, 8 for scikit-learn's digits).
+
+    Parameters
+    ----------
+    width
+        Channels of the first convolution (the second has ``2 * width``).
+    image_size
+        Side of the square input images.
+    n_classes
+        Number of logits.
+    in_channels
+        Channels of the input images.
+    dropout
+        Dropout probability before the classifier (0 disables it).
+
+    Returns
+    -------
+    torch.nn.Sequential
+        Maps ``(n, in_channels, image_size, image_size)`` to ``(n, n_classes)``.
+    """
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}.")
+    if image_size < 2:
+        raise ValueError(f"image_size must be >= 2, got {image_size}.")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(2 * width, n_classes),
+    )
+
+
+def mlp(
+    hidden: int = 128,
+    *,
+    image_size: int = 28,
+    n_classes: int = 10,
+    in_channels: int = 1,
+    depth: int = 2,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """A fully connected ReLU network on the flattened image.
+
+    Parameters
+    ----------
+    hidden
+        Width of every hidden layer.
+    image_size
+        Side of the square input images.
+    n_classes
+        Number of logits.
+    in_channels
+        Channels of the input images.
+    depth
+        Number of hidden layers (0 gives multinomial logistic regression).
+    dropout
+        Dropout probability after every hidden layer (0 disables it).
+
+    Returns
+    -------
+    torch.nn.Sequential
+        Maps ``(n, in_channels, image_size, image_size)`` to ``(n, n_classes)``.
+    """
+    if hidden < 1:
+        raise ValueError(f"hidden must be >= 1, got {hidden}.")
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}.")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    layers: list[nn.Module] = [nn.Flatten()]
+    n_in = in_channels * image_size * image_size
+    for _ in range(depth):
+        layers += [nn.Linear(n_in, hidden), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        n_in = hidden
+    layers.append(nn.Linear(n_in, n_classes))
+    return nn.Sequential(*layers)
