@@ -310,6 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed_seconds = time.perf_counter() - start
 
     print(summarize(study, elapsed_seconds, args.workers))
+    if args.sampler == "isbo" and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        from optuna_isbo import ISBOSampler
+
+        # Any process can recommend from the storage alone: the sampler holds no state.
+        recommended = ISBOSampler(seed=args.seed).recommend(study)
+        print(f"recommended configuration (retrain at the target fidelity): {recommended}")
     failed = [p.name for p in processes if p.exitcode != 0]
     if failed:
         print(f"workers that exited with an error: {', '.join(failed)}")
