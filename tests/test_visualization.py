@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime
 import math
 import sys
+from typing import Literal
 
 import numpy as np
 import optuna
@@ -77,7 +78,7 @@ def _expected_history(study: optuna.Study) -> tuple[list[float], list[float], li
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
-def test_plot_cost_history_matches_study(direction: str) -> None:
+def test_plot_cost_history_matches_study(direction: Literal["minimize", "maximize"]) -> None:
     study = optuna.create_study(direction=direction)
     _add_trial(study, value=0.5, fidelity=16, cost_seconds=2.0)
     _add_trial(study, value=0.7, fidelity=1024, cost_seconds=30.5)
