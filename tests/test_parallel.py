@@ -6,6 +6,7 @@ the JournalStorage test needs no server and always runs.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import multiprocessing
 import os
@@ -21,6 +22,9 @@ import pytest
 from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+
+if importlib.util.find_spec("optuna_isbo.sampler") is None:
+    pytest.skip("optuna_isbo.sampler (ISBOSampler) is not installed", allow_module_level=True)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "parallel.py"
 VICTIM_ATTR = "test:victim_pid"
