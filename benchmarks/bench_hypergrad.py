@@ -402,6 +402,9 @@ def main() -> None:
     if args.quick:
         args.seeds, args.n_steps, args.outer_steps = 2, 40, 2
         args.horizons, args.reverse_horizons = [20, 80], [20, 40]
+    for horizon in [args.n_steps, *args.horizons, *args.reverse_horizons]:
+        if horizon % args.n_blocks:
+            parser.error(f"horizon {horizon} is not a multiple of --n-blocks {args.n_blocks}")
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, network {args.network}",
