@@ -416,6 +416,10 @@ def hypergradient(
         Seed of :func:`minibatch_indices`.
     loss_fn:
         ``loss_fn(outputs, targets)`` returning the mean loss, used for training and validation.
+        It must support forward-mode differentiation of its gradient (``torch.func.jvp`` of
+        ``torch.func.grad``); in torch 2.13 :func:`torch.nn.functional.cross_entropy` does,
+        while :func:`torch.nn.functional.mse_loss` does not (write
+        ``((outputs - targets) ** 2).mean()`` instead).
     differentiate:
         Hyperparameter types to differentiate, a subset of ``HYPERPARAMETER_NAMES``; fewer
         types propagate fewer tangents.
@@ -591,7 +595,7 @@ def learn_schedules(
     learn:
         Hyperparameter types to learn; the others keep their initial values.
     loss_fn:
-        ``loss_fn(outputs, targets)`` returning the mean loss.
+        ``loss_fn(outputs, targets)`` returning the mean loss (see :func:`hypergradient`).
     seed:
         Seed of the model initialization and of the minibatch order (the same every run).
     val_batch_size:
