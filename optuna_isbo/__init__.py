@@ -20,7 +20,7 @@ _EXPORTS = {
     "ISSGD": "optuna_isbo.issgd",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = ["ISBOSampler", "ISSGD", "__version__"]
 
 if TYPE_CHECKING:
     from optuna_isbo.issgd import ISSGD

@@ -1,0 +1,576 @@
+"""Gaussian-process surrogates over hyperparameters and fidelity.
+
+Two exact GPs are fitted on every model-based ``ask``:
+
+* the **objective GP** over ``[x, s]`` (``x`` in the unit cube, ``s`` the normalized log
+  fidelity, ``s = 1`` the target), with kernel
+
+  .. math::
+
+      k((x, s), (x', s')) = \\sigma^2 \\, k_{5/2}(x, x'; \\ell)
+          \\left[1 + \\beta \\, ((1 - s)(1 - s'))^{p}\\right]
+
+  i.e. ``f(x, s) = g_0(x) + \\sqrt{\\beta} (1 - s)^p g_1(x)`` with ``g_0, g_1`` independent
+  Matérn-5/2 ARD processes: a low fidelity is a biased version of the target whose bias vanishes
+  at ``s = 1`` (the basis-function fidelity kernel of FABOLAS, Klein et al. 2017, with a learned
+  exponent). The observation noise may depend on the fidelity,
+  ``sigma_n^2(s) = sigma_0^2 exp(gamma (1 - s))`` with ``gamma >= 0``, because importance-sampled
+  SGD at a larger super-batch gives lower-variance training runs.
+
+* the **cost GP** on ``log cost_seconds`` over ``[x, s]`` with a plain Matérn-5/2 ARD kernel.
+  Its expected cost is the log-normal mean ``exp(mu + var / 2)``.
+
+Hyperparameters are fitted by MAP (log marginal likelihood plus log priors) with L-BFGS-B,
+warm-started from the previous fit. The priors follow BoTorch's defaults for standardized
+outputs: the dimension-scaled log-normal lengthscale prior of Hvarfner et al., "Vanilla Bayesian
+Optimization Performs Great in High Dimensions" (ICML 2024), and a log-normal noise prior.
+Priors are GPyTorch prior objects.
+
+All tensors are ``float64``. ``n`` is the number of training points, ``D`` the number of
+feature columns (``d`` hyperparameter columns, plus one fidelity column when present).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.optimize
+import torch
+from gpytorch.priors import LogNormalPrior, NormalPrior
+
+_SQRT5 = math.sqrt(5.0)
+_JITTER = 1e-8
+
+# Bounds of the log hyperparameters, for numerical safety (BoTorch bounds lengthscales below
+# by 0.025 for the same reason).
+_LOG_LENGTHSCALE_BOUNDS = (math.log(0.025), math.log(100.0))
+_LOG_OUTPUTSCALE_BOUNDS = (math.log(0.01), math.log(100.0))
+_LOG_NOISE_BOUNDS = (math.log(1e-6), math.log(10.0))
+_LOG_BETA_BOUNDS = (math.log(1e-4), math.log(100.0))
+_LOG_EXPONENT_BOUNDS = (math.log(0.25), math.log(4.0))
+_LOG_NOISE_SLOPE_BOUNDS = (math.log(1e-3), math.log(10.0))
+_MEAN_BOUNDS = (-10.0, 10.0)
+
+
+class _Matern52(torch.autograd.Function):
+    """Matérn-5/2 correlation as a function of the squared scaled distance ``r2``.
+
+    Written as its own autograd function because the derivative through ``sqrt(r2)`` is
+    ``0 * inf`` at ``r2 = 0``, while ``dk/d(r2) = -5/6 (1 + sqrt(5) r) exp(-sqrt(5) r)`` is finite.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, r2: torch.Tensor) -> torch.Tensor:
+        r = r2.clamp_min(0.0).sqrt()
+        exp_term = torch.exp(-_SQRT5 * r)
+        ctx.save_for_backward(r, exp_term)
+        return (1.0 + _SQRT5 * r + (5.0 / 3.0) * r2) * exp_term
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        r, exp_term = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * (-5.0 / 6.0) * (1.0 + _SQRT5 * r) * exp_term
+
+
+def matern52(A: torch.Tensor, B: torch.Tensor, lengthscales: torch.Tensor) -> torch.Tensor:
+    """Matérn-5/2 ARD correlation matrix.
+
+    Parameters
+    ----------
+    A, B
+        Inputs of shape ``(a, k)`` and ``(b, k)``.
+    lengthscales
+        Shape ``(k,)``. With ``k = 0`` the correlation is 1 everywhere.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(a, b)``.
+    """
+    if A.shape[-1] == 0:
+        return A.new_ones(A.shape[0], B.shape[0])
+    diff = (A[:, None, :] - B[None, :, :]) / lengthscales
+    r2 = diff.square().sum(-1)
+    out: torch.Tensor = _Matern52.apply(r2)
+    return out
+
+
+@dataclass(frozen=True)
+class GPParams:
+    """Hyperparameters of a GP, all in natural (constrained) units.
+
+    Attributes
+    ----------
+    lengthscales
+        ``(d,)`` Matérn lengthscales of the ``x`` columns (of all columns for the cost GP).
+    outputscale
+        Prior variance ``sigma^2`` of the target-fidelity function.
+    noise
+        Observation-noise variance ``sigma_0^2`` at the target fidelity.
+    mean
+        Constant prior mean.
+    fidelity_beta, fidelity_exponent
+        ``beta`` and ``p`` of the fidelity kernel (ignored when the GP has no fidelity column).
+    noise_slope
+        ``gamma`` of the noise law (0 for homoscedastic noise).
+    """
+
+    lengthscales: torch.Tensor
+    outputscale: torch.Tensor
+    noise: torch.Tensor
+    mean: torch.Tensor
+    fidelity_beta: torch.Tensor
+    fidelity_exponent: torch.Tensor
+    noise_slope: torch.Tensor
+
+
+def _unpack(theta: torch.Tensor, d: int) -> GPParams:
+    """Map the unconstrained vector ``theta`` (shape ``(d + 6,)``) to :class:`GPParams`."""
+    return GPParams(
+        lengthscales=theta[:d].exp(),
+        outputscale=theta[d].exp(),
+        noise=theta[d + 1].exp(),
+        mean=theta[d + 2],
+        fidelity_beta=theta[d + 3].exp(),
+        fidelity_exponent=theta[d + 4].exp(),
+        noise_slope=theta[d + 5].exp(),
+    )
+
+
+def _pack(params: GPParams) -> torch.Tensor:
+    return torch.cat(
+        [
+            params.lengthscales.log(),
+            torch.stack(
+                [
+                    params.outputscale.log(),
+                    params.noise.log(),
+                    params.mean,
+                    params.fidelity_beta.log(),
+                    params.fidelity_exponent.log(),
+                    params.noise_slope.log(),
+                ]
+            ),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class _Priors:
+    lengthscale: LogNormalPrior
+    outputscale: LogNormalPrior
+    noise: LogNormalPrior
+    mean: NormalPrior
+    fidelity_beta: LogNormalPrior
+    fidelity_exponent: LogNormalPrior
+    noise_slope: LogNormalPrior
+
+
+def _default_priors(n_lengthscales: int) -> _Priors:
+    def lognormal(loc: float, scale: float) -> LogNormalPrior:
+        return LogNormalPrior(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale))
+
+    return _Priors(
+        lengthscale=lognormal(math.sqrt(2.0) + 0.5 * math.log(max(n_lengthscales, 1)), 3**0.5),
+        outputscale=lognormal(0.0, 1.0),
+        noise=lognormal(-4.0, 1.0),
+        mean=NormalPrior(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0)),
+        fidelity_beta=lognormal(math.log(0.5), 1.0),
+        fidelity_exponent=lognormal(math.log(1.5), 0.5),
+        noise_slope=lognormal(math.log(1.0), 1.0),
+    )
+
+
+def _initial_params(d: int, priors: _Priors) -> GPParams:
+    one = torch.ones((), dtype=torch.float64)
+    mode = math.exp(priors.lengthscale.loc.item() - priors.lengthscale.scale.item() ** 2)
+    ls0 = min(max(mode, 0.1), 2.0)
+    return GPParams(
+        lengthscales=torch.full((d,), ls0, dtype=torch.float64),
+        outputscale=one.clone(),
+        noise=one * 1e-2,
+        mean=one * 0.0,
+        fidelity_beta=one * 0.5,
+        fidelity_exponent=one * 1.5,
+        noise_slope=one * 1.0,
+    )
+
+
+@dataclass(frozen=True)
+class GPModel:
+    """An exact GP conditioned on training data, with its hyperparameters.
+
+    Attributes
+    ----------
+    X
+        ``(n, D)`` training inputs; when ``has_fidelity`` the last column is ``s``.
+    y
+        ``(n,)`` training targets.
+    params
+        Hyperparameters.
+    has_fidelity
+        Whether the last column is a fidelity with the fidelity kernel and noise law.
+    heteroscedastic
+        Whether the noise variance depends on ``s``.
+    chol
+        ``(n, n)`` lower Cholesky factor of ``K + diag(noise)``.
+    alpha
+        ``(n,)`` ``(K + diag(noise))^{-1} (y - mean)``.
+    """
+
+    X: torch.Tensor
+    y: torch.Tensor
+    params: GPParams
+    has_fidelity: bool
+    heteroscedastic: bool
+    chol: torch.Tensor
+    alpha: torch.Tensor
+
+    # -- prior -----------------------------------------------------------------------------
+    def kernel(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """Prior covariance ``(a, b)`` between inputs ``A (a, D)`` and ``B (b, D)``."""
+        return _kernel(A, B, self.params, self.has_fidelity)
+
+    def kernel_diag(self, A: torch.Tensor) -> torch.Tensor:
+        """Prior variance ``(a,)`` at inputs ``A (a, D)``."""
+        var = self.params.outputscale.expand(A.shape[0])
+        if self.has_fidelity:
+            phi = _fidelity_basis(A[:, -1], self.params)
+            var = var * (1.0 + self.params.fidelity_beta * phi.square())
+        return var
+
+    def noise_var(self, A: torch.Tensor) -> torch.Tensor:
+        """Observation-noise variance ``(a,)`` at inputs ``A (a, D)``."""
+        return _noise_var(A, self.params, self.has_fidelity and self.heteroscedastic)
+
+    # -- posterior -------------------------------------------------------------------------
+    def mean(self, A: torch.Tensor) -> torch.Tensor:
+        """Posterior mean ``(a,)`` of the latent function at ``A (a, D)``."""
+        return self.params.mean + self.kernel(A, self.X) @ self.alpha
+
+    def _solve_lower(self, A: torch.Tensor) -> torch.Tensor:
+        """``L^{-1} k(X, A)``, shape ``(n, a)``."""
+        return torch.linalg.solve_triangular(self.chol, self.kernel(self.X, A), upper=False)
+
+    def var(self, A: torch.Tensor) -> torch.Tensor:
+        """Posterior variance ``(a,)`` of the latent function at ``A (a, D)``."""
+        V = self._solve_lower(A)
+        return (self.kernel_diag(A) - V.square().sum(0)).clamp_min(1e-12)
+
+    def mean_var(self, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance ``(a,)`` at ``A (a, D)`` sharing one kernel evaluation."""
+        KxA = self.kernel(self.X, A)
+        mean = self.params.mean + KxA.T @ self.alpha
+        V = torch.linalg.solve_triangular(self.chol, KxA, upper=False)
+        return mean, (self.kernel_diag(A) - V.square().sum(0)).clamp_min(1e-12)
+
+    def cov(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """Posterior covariance ``(a, b)`` of the latent function."""
+        return self.kernel(A, B) - self._solve_lower(A).T @ self._solve_lower(B)
+
+    def cross_cov_diag(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """``Cov[f(A_i), f(B_i)]`` for paired rows ``A, B (a, D)``; shape ``(a,)``."""
+        prior_diag = _paired_kernel(A, B, self.params, self.has_fidelity)
+        return prior_diag - (self._solve_lower(A) * self._solve_lower(B)).sum(0)
+
+    def sample(
+        self, A: torch.Tensor, base_samples: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Joint posterior samples of the latent function at ``A``.
+
+        Parameters
+        ----------
+        A
+            ``(a, D)`` inputs.
+        base_samples
+            ``(n_samples, a)`` standard-normal draws (fixed for common random numbers).
+
+        Returns
+        -------
+        tuple
+            Samples ``(n_samples, a)``, the posterior mean ``(a,)`` and the lower Cholesky
+            factor ``(a, a)`` of the posterior covariance (with jitter).
+        """
+        mean = self.mean(A)
+        cov = self.cov(A, A)
+        chol = _robust_cholesky(cov)
+        return mean + base_samples @ chol.T, mean, chol
+
+    def with_pending(self, X_pending: torch.Tensor) -> GPModel:
+        """Condition on pending points at their posterior mean ("kriging believer").
+
+        The posterior mean is unchanged and the posterior variance near pending points shrinks,
+        so an acquisition based on information gain stops proposing them again.
+
+        Parameters
+        ----------
+        X_pending
+            ``(k, D)`` inputs of running trials.
+        """
+        if X_pending.shape[0] == 0:
+            return self
+        X = torch.cat([self.X, X_pending])
+        y = torch.cat([self.y, self.mean(X_pending)])
+        return condition(X, y, self.params, self.has_fidelity, self.heteroscedastic)
+
+
+def _fidelity_basis(s: torch.Tensor, params: GPParams) -> torch.Tensor:
+    return (1.0 - s).clamp_min(0.0).pow(params.fidelity_exponent)
+
+
+def _kernel(
+    A: torch.Tensor, B: torch.Tensor, params: GPParams, has_fidelity: bool
+) -> torch.Tensor:
+    if not has_fidelity:
+        return params.outputscale * matern52(A, B, params.lengthscales)
+    K = matern52(A[:, :-1], B[:, :-1], params.lengthscales)
+    phi_a = _fidelity_basis(A[:, -1], params)
+    phi_b = _fidelity_basis(B[:, -1], params)
+    return params.outputscale * K * (1.0 + params.fidelity_beta * phi_a[:, None] * phi_b[None, :])
+
+
+def _paired_kernel(
+    A: torch.Tensor, B: torch.Tensor, params: GPParams, has_fidelity: bool
+) -> torch.Tensor:
+    """``k(A_i, B_i)`` for paired rows, shape ``(a,)``."""
+    cols = A.shape[-1] - 1 if has_fidelity else A.shape[-1]
+    if cols == 0:
+        corr = A.new_ones(A.shape[0])
+    else:
+        r2 = ((A[:, :cols] - B[:, :cols]) / params.lengthscales).square().sum(-1)
+        corr = _Matern52.apply(r2)
+    if not has_fidelity:
+        return params.outputscale * corr
+    phi = _fidelity_basis(A[:, -1], params) * _fidelity_basis(B[:, -1], params)
+    return params.outputscale * corr * (1.0 + params.fidelity_beta * phi)
+
+
+def _noise_var(A: torch.Tensor, params: GPParams, heteroscedastic: bool) -> torch.Tensor:
+    noise = params.noise.expand(A.shape[0])
+    if heteroscedastic:
+        noise = noise * torch.exp(params.noise_slope * (1.0 - A[:, -1]).clamp_min(0.0))
+    return noise
+
+
+def _robust_cholesky(cov: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor with increasing jitter until it succeeds."""
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+    scale = cov.diagonal(dim1=-2, dim2=-1).mean().clamp_min(1e-12)
+    for exponent in range(-9, 0):
+        L, info = torch.linalg.cholesky_ex(cov + (10.0**exponent) * scale * eye)
+        if int(info.max()) == 0:
+            return L
+    raise torch.linalg.LinAlgError("posterior covariance is not positive definite")
+
+
+def condition(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    params: GPParams,
+    has_fidelity: bool,
+    heteroscedastic: bool,
+) -> GPModel:
+    """Condition a GP with fixed hyperparameters on data.
+
+    Parameters
+    ----------
+    X
+        ``(n, D)`` inputs.
+    y
+        ``(n,)`` targets.
+    params
+        Hyperparameters.
+    has_fidelity, heteroscedastic
+        See :class:`GPModel`.
+    """
+    K = _kernel(X, X, params, has_fidelity)
+    K = K + torch.diag(_noise_var(X, params, has_fidelity and heteroscedastic) + _JITTER)
+    chol = _robust_cholesky(K)
+    alpha = torch.cholesky_solve((y - params.mean)[:, None], chol)[:, 0]
+    return GPModel(X, y, params, has_fidelity, heteroscedastic, chol, alpha)
+
+
+def _neg_log_posterior(
+    theta: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    priors: _Priors,
+    has_fidelity: bool,
+    heteroscedastic: bool,
+    d: int,
+) -> torch.Tensor:
+    params = _unpack(theta, d)
+    K = _kernel(X, X, params, has_fidelity)
+    K = K + torch.diag(_noise_var(X, params, has_fidelity and heteroscedastic) + _JITTER)
+    chol, info = torch.linalg.cholesky_ex(K)
+    if int(info) != 0:
+        return torch.tensor(math.inf, dtype=torch.float64)
+    resid = (y - params.mean)[:, None]
+    z = torch.linalg.solve_triangular(chol, resid, upper=False)
+    log_ml = -0.5 * z.square().sum() - chol.diagonal().log().sum()
+    log_prior = (
+        priors.lengthscale.log_prob(params.lengthscales).sum()
+        + priors.outputscale.log_prob(params.outputscale)
+        + priors.noise.log_prob(params.noise)
+        + priors.mean.log_prob(params.mean)
+    )
+    if has_fidelity:
+        log_prior = (
+            log_prior
+            + priors.fidelity_beta.log_prob(params.fidelity_beta)
+            + priors.fidelity_exponent.log_prob(params.fidelity_exponent)
+        )
+        if heteroscedastic:
+            log_prior = log_prior + priors.noise_slope.log_prob(params.noise_slope)
+    return -(log_ml + log_prior) / X.shape[0]
+
+
+def fit_gp(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    has_fidelity: bool,
+    heteroscedastic: bool = True,
+    warm_start: GPParams | None = None,
+    max_iter: int = 200,
+) -> GPModel:
+    """Fit GP hyperparameters by MAP and condition on the data.
+
+    Parameters
+    ----------
+    X
+        ``(n, D)`` inputs in the unit cube; with ``has_fidelity`` the last column is ``s``.
+    y
+        ``(n,)`` targets, preferably standardized.
+    has_fidelity
+        Use the fidelity kernel (and, with ``heteroscedastic``, the fidelity-dependent noise)
+        on the last column; otherwise all columns share one Matérn-5/2 ARD kernel.
+    heteroscedastic
+        Let the noise variance grow toward low fidelity. Ignored without a fidelity column.
+    warm_start
+        Hyperparameters of a previous fit on the same columns; the optimizer starts there, which
+        typically needs far fewer iterations than a cold start.
+    max_iter
+        Iteration cap of L-BFGS-B, bounding the fitting time.
+
+    Returns
+    -------
+    GPModel
+        The conditioned GP.
+    """
+    X = X.to(torch.float64)
+    y = y.to(torch.float64)
+    d = X.shape[1] - 1 if has_fidelity else X.shape[1]
+    priors = _default_priors(X.shape[1])
+    use_het = has_fidelity and heteroscedastic
+
+    bounds = (
+        [_LOG_LENGTHSCALE_BOUNDS] * d
+        + [_LOG_OUTPUTSCALE_BOUNDS, _LOG_NOISE_BOUNDS, _MEAN_BOUNDS]
+        + [_LOG_BETA_BOUNDS if has_fidelity else (math.log(0.5), math.log(0.5))]
+        + [_LOG_EXPONENT_BOUNDS if has_fidelity else (math.log(1.5), math.log(1.5))]
+        + [_LOG_NOISE_SLOPE_BOUNDS if use_het else (math.log(1e-3), math.log(1e-3))]
+    )
+    # A warm start alone is enough once the data set is large (each new point moves the
+    # optimum little); while it is small, a cold start from the prior modes is cheap and guards
+    # against being stuck in an early local optimum.
+    starts = []
+    if warm_start is not None and warm_start.lengthscales.shape[0] == d:
+        starts.append(_pack(warm_start))
+    if not starts or X.shape[0] < 50:
+        starts.append(_pack(_initial_params(d, priors)))
+
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([b[1] for b in bounds])
+
+    def fun(theta_np: np.ndarray) -> tuple[float, np.ndarray]:
+        theta = torch.from_numpy(theta_np).requires_grad_(True)
+        loss = _neg_log_posterior(theta, X, y, priors, has_fidelity, use_het, d)
+        if not torch.isfinite(loss):
+            return 1e10, np.zeros_like(theta_np)
+        (grad,) = torch.autograd.grad(loss, theta)
+        return float(loss.detach()), grad.numpy()
+
+    best_theta: np.ndarray | None = None
+    best_loss = math.inf
+    for theta0 in starts:
+        x0 = np.clip(theta0.detach().numpy(), lo, hi)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = scipy.optimize.minimize(
+                fun,
+                x0,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=list(zip(lo, hi, strict=True)),
+                options={"maxiter": max_iter},
+            )
+        if res.fun < best_loss:
+            best_loss, best_theta = float(res.fun), res.x
+    if best_theta is None or not math.isfinite(best_loss) or best_loss >= 1e10:
+        best_theta = np.clip(starts[-1].numpy(), lo, hi)
+    params = _unpack(torch.from_numpy(best_theta), d)
+    if not use_het:
+        params = replace(params, noise_slope=torch.zeros((), dtype=torch.float64))
+    return condition(X, y, params, has_fidelity, use_het)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """A GP on standardized ``log cost_seconds``.
+
+    Attributes
+    ----------
+    gp
+        GP on ``(log cost_seconds - log_mean) / log_std``.
+    log_mean, log_std
+        Standardization of the log costs.
+    """
+
+    gp: GPModel
+    log_mean: float
+    log_std: float
+
+    def expected_seconds(self, A: torch.Tensor) -> torch.Tensor:
+        """Expected cost in seconds at inputs ``A (a, D)``; shape ``(a,)``.
+
+        Under the GP, ``log cost`` is Gaussian with mean ``mu`` and variance ``v``, so the cost
+        is log-normal with mean ``exp(mu + v / 2)``.
+        """
+        mean, var = self.gp.mean_var(A)
+        return torch.exp(self.log_mean + self.log_std * mean + 0.5 * self.log_std**2 * var)
+
+
+def fit_cost_model(
+    X: torch.Tensor,
+    cost_seconds: torch.Tensor,
+    *,
+    warm_start: GPParams | None = None,
+    max_iter: int = 200,
+) -> CostModel:
+    """Fit a GP on ``log cost_seconds`` over all input columns.
+
+    Parameters
+    ----------
+    X
+        ``(n, D)`` inputs (hyperparameters, then the fidelity when there is one).
+    cost_seconds
+        ``(n,)`` positive costs.
+    warm_start, max_iter
+        As for :func:`fit_gp`.
+    """
+    log_cost = cost_seconds.to(torch.float64).log()
+    log_mean = float(log_cost.mean())
+    log_std = float(log_cost.std()) if log_cost.shape[0] > 1 else 0.0
+    log_std = log_std if log_std > 1e-6 else 1.0
+    gp = fit_gp(
+        X,
+        (log_cost - log_mean) / log_std,
+        has_fidelity=False,
+        warm_start=warm_start,
+        max_iter=max_iter,
+    )
+    return CostModel(gp=gp, log_mean=log_mean, log_std=log_std)

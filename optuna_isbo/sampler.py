@@ -1,0 +1,448 @@
+"""``ISBOSampler``: the Optuna glue around the model, the acquisition and its optimizer.
+
+The flow of one ``ask`` is
+
+    trials --(search_space)--> X, s, y, cost --(model)--> objective GP, cost GP
+           --(acquisition)--> information gain per second --(optim)--> (x, s) --> params
+
+and this module only decides which trials count, when the model takes over from the startup
+design, how running trials enter as pending points, and what is written to the trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers._base import _INDEPENDENT_SAMPLING_WARNING_TEMPLATE
+from optuna.search_space import IntersectionSearchSpace
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_isbo import acquisition as acq
+from optuna_isbo.model import CostModel, GPModel, GPParams, fit_cost_model, fit_gp
+from optuna_isbo.optim import maximize_acquisition, perturb
+from optuna_isbo.search_space import SearchSpace
+
+_logger = optuna.logging.get_logger(__name__)
+
+ATTR_PREFIX = "isbo:"
+_RELATIVE_PARAMS_KEY = "isbo:relative_params"
+_ATTR_MAX_LENGTH = 2045
+_MIN_COST_SECONDS = 1e-3
+_ACQUISITIONS = ("es", "mes")
+
+
+class ISBOSampler(BaseSampler):
+    """Cost-aware multi-fidelity Bayesian optimization by entropy search per unit cost.
+
+    Every trial gets hyperparameters ``x`` *and* a fidelity ``B`` (an ordinary parameter that the
+    objective suggests, by default ``"super_batch_size"`` of :class:`~optuna_isbo.ISSGD`). A GP
+    over ``(x, s)``, ``s`` the normalized log fidelity, models the objective; a second GP models
+    the log cost in seconds. The next trial maximizes the information gained about the optimum at
+    the target fidelity per second of expected cost. See ``DESIGN.md`` and the modules
+    :mod:`~optuna_isbo.model`, :mod:`~optuna_isbo.acquisition` and :mod:`~optuna_isbo.optim`.
+
+    Parameters
+    ----------
+    fidelity_param
+        Name of the fidelity parameter (int or float, log or linear, positive). When ``None`` or
+        absent from the study, the sampler is cost-aware entropy-search BO over ``x`` alone.
+    target_fidelity
+        The fidelity the optimization is about; defaults to the parameter's upper bound.
+    cost_attr
+        User attribute holding a trial's cost in seconds (written by
+        :meth:`ISSGD.report <optuna_isbo.ISSGD.report>`). Trials without it cost their duration.
+    acquisition
+        ``"es"`` (entropy search about the minimizer, default) or ``"mes"`` (max-value entropy
+        search, cheaper per ``ask``).
+    n_startup_trials
+        Completed trials taken from a scrambled Sobol design before the model is used. The
+        design spreads ``x`` uniformly and the fidelity as ``s = u^2`` (``u`` uniform), rounded
+        to the fidelity grid: most startup trials are cheap, about a quarter are at
+        ``s > 0.56``, so the model sees how fidelities relate.
+    consider_running_trials
+        Condition the model on running trials at their predicted values (kriging believer), so
+        that parallel workers do not pick the same point.
+    independent_sampler
+        Sampler for parameters outside the joint search space (dynamic ones). Defaults to
+        :class:`~optuna.samplers.RandomSampler`.
+    seed
+        Seed for the startup design and the randomness of each ``ask``.
+    n_fidelities
+        Largest number of fidelity levels considered (all of them when the distribution has
+        fewer).
+    warn_independent_sampling
+        Warn when a parameter falls back to ``independent_sampler`` after startup.
+
+    Notes
+    -----
+    - Only ``COMPLETE`` trials with a finite value are data: failed and pruned trials are
+      ignored, and infinite values are ignored with a warning.
+    - The sampler keeps no state that a second process lacks: the startup design is indexed by
+      trial number, the randomness of an ``ask`` is seeded by ``(seed, trial number)``, and the
+      parameters chosen for a running trial are stored in the trial's system attributes so that
+      other workers treat it as pending. Only warm starts of the GP fits live in memory.
+    - For each trial the sampler writes user attributes prefixed ``isbo:``: ``isbo:phase``,
+      ``isbo:fidelity``, and after startup ``isbo:predicted_cost_seconds``,
+      ``isbo:information_gain_nats``, ``isbo:acquisition_value`` (nats per second),
+      ``isbo:predicted_value_at_target``.
+    - Multi-objective studies are not supported.
+    """
+
+    def __init__(
+        self,
+        *,
+        fidelity_param: str | None = "super_batch_size",
+        target_fidelity: float | None = None,
+        cost_attr: str = "isbo:cost",
+        acquisition: str = "es",
+        n_startup_trials: int = 10,
+        consider_running_trials: bool = True,
+        independent_sampler: BaseSampler | None = None,
+        seed: int | None = None,
+        n_fidelities: int = 5,
+        warn_independent_sampling: bool = True,
+    ) -> None:
+        if acquisition not in _ACQUISITIONS:
+            raise ValueError(f"`acquisition` must be one of {_ACQUISITIONS}, got {acquisition!r}.")
+        if n_startup_trials < 0:
+            raise ValueError(f"`n_startup_trials` must be >= 0, got {n_startup_trials}.")
+        if n_fidelities < 1:
+            raise ValueError(f"`n_fidelities` must be >= 1, got {n_fidelities}.")
+        if target_fidelity is not None and not (
+            math.isfinite(target_fidelity) and target_fidelity > 0
+        ):
+            raise ValueError(f"`target_fidelity` must be positive, got {target_fidelity}.")
+        self._fidelity_param = fidelity_param
+        self._target_fidelity = target_fidelity
+        self._cost_attr = cost_attr
+        self._acquisition = acquisition
+        self._n_startup_trials = n_startup_trials
+        self._consider_running_trials = consider_running_trials
+        self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
+        self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        self._n_fidelities = n_fidelities
+        self._warn_independent_sampling = warn_independent_sampling
+        self._search_space = IntersectionSearchSpace()
+        self._lock = threading.Lock()
+        self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
+
+    # -- Optuna hooks ----------------------------------------------------------------------
+    def reseed_rng(self) -> None:
+        self._seed = int(np.random.SeedSequence().generate_state(1)[0])
+        self._independent_sampler.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {
+            name: dist
+            for name, dist in self._search_space.calculate(study).items()
+            if not dist.single()
+        }
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        self._raise_error_if_multi_objective(study)
+        if not search_space:
+            return {}
+        space = SearchSpace(search_space, self._fidelity_param, self._target_fidelity)
+        trials = study._get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING), use_cache=False
+        )
+        completed = _usable_completed_trials(trials, search_space)
+        attrs: dict[str, Any]
+        if len(completed) < max(self._n_startup_trials, 1):
+            params, attrs = self._startup_params(space, trial.number), {"phase": "startup"}
+        else:
+            running = [
+                t
+                for t in trials
+                if t.state == TrialState.RUNNING
+                and t.number != trial.number
+                and search_space.keys() <= _pending_params(t).keys()
+            ]
+            try:
+                with self._lock, torch.device("cpu"):
+                    params, attrs = self._model_params(study, trial, space, completed, running)
+            except torch.linalg.LinAlgError as err:
+                warnings.warn(
+                    f"ISBOSampler's model failed ({err}); trial {trial.number} uses the "
+                    "startup design instead.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                params, attrs = self._startup_params(space, trial.number), {"phase": "fallback"}
+        if space.fidelity_param is not None:
+            attrs["fidelity"] = params[space.fidelity_param]
+        _write_attrs(study, trial, attrs, params)
+        return params
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        completed = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        in_startup = len(completed) < max(self._n_startup_trials, 1)
+        if in_startup and param_name == self._fidelity_param and not param_distribution.single():
+            # The very first trials have no joint search space yet; keep them cheap too.
+            space = SearchSpace(
+                {param_name: param_distribution}, self._fidelity_param, self._target_fidelity
+            )
+            if space.fidelity_param is not None:
+                s = self._startup_fidelity(space, trial.number)
+                return space.unit_to_fidelity(s)
+        if self._warn_independent_sampling and not in_startup:
+            _logger.warning(
+                _INDEPENDENT_SAMPLING_WARNING_TEMPLATE.format(
+                    param_name=param_name,
+                    trial_number=trial.number,
+                    independent_sampler_name=type(self._independent_sampler).__name__,
+                    sampler_name=type(self).__name__,
+                    fallback_reason="dynamic search space is not supported by ISBOSampler",
+                )
+            )
+        return self._independent_sampler.sample_independent(
+            study, trial, param_name, param_distribution
+        )
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._independent_sampler.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._independent_sampler.after_trial(study, trial, state, values)
+
+    # -- recommendation --------------------------------------------------------------------
+    def recommend(self, study: Study) -> dict[str, Any]:
+        """The configuration to retrain: best posterior mean at the target fidelity.
+
+        Among the configurations evaluated so far (at any fidelity), returns the one whose
+        posterior mean at the target fidelity is best, with the fidelity parameter set to the
+        target. This is not the best raw value seen: a configuration that looked good at a
+        cheap, noisy fidelity is only recommended if the model believes it at the target.
+        Retrain it with, e.g., ``objective(optuna.trial.FixedTrial(sampler.recommend(study)))``.
+
+        Parameters
+        ----------
+        study
+            A single-objective study with at least one completed trial.
+
+        Returns
+        -------
+        dict
+            Parameter name to value.
+        """
+        self._raise_error_if_multi_objective(study)
+        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        search_space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
+        completed = _usable_completed_trials(trials, search_space)
+        if not completed:
+            raise ValueError("`recommend` needs at least one completed trial with a finite value.")
+        space = SearchSpace(search_space, self._fidelity_param, self._target_fidelity)
+        if len(completed) == 1:
+            best = completed[0]
+        else:
+            with self._lock, torch.device("cpu"):
+                model, _ = self._fit_objective(study, space, completed)
+                X, _ = space.encode_trials(completed)
+                targets = acq.to_target_fidelity(
+                    _inputs(space, X, torch.ones(X.shape[0], dtype=torch.float64)),
+                    space.fidelity_param is not None,
+                )
+                best = completed[int(model.mean(targets).argmin())]
+        params = dict(best.params)
+        if space.fidelity_param is not None:
+            params[space.fidelity_param] = space.unit_to_fidelity(1.0)
+        return params
+
+    # -- internals -------------------------------------------------------------------------
+    def _startup_fidelity(self, space: SearchSpace, trial_number: int) -> float:
+        engine = torch.quasirandom.SobolEngine(1, scramble=True, seed=self._seed + 1)
+        u = float(engine.draw(trial_number + 1, dtype=torch.float64)[-1, 0])
+        grid = space.fidelity_grid(self._n_fidelities)
+        return float(grid[torch.argmin((grid - u**2).abs())])
+
+    def _startup_params(self, space: SearchSpace, trial_number: int) -> dict[str, Any]:
+        x = space.sample_sobol(trial_number + 1, seed=self._seed)[-1]
+        s = self._startup_fidelity(space, trial_number) if space.fidelity_param else 1.0
+        return space.decode(x, s)
+
+    def _fit_objective(
+        self, study: Study, space: SearchSpace, completed: list[FrozenTrial]
+    ) -> tuple[GPModel, torch.Tensor]:
+        X, s = space.encode_trials(completed)
+        inputs = _inputs(space, X, s)
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
+        std = float(y.std()) if y.shape[0] > 1 else 1.0
+        y_std = (y - y.mean()) / (std if std > 1e-12 else 1.0)
+        key = ("objective", inputs.shape[1], space.fidelity_param)
+        model = fit_gp(
+            inputs,
+            y_std,
+            has_fidelity=space.fidelity_param is not None,
+            warm_start=self._warm_starts.get(key),
+        )
+        self._warm_starts[key] = model.params
+        return model, inputs
+
+    def _fit_cost(
+        self, space: SearchSpace, completed: list[FrozenTrial], inputs: torch.Tensor
+    ) -> CostModel:
+        cost = torch.tensor(
+            [_cost_seconds(t, self._cost_attr) for t in completed], dtype=torch.float64
+        )
+        key = ("cost", inputs.shape[1], space.fidelity_param)
+        model = fit_cost_model(inputs, cost, warm_start=self._warm_starts.get(key))
+        self._warm_starts[key] = model.gp.params
+        return model
+
+    def _model_params(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        space: SearchSpace,
+        completed: list[FrozenTrial],
+        running: list[FrozenTrial],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        has_fidelity = space.fidelity_param is not None
+        ask_seed = _ask_seed(self._seed, trial.number)
+        generator = torch.Generator().manual_seed(ask_seed)
+        model, inputs = self._fit_objective(study, space, completed)
+        cost_model = self._fit_cost(space, completed, inputs)
+        if self._consider_running_trials and running:
+            encoded = [space.encode_params(_pending_params(t)) for t in running]
+            X_pending = torch.stack([x for x, _ in encoded])
+            s_pending = torch.tensor([s for _, s in encoded], dtype=torch.float64)
+            model = model.with_pending(_inputs(space, X_pending, s_pending))
+
+        # Representer points at the target fidelity: Sobol points, the evaluated
+        # configurations, and local moves around the best of them.
+        X_seen = torch.unique(inputs[:, : space.dim], dim=0)
+        ones = torch.ones(X_seen.shape[0], dtype=torch.float64)
+        mean_seen = model.mean(_inputs(space, X_seen, ones))
+        seed_points = X_seen[torch.argsort(mean_seen)[:8]]
+        pool_X = torch.cat(
+            [
+                space.sample_sobol(256, seed=ask_seed % (2**31)),
+                X_seen,
+                perturb(seed_points.repeat(8, 1), space, step=0.05, generator=generator),
+            ]
+        )
+        pool_X = torch.unique(pool_X, dim=0)
+        pool = _inputs(space, pool_X, torch.ones(pool_X.shape[0], dtype=torch.float64))
+        representers = acq.select_representer_points(
+            model, pool, n_points=50, n_thompson=64, generator=generator
+        )
+        if self._acquisition == "es":
+            gain, _ = acq.entropy_search(model, representers.Z, generator=generator)
+        else:
+            gain = acq.max_value_entropy_search(model, representers.min_value_samples)
+        value = acq.per_cost(gain, cost_model)
+        best = maximize_acquisition(
+            value,
+            space,
+            fidelity_grid=space.fidelity_grid(self._n_fidelities),
+            seed_points=seed_points,
+            generator=generator,
+            sobol_seed=(ask_seed + 1) % (2**31),
+        )
+        chosen = _inputs(space, best.x[None], torch.tensor([best.s], dtype=torch.float64))
+        attrs = {
+            "phase": "model",
+            "acquisition": self._acquisition,
+            "acquisition_value": best.value,
+            "information_gain_nats": float(gain(chosen)[0]),
+            "predicted_cost_seconds": float(cost_model.expected_seconds(chosen)[0]),
+            "predicted_value_at_target": float(
+                model.mean(acq.to_target_fidelity(chosen, has_fidelity))[0]
+            ),
+        }
+        return space.decode(best.x, best.s), attrs
+
+
+def _inputs(space: SearchSpace, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Model inputs ``(n, D)``: ``x`` columns, then ``s`` when the space has a fidelity axis."""
+    if space.fidelity_param is None:
+        return X
+    return torch.cat([X, s[:, None]], dim=1)
+
+
+def _ask_seed(seed: int, trial_number: int) -> int:
+    return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
+
+
+def _usable_completed_trials(
+    trials: Sequence[FrozenTrial], search_space: dict[str, BaseDistribution]
+) -> list[FrozenTrial]:
+    usable = []
+    for t in trials:
+        if t.state != TrialState.COMPLETE or not search_space.keys() <= t.params.keys():
+            continue
+        if t.value is None or not math.isfinite(t.value):
+            warnings.warn(
+                f"Trial {t.number} has a non-finite value ({t.value}); ISBOSampler ignores it.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            continue
+        usable.append(t)
+    return usable
+
+
+def _cost_seconds(trial: FrozenTrial, cost_attr: str) -> float:
+    """The trial's cost: the user attribute if valid, else its duration, at least 1 ms."""
+    cost = trial.user_attrs.get(cost_attr)
+    if isinstance(cost, int | float) and math.isfinite(cost) and cost > 0:
+        return float(cost)
+    if trial.duration is not None:
+        seconds = trial.duration.total_seconds()
+        if math.isfinite(seconds) and seconds > 0:
+            return max(seconds, _MIN_COST_SECONDS)
+    return _MIN_COST_SECONDS
+
+
+def _pending_params(trial: FrozenTrial) -> dict[str, Any]:
+    """Parameters of a running trial: those chosen by the sampler, then those set so far."""
+    chunks = []
+    i = 0
+    while (chunk := trial.system_attrs.get(f"{_RELATIVE_PARAMS_KEY}:{i}")) is not None:
+        chunks.append(chunk)
+        i += 1
+    params: dict[str, Any] = json.loads("".join(chunks)) if chunks else {}
+    params.update(trial.params)
+    return params
+
+
+def _write_attrs(
+    study: Study, trial: FrozenTrial, attrs: dict[str, Any], params: dict[str, Any]
+) -> None:
+    storage = study._storage
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + key, value)
+    # Share the chosen parameters with other workers, which see this trial as pending before
+    # the objective has suggested all of them.
+    text = json.dumps(params)
+    for i in range(0, max(len(text), 1), _ATTR_MAX_LENGTH):
+        key = f"{_RELATIVE_PARAMS_KEY}:{i // _ATTR_MAX_LENGTH}"
+        storage.set_trial_system_attr(trial._trial_id, key, text[i : i + _ATTR_MAX_LENGTH])
