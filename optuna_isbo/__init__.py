@@ -6,6 +6,8 @@ for importing the Bayesian-optimization stack (BoTorch, GPyTorch), and vice vers
 - :class:`ISBOSampler` (``optuna_isbo.sampler``): an Optuna sampler choosing each trial's
   hyperparameters *and* fidelity by entropy reduction per unit of expected cost.
 - :class:`ISSGD` (``optuna_isbo.issgd``): importance-sampled minibatches for any PyTorch loop.
+- :func:`learn_schedules` (``optuna_isbo.hypergrad``): learning-rate, momentum and weight-decay
+  schedules by forward-mode hypergradients.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ISBOSampler": "optuna_isbo.sampler",
     "ISSGD": "optuna_isbo.issgd",
+    "Schedules": "optuna_isbo.hypergrad",
+    "learn_schedules": "optuna_isbo.hypergrad",
 }
 
-__all__ = ["ISBOSampler", "ISSGD", "__version__"]
+__all__ = ["ISBOSampler", "ISSGD", "Schedules", "__version__", "learn_schedules"]
 
 if TYPE_CHECKING:
+    from optuna_isbo.hypergrad import Schedules, learn_schedules
     from optuna_isbo.issgd import ISSGD
     from optuna_isbo.sampler import ISBOSampler
 
