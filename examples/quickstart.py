@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", default="sqlite:///isbo.db")
     parser.add_argument("--study-name", default="isbo-quickstart")
-    parser.add_argument("--budget-seconds", type=float, default=480.0)
+    parser.add_argument("--budget-seconds", type=float, default=420.0)
     parser.add_argument("--n-trials", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=Path("isbo_results"))
