@@ -1,87 +1,230 @@
-"""ISBOSampler against Optuna's sampler conformance suite, and basic contract checks."""
+"""ISBOSampler against Optuna's sampler conformance suite, and its own contract.
+
+Multi-process use on one ``JournalStorage`` file (two workers, no two overlapping trials with
+equal parameters) is tested in ``tests/test_parallel.py`` through ``examples/parallel.py``.
+"""
 
 from __future__ import annotations
 
+import datetime
+import math
+import statistics
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 import pytest
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.testing.pytest_samplers import BasicSamplerTestCase, RelativeSamplerTestCase
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from optuna_isbo import ISBOSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+FIDELITY = "super_batch_size"
+X_DIST = FloatDistribution(0.0, 1.0)
+B_DIST = IntDistribution(16, 256, log=True)
 
-class TestISBOSamplerConformance(BasicSamplerTestCase, RelativeSamplerTestCase):
-    """Optuna's own checks, with the model running from the first completed trial.
 
-    "mes" is used here because it is the cheaper acquisition per ``ask``; both acquisitions
-    share everything else (encoding, model, optimizer, glue).
-    """
+# -- Optuna's conformance suite -----------------------------------------------------------------
+# None of these objectives suggests "super_batch_size", so this is cost-aware BO over x alone.
+# Every model-phase ask fits two GPs and optimizes the acquisition (0.3-1 s for "mes", 1-3 s for
+# "es" on 2 cores), and most tests make 10 asks, so the full suites (about 110 tests per
+# acquisition) take far longer than this file's budget. Both acquisitions run every test of both
+# suites, but the tests parametrized over products of distributions run on a subset that still
+# covers every distribution kind: a few shifted-diagonal pairs instead of all products, and the
+# non-overlapping case of the dynamic-range test.
+_NUMERICAL = [
+    FloatDistribution(-1.0, 1.0),
+    FloatDistribution(1e-7, 1.0, log=True),
+    FloatDistribution(-10, 10, step=0.5),
+    IntDistribution(3, 10),
+    IntDistribution(1, 100, log=True),
+    IntDistribution(3, 9, step=2),
+]
+_SUGGEST: list[Callable[[optuna.Trial, str], Any]] = [
+    lambda t, name: t.suggest_float(name, 0, 10),
+    lambda t, name: t.suggest_int(name, 0, 10),
+    lambda t, name: t.suggest_categorical(name, [0, 1, 2]),
+    lambda t, name: t.suggest_float(name, 0, 10, step=0.5),
+    lambda t, name: t.suggest_float(name, 1e-7, 10, log=True),
+    lambda t, name: t.suggest_int(name, 1, 10, log=True),
+]
+
+
+def _suggest(i: int, name: str) -> Callable[[optuna.Trial], Any]:
+    return lambda t: _SUGGEST[i](t, name)
+
+
+class _ConformanceSubset(BasicSamplerTestCase, RelativeSamplerTestCase):
+    @pytest.mark.parametrize(
+        ("x_distribution", "y_distribution"),
+        [(_NUMERICAL[i], _NUMERICAL[(i + 1) % 6]) for i in (0, 2, 4)],
+    )
+    def test_sample_relative_numerical(
+        self,
+        sampler: Callable[[], BaseSampler],
+        x_distribution: BaseDistribution,
+        y_distribution: BaseDistribution,
+    ) -> None:
+        super().test_sample_relative_numerical(sampler, x_distribution, y_distribution)
+
+    @pytest.mark.parametrize("x_distribution", [_NUMERICAL[1], _NUMERICAL[5]])
+    def test_sample_relative_mixed(
+        self, sampler: Callable[[], BaseSampler], x_distribution: BaseDistribution
+    ) -> None:
+        super().test_sample_relative_mixed(sampler, x_distribution)
+
+    @pytest.mark.parametrize("suggest_method_x", [_suggest(i, "x") for i in (2, 4)])
+    def test_single_parameter_objective(
+        self, sampler: Callable[[], BaseSampler], suggest_method_x: Callable[[Any], float]
+    ) -> None:
+        super().test_single_parameter_objective(sampler, suggest_method_x)
+
+    @pytest.mark.parametrize(
+        ("suggest_method_x", "suggest_method_y"),
+        [(_suggest(i, "x"), _suggest((i + 3) % 6, "y")) for i in (0, 1, 2)],
+    )
+    def test_combination_of_different_distributions_objective(
+        self,
+        sampler: Callable[[], BaseSampler],
+        suggest_method_x: Callable[[Any], float],
+        suggest_method_y: Callable[[Any], float],
+    ) -> None:
+        super().test_combination_of_different_distributions_objective(
+            sampler, suggest_method_x, suggest_method_y
+        )
+
+    @pytest.mark.parametrize(("second_low", "second_high"), [(20, 30)])
+    def test_dynamic_range_objective(
+        self, sampler: Callable[[], BaseSampler], second_low: int, second_high: int
+    ) -> None:
+        super().test_dynamic_range_objective(sampler, second_low, second_high)
+
+
+class TestConformanceES(_ConformanceSubset):
+    """Optuna's checks with the model running from the first completed trial ("es")."""
+
+    @pytest.fixture
+    def sampler(self) -> Callable[[], BaseSampler]:
+        return lambda: ISBOSampler(n_startup_trials=0, acquisition="es", seed=0)
+
+
+class TestConformanceMES(_ConformanceSubset):
+    """The same checks with max-value entropy search."""
 
     @pytest.fixture
     def sampler(self) -> Callable[[], BaseSampler]:
         return lambda: ISBOSampler(n_startup_trials=0, acquisition="mes", seed=0)
 
 
-def _fidelity_objective(trial: optuna.Trial) -> float:
-    x = trial.suggest_float("x", -2.0, 2.0)
-    batch = trial.suggest_int("super_batch_size", 16, 256, log=True)
-    trial.set_user_attr("isbo:cost", 1.0 + batch / 16)
-    return (x - 0.5) ** 2 + 1.0 / batch
+_FIDELITY_DISTRIBUTIONS = [
+    IntDistribution(16, 256, log=True),
+    IntDistribution(16, 256, step=16),
+    IntDistribution(1, 3),
+    FloatDistribution(0.1, 1.0),
+    FloatDistribution(1e-2, 1.0, log=True),
+]
 
 
 @pytest.mark.parametrize("acquisition", ["es", "mes"])
-def test_same_seed_same_sequence(acquisition: str) -> None:
-    def run(seed: int) -> list[dict[str, float]]:
-        study = optuna.create_study(
-            sampler=ISBOSampler(seed=seed, n_startup_trials=3, acquisition=acquisition)
-        )
-        study.optimize(_fidelity_objective, n_trials=6)
-        return [t.params for t in study.trials]
+@pytest.mark.parametrize("fidelity", _FIDELITY_DISTRIBUTIONS, ids=str)
+def test_fidelity_param_of_any_kind(acquisition: str, fidelity: BaseDistribution) -> None:
+    """With the fidelity suggested by the objective, every value is valid and on its grid."""
+    sampler = ISBOSampler(n_startup_trials=0, acquisition=acquisition, seed=0)
+    study = optuna.create_study(sampler=sampler)
 
-    first = run(1)
-    assert first == run(1)
-    assert first != run(2)
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1.0, 1.0)
+        n = trial.suggest_int("n", 0, 4)
+        c = trial.suggest_categorical("c", ["a", "b"])
+        b = trial._suggest(FIDELITY, fidelity)
+        return x**2 + 0.1 * n + (c == "b") + 1.0 / b
+
+    study.optimize(objective, n_trials=5)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+    for t in study.trials:
+        assert fidelity._contains(fidelity.to_internal_repr(t.params[FIDELITY]))
+    for t in study.trials[1:]:
+        assert t.user_attrs["isbo:fidelity"] == t.params[FIDELITY]
+    assert [t.user_attrs["isbo:phase"] for t in study.trials[1:]] == ["model"] * 4
+    assert sampler.recommend(study)[FIDELITY] == fidelity.high
+
+
+# -- determinism ----------------------------------------------------------------------------------
+def _fidelity_objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -2.0, 2.0)
+    y = trial.suggest_int("y", 0, 8)
+    batch = trial.suggest_int(FIDELITY, 16, 256, log=True)
+    trial.set_user_attr("isbo:cost", 1.0 + batch / 16)
+    return (x - 0.5) ** 2 + 0.1 * (y - 3) ** 2 + 1.0 / batch
+
+
+def _param_sequence(sampler: ISBOSampler, n_trials: int = 12) -> list[dict[str, Any]]:
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_fidelity_objective, n_trials=n_trials)
+    assert study.trials[-1].user_attrs["isbo:phase"] == "model"
+    return [t.params for t in study.trials]
+
+
+def test_same_seed_same_sequence() -> None:
+    first = _param_sequence(ISBOSampler(seed=1, n_startup_trials=4, acquisition="mes"))
+    assert first == _param_sequence(ISBOSampler(seed=1, n_startup_trials=4, acquisition="mes"))
+    assert first != _param_sequence(ISBOSampler(seed=2, n_startup_trials=4, acquisition="mes"))
+
+
+def test_same_seed_same_sequence_es() -> None:
+    # "es" costs several times more per ask than "mes": fewer model-phase trials.
+    first = _param_sequence(ISBOSampler(seed=1, n_startup_trials=4, acquisition="es"), 7)
+    assert first == _param_sequence(ISBOSampler(seed=1, n_startup_trials=4, acquisition="es"), 7)
 
 
 def test_reseed_rng_changes_sequence() -> None:
-    def run(reseed: bool) -> list[dict[str, float]]:
-        sampler = ISBOSampler(seed=3, n_startup_trials=3, acquisition="mes")
-        if reseed:
-            sampler.reseed_rng()
-        study = optuna.create_study(sampler=sampler)
-        study.optimize(_fidelity_objective, n_trials=5)
-        return [t.params for t in study.trials]
-
-    assert run(False) != run(True)
+    reference = _param_sequence(ISBOSampler(seed=3, n_startup_trials=4, acquisition="mes"), 6)
+    sampler = ISBOSampler(seed=3, n_startup_trials=4, acquisition="mes")
+    sampler.reseed_rng()
+    reseeded = _param_sequence(sampler, 6)
+    # The startup design itself must move, not only the model phase.
+    assert reference[:4] != reseeded[:4]
 
 
-def test_attrs_and_recommend_at_target() -> None:
-    sampler = ISBOSampler(seed=0, n_startup_trials=3, acquisition="mes")
+# -- direction --------------------------------------------------------------------------------------
+def test_maximize_recommends_near_the_maximum() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        y = trial.suggest_float("y", 0.0, 1.0)
+        return -((x - 0.7) ** 2) - (y - 0.2) ** 2
+
+    sampler = ISBOSampler(seed=0, n_startup_trials=5, acquisition="mes")
     study = optuna.create_study(sampler=sampler, direction="maximize")
-    study.optimize(lambda t: -_fidelity_objective(t), n_trials=6)
-    model_trials = [t for t in study.trials if t.user_attrs.get("isbo:phase") == "model"]
-    assert model_trials
-    for t in model_trials:
-        assert t.user_attrs["isbo:fidelity"] == t.params["super_batch_size"]
-        assert t.user_attrs["isbo:predicted_cost_seconds"] > 0
-        assert t.user_attrs["isbo:information_gain_nats"] >= 0
-    best = sampler.recommend(study)
-    assert best["super_batch_size"] == 256
+    study.optimize(objective, n_trials=14)
+    startup = [t.value for t in study.trials if t.user_attrs["isbo:phase"] == "startup"]
+    model = [t.value for t in study.trials if t.user_attrs["isbo:phase"] == "model"]
+    assert len(startup) == 5 and len(model) == 9
+    # A sampler that minimized instead would recommend the worst point and move model-phase
+    # trials towards the corners, below the startup median.
+    assert objective(optuna.trial.FixedTrial(sampler.recommend(study))) >= max(startup)
+    assert statistics.median(model) > statistics.median(startup)
 
 
-def test_bad_arguments() -> None:
-    for kwargs in (
-        {"acquisition": "foo"},
-        {"n_startup_trials": -1},
-        {"n_fidelities": 0},
-        {"target_fidelity": 0.0},
-    ):
-        with pytest.raises(ValueError):
-            ISBOSampler(**kwargs)  # type: ignore[arg-type]
+# -- bad input ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"acquisition": "foo"}, "acquisition"),
+        ({"n_startup_trials": -1}, "n_startup_trials"),
+        ({"n_fidelities": 0}, "n_fidelities"),
+        ({"target_fidelity": 0.0}, "target_fidelity"),
+        ({"target_fidelity": -4.0}, "target_fidelity"),
+        ({"target_fidelity": math.nan}, "target_fidelity"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        ISBOSampler(**kwargs)
 
 
 def test_multi_objective_is_rejected() -> None:
@@ -94,7 +237,266 @@ def test_multi_objective_is_rejected() -> None:
         )
 
 
+def _trial(x: float, value: float | None, state: TrialState = TrialState.COMPLETE) -> FrozenTrial:
+    return create_trial(state=state, value=value, params={"x": x}, distributions={"x": X_DIST})
+
+
+def _ask_x(study: optuna.Study) -> optuna.Trial:
+    trial = study.ask()
+    trial.suggest_float("x", X_DIST.low, X_DIST.high)
+    return trial
+
+
+def test_failed_and_pruned_trials_are_ignored() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=2, fidelity_param=None)
+    study = optuna.create_study(sampler=sampler)
+    study.add_trial(_trial(0.1, 1.0))
+    for i in range(3):
+        study.add_trial(_trial(0.2 + 0.1 * i, None, TrialState.FAIL))
+        study.add_trial(_trial(0.5 + 0.1 * i, -100.0, TrialState.PRUNED))
+    # One usable trial out of the two needed: still in the startup design.
+    trial = _ask_x(study)
+    assert study._storage.get_trial(trial._trial_id).user_attrs["isbo:phase"] == "startup"
+    study.tell(trial, 0.5)
+    assert sampler.recommend(study)["x"] in (0.1, trial.params["x"])
+
+
+def test_infinite_value_is_ignored_with_a_warning() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=2, fidelity_param=None)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    study.add_trial(_trial(0.1, 1.0))
+    study.add_trial(_trial(0.9, math.inf))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        trial = _ask_x(study)
+    assert study._storage.get_trial(trial._trial_id).user_attrs["isbo:phase"] == "startup"
+    study.tell(trial, 0.0)
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        assert sampler.recommend(study)["x"] == 0.1
+
+
+@pytest.mark.parametrize("acquisition", ["es", "mes"])
+def test_degenerate_studies_do_not_crash(acquisition: str) -> None:
+    def constant(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 1.0)
+        trial.suggest_int(FIDELITY, 16, 256, log=True)
+        return 3.0
+
+    def one_valued(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.suggest_float("fixed", 2.0, 2.0)
+        trial.suggest_int("k", 5, 5)
+        trial.suggest_categorical("c", ["only"])
+        trial.suggest_int(FIDELITY, 64, 64)
+        return x
+
+    def only_one_valued(trial: optuna.Trial) -> float:
+        return trial.suggest_float("fixed", 2.0, 2.0) + trial.suggest_int(FIDELITY, 64, 64)
+
+    for objective in (constant, one_valued, only_one_valued):
+        sampler = ISBOSampler(seed=0, n_startup_trials=0, acquisition=acquisition)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(objective, n_trials=4)
+        assert all(t.state == TrialState.COMPLETE for t in study.trials)
+        sampler.recommend(study)
+
+    # Duplicate points: the same configuration evaluated five times, with different values.
+    sampler = ISBOSampler(seed=0, n_startup_trials=0, acquisition=acquisition)
+    study = optuna.create_study(sampler=sampler)
+    for i in range(5):
+        study.enqueue_trial({"x": 0.3, FIDELITY: 32})
+    study.optimize(lambda t: _fidelity_objective(t) + 0.01 * t.number, n_trials=7)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert study.trials[-1].user_attrs["isbo:phase"] == "model"
+    assert sampler.recommend(study)[FIDELITY] == 256
+
+
+def test_single_completed_trial() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    study.add_trial(
+        create_trial(
+            value=1.0,
+            params={"x": 0.4, FIDELITY: 32},
+            distributions={"x": X_DIST, FIDELITY: B_DIST},
+        )
+    )
+    assert sampler.recommend(study) == {"x": 0.4, FIDELITY: 256}
+    study.optimize(_fidelity_objective, n_trials=1)
+    assert study.trials[-1].user_attrs["isbo:phase"] == "model"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial 0 has no joint search space, so sample_relative returns before writing "
+    "isbo:phase/isbo:fidelity; sample_independent chooses its fidelity but writes no attrs",
+)
+def test_first_trial_has_user_attrs() -> None:
+    study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=2))
+    study.optimize(_fidelity_objective, n_trials=1)
+    assert study.trials[0].user_attrs["isbo:phase"] == "startup"
+    assert study.trials[0].user_attrs["isbo:fidelity"] == study.trials[0].params[FIDELITY]
+
+
+# -- user attributes and cost -----------------------------------------------------------------------------------
+def test_user_attrs_of_startup_and_model_trials() -> None:
+    study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=3))
+    study.optimize(_fidelity_objective, n_trials=5)
+    phases = [t.user_attrs["isbo:phase"] for t in study.trials]
+    assert phases == ["startup"] * 3 + ["model"] * 2
+    for t in study.trials:
+        assert t.user_attrs["isbo:fidelity"] == t.params[FIDELITY]
+    for t in study.trials[3:]:
+        attrs = t.user_attrs
+        assert attrs["isbo:acquisition"] == "es"
+        assert attrs["isbo:predicted_cost_seconds"] > 0
+        assert attrs["isbo:information_gain_nats"] >= 0
+        assert math.isfinite(attrs["isbo:acquisition_value"])
+        assert math.isfinite(attrs["isbo:predicted_value_at_target"])
+        # acquisition value = gain per second of predicted cost, up to the optimizer's rounding.
+        assert attrs["isbo:acquisition_value"] == pytest.approx(
+            attrs["isbo:information_gain_nats"] / attrs["isbo:predicted_cost_seconds"], rel=0.05
+        )
+
+
+def _cost_study(
+    sampler: ISBOSampler, user_attrs: list[dict[str, Any]], duration_seconds: float = 0.0
+) -> float:
+    """Predicted cost of the next trial after trials with the given user attributes."""
+    study = optuna.create_study(sampler=sampler)
+    for i, attrs in enumerate(user_attrs):
+        t = create_trial(
+            value=(i % 3) * 0.5,
+            params={"x": (i + 0.5) / len(user_attrs), FIDELITY: 64},
+            distributions={"x": X_DIST, FIDELITY: B_DIST},
+            user_attrs=attrs,
+        )
+        assert t.datetime_complete is not None
+        t.datetime_start = t.datetime_complete - datetime.timedelta(seconds=duration_seconds)
+        study.add_trial(t)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.suggest_int(FIDELITY, 16, 256, log=True)
+    cost = study._storage.get_trial(trial._trial_id).user_attrs["isbo:predicted_cost_seconds"]
+    assert math.isfinite(cost) and cost > 0
+    return float(cost)
+
+
+# All trials share one fidelity and cost the same, so the cost GP's posterior mean of log cost is
+# the observed log cost up to its prior; a factor of 4 either way (|log 4| = 1.4 in log space)
+# covers the spread between fidelities the GP may extrapolate to, and separates 2 s from 60 s
+# (a factor of 30).
+def test_cost_is_read_from_the_cost_attr() -> None:
+    cost = _cost_study(ISBOSampler(seed=0, n_startup_trials=0), [{"isbo:cost": 60.0}] * 6, 2.0)
+    assert 60.0 / 4 < cost < 60.0 * 4
+
+
+def test_cost_attr_name_is_configurable() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=0, cost_attr="seconds")
+    cost = _cost_study(sampler, [{"seconds": 60.0, "isbo:cost": 0.5}] * 6, 2.0)
+    assert 60.0 / 4 < cost < 60.0 * 4
+
+
+def test_cost_falls_back_to_the_duration() -> None:
+    cost = _cost_study(ISBOSampler(seed=0, n_startup_trials=0), [{}] * 6, 60.0)
+    assert 60.0 / 4 < cost < 60.0 * 4
+
+
+def test_invalid_cost_attrs_fall_back_to_the_duration() -> None:
+    attrs = [
+        {"isbo:cost": 0.0},
+        {"isbo:cost": -3.0},
+        {"isbo:cost": math.nan},
+        {"isbo:cost": math.inf},
+        {"isbo:cost": "fast"},
+        {"isbo:cost": None},
+    ]
+    cost = _cost_study(ISBOSampler(seed=0, n_startup_trials=0), attrs, 60.0)
+    assert 60.0 / 4 < cost < 60.0 * 4
+
+
+def test_zero_duration_and_no_cost_do_not_crash() -> None:
+    _cost_study(ISBOSampler(seed=0, n_startup_trials=0), [{"isbo:cost": 0.0}] * 4, 0.0)
+
+
+# -- recommend ------------------------------------------------------------------------------------------------------
+def test_recommend_prefers_posterior_mean_at_target_over_raw_values() -> None:
+    """A lucky cheap trial near x = 0.25 must not beat configurations good at the target."""
+    sampler = ISBOSampler(seed=0, fidelity_param=FIDELITY)
+    study = optuna.create_study(sampler=sampler)
+    distributions: dict[str, BaseDistribution] = {"x": X_DIST, FIDELITY: B_DIST}
+
+    def add(x: float, batch: int, value: float) -> None:
+        params = {"x": x, FIDELITY: batch}
+        study.add_trial(create_trial(value=value, params=params, distributions=distributions))
+
+    for x in (0.15, 0.2, 0.3, 0.35):
+        add(x, 256, 1.0)
+    for x in (0.7, 0.75, 0.8, 0.85):
+        add(x, 256, 0.0)
+    for x in (0.1, 0.5, 0.9):
+        add(x, 16, 0.5)
+    add(0.25, 16, -3.0)
+    assert study.best_params == {"x": 0.25, FIDELITY: 16}
+    best = sampler.recommend(study)
+    assert best[FIDELITY] == 256
+    assert best["x"] in (0.7, 0.75, 0.8, 0.85)
+
+
+def test_recommend_uses_the_target_fidelity() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=2, target_fidelity=128)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_fidelity_objective, n_trials=3)
+    assert sampler.recommend(study)[FIDELITY] == 128
+
+
 def test_recommend_without_trials_raises() -> None:
-    study = optuna.create_study(sampler=ISBOSampler())
-    with pytest.raises(ValueError):
-        study.sampler.recommend(study)  # type: ignore[attr-defined]
+    sampler = ISBOSampler()
+    study = optuna.create_study(sampler=sampler)
+    with pytest.raises(ValueError, match="completed trial"):
+        sampler.recommend(study)
+    study.add_trial(_trial(0.5, None, TrialState.FAIL))
+    with pytest.raises(ValueError, match="completed trial"):
+        sampler.recommend(study)
+
+
+# -- pending points ------------------------------------------------------------------------------
+@pytest.mark.parametrize("acquisition", ["es", "mes"])
+def test_running_trials_are_pending_points(acquisition: str) -> None:
+    """Trials asked and not told are conditioned on, so the next asks move elsewhere."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=3, acquisition=acquisition)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_fidelity_objective, n_trials=3)
+    running = []
+    for _ in range(3):
+        trial = study.ask()
+        # The first suggestion makes the sampler choose (and store) the whole configuration.
+        trial.suggest_float("x", -2.0, 2.0)
+        trial.suggest_int("y", 0, 8)
+        trial.suggest_int(FIDELITY, 16, 256, log=True)
+        running.append(trial.params)
+    assert all(t.state == TrialState.RUNNING for t in study.trials[3:])
+    assert len({tuple(sorted(p.items())) for p in running}) == 3
+
+
+def test_pending_params_come_from_storage_before_the_objective_suggests_them() -> None:
+    """Another worker sees the whole chosen configuration of a trial that suggested only x."""
+    study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=2))
+    study.optimize(_fidelity_objective, n_trials=2)
+    trial = study.ask()
+    trial.suggest_float("x", -2.0, 2.0)
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert frozen.params.keys() == {"x"}
+    from optuna_isbo.sampler import _pending_params
+
+    pending = _pending_params(frozen)
+    assert pending.keys() == {"x", "y", FIDELITY}
+    assert pending["x"] == trial.params["x"]
+    assert pending["y"] == trial.suggest_int("y", 0, 8)
+    assert pending[FIDELITY] == trial.suggest_int(FIDELITY, 16, 256, log=True)
+
+
+def test_no_warning_for_a_complete_study() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=2))
+        study.optimize(_fidelity_objective, n_trials=4)
