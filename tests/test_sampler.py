@@ -191,7 +191,7 @@ def test_reseed_rng_changes_sequence() -> None:
     assert reference[:4] != reseeded[:4]
 
 
-# -- direction --------------------------------------------------------------------------------------
+# -- direction ------------------------------------------------------------------------------------
 def test_maximize_recommends_near_the_maximum() -> None:
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0.0, 1.0)
@@ -210,7 +210,7 @@ def test_maximize_recommends_near_the_maximum() -> None:
     assert statistics.median(model) > statistics.median(startup)
 
 
-# -- bad input ----------------------------------------------------------------------------------------
+# -- bad input ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -302,7 +302,7 @@ def test_degenerate_studies_do_not_crash(acquisition: str) -> None:
     # Duplicate points: the same configuration evaluated five times, with different values.
     sampler = ISBOSampler(seed=0, n_startup_trials=0, acquisition=acquisition)
     study = optuna.create_study(sampler=sampler)
-    for i in range(5):
+    for _ in range(5):
         study.enqueue_trial({"x": 0.3, FIDELITY: 32})
     study.optimize(lambda t: _fidelity_objective(t) + 0.01 * t.number, n_trials=7)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
@@ -337,7 +337,7 @@ def test_first_trial_has_user_attrs() -> None:
     assert study.trials[0].user_attrs["isbo:fidelity"] == study.trials[0].params[FIDELITY]
 
 
-# -- user attributes and cost -----------------------------------------------------------------------------------
+# -- user attributes and cost ---------------------------------------------------------------------
 def test_user_attrs_of_startup_and_model_trials() -> None:
     study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=3))
     study.optimize(_fidelity_objective, n_trials=5)
@@ -418,7 +418,7 @@ def test_zero_duration_and_no_cost_do_not_crash() -> None:
     _cost_study(ISBOSampler(seed=0, n_startup_trials=0), [{"isbo:cost": 0.0}] * 4, 0.0)
 
 
-# -- recommend ------------------------------------------------------------------------------------------------------
+# -- recommend ------------------------------------------------------------------------------------
 def test_recommend_prefers_posterior_mean_at_target_over_raw_values() -> None:
     """A lucky cheap trial near x = 0.25 must not beat configurations good at the target."""
     sampler = ISBOSampler(seed=0, fidelity_param=FIDELITY)
@@ -459,7 +459,7 @@ def test_recommend_without_trials_raises() -> None:
         sampler.recommend(study)
 
 
-# -- pending points ------------------------------------------------------------------------------
+# -- pending points -------------------------------------------------------------------------------
 @pytest.mark.parametrize("acquisition", ["es", "mes"])
 def test_running_trials_are_pending_points(acquisition: str) -> None:
     """Trials asked and not told are conditioned on, so the next asks move elsewhere."""
