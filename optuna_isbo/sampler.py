@@ -204,8 +204,11 @@ class ISBOSampler(BaseSampler):
                 {param_name: param_distribution}, self._fidelity_param, self._target_fidelity
             )
             if space.fidelity_param is not None:
-                s = self._startup_fidelity(space, trial.number)
-                return space.unit_to_fidelity(s)
+                value = space.unit_to_fidelity(self._startup_fidelity(space, trial.number))
+                study._storage.set_trial_user_attr(
+                    trial._trial_id, ATTR_PREFIX + "fidelity", value
+                )
+                return value
         if self._warn_independent_sampling and not in_startup:
             _logger.warning(
                 _INDEPENDENT_SAMPLING_WARNING_TEMPLATE.format(
@@ -221,6 +224,10 @@ class ISBOSampler(BaseSampler):
         )
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        completed = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(completed) < max(self._n_startup_trials, 1):
+            # Also marks the trials sampled before a joint search space exists.
+            study._storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + "phase", "startup")
         self._independent_sampler.before_trial(study, trial)
 
     def after_trial(
