@@ -259,9 +259,13 @@ def entropy_search(
         a = torch.linalg.solve_triangular(chol_Z, k_Zc, upper=False)  # (m, q)
         resid_sd = (sd_y.square() - a.square().sum(0)).clamp_min(0.0).sqrt()  # (q,)
         eta = (eps @ a + xi[:, None] * resid_sd) / sd_y  # (n_samples, q)
-        u = (k_Zc / sd_y).T.to(torch.float32)  # (q, m)
+        u = (k_Zc / sd_y).T.to(torch.float32).contiguous()  # (q, m)
         shift = (nodes[None, :, None] - eta.T[:, None, :]).to(torch.float32)  # (q, n_quad, n_s)
-        f_post = torch.addcmul(f_Z32, shift[..., None], u[:, None, None, :])  # (q, n_quad, n_s, m)
+        # Written into a row-major buffer: the argmin over the last axis then reads memory in
+        # order (the broadcast inputs are transposed views, and an output laid out after them
+        # makes the reduction several times slower).
+        f_post = torch.empty(*shift.shape, Z.shape[0], dtype=torch.float32)
+        torch.addcmul(f_Z32, shift[..., None], u[:, None, None, :], out=f_post)
         entropy_after = pmin_entropy(f_post) @ weights  # (q,)
         return (entropy_now - entropy_after).clamp_min(0.0)
 
