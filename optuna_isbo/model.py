@@ -24,7 +24,11 @@ Hyperparameters are fitted by MAP (log marginal likelihood plus log priors) with
 warm-started from the previous fit. The priors follow BoTorch's defaults for standardized
 outputs: the dimension-scaled log-normal lengthscale prior of Hvarfner et al., "Vanilla Bayesian
 Optimization Performs Great in High Dimensions" (ICML 2024), and a log-normal noise prior.
-Priors are GPyTorch prior objects.
+The fidelity weight ``beta`` has a log-normal prior with median 1 (the fit also starts there):
+a priori the cheapest fidelity correlates with the target by ``1 / sqrt(2)``. A prior that
+trusted cheap evaluations more lets the fit explain one outlying cheap value through the shared
+target component ``g_0`` instead of the bias ``g_1``, and then that value would drive the
+posterior mean at the target. Priors are GPyTorch prior objects.
 
 All tensors are ``float64``. ``n`` is the number of training points, ``D`` the number of
 feature columns (``d`` hyperparameter columns, plus one fidelity column when present).
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -178,7 +183,7 @@ def _default_priors(n_lengthscales: int) -> _Priors:
         outputscale=lognormal(0.0, 1.0),
         noise=lognormal(-4.0, 1.0),
         mean=NormalPrior(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0)),
-        fidelity_beta=lognormal(math.log(0.5), 1.0),
+        fidelity_beta=lognormal(0.0, 1.0),
         fidelity_exponent=lognormal(math.log(1.5), 0.5),
         noise_slope=lognormal(math.log(1.0), 1.0),
     )
@@ -193,7 +198,7 @@ def _initial_params(d: int, priors: _Priors) -> GPParams:
         outputscale=one.clone(),
         noise=one * 1e-2,
         mean=one * 0.0,
-        fidelity_beta=one * 0.5,
+        fidelity_beta=one.clone(),
         fidelity_exponent=one * 1.5,
         noise_slope=one * 1.0,
     )
@@ -218,7 +223,11 @@ class GPModel:
     chol
         ``(n, n)`` lower Cholesky factor of ``K + diag(noise)``.
     alpha
-        ``(n,)`` ``(K + diag(noise))^{-1} (y - mean)``.
+        ``(n,)`` ``(K + diag(noise))^{-1} (y - m(X))``, ``m`` the prior mean.
+    mean_fn
+        Optional prior mean function of the inputs, ``(a, D) -> (a,)``, used instead of the
+        constant ``params.mean`` (for example a mean pre-trained on related studies by
+        :func:`optuna_isbo.meta.fit_prior`). ``None``: the constant mean.
     """
 
     X: torch.Tensor
@@ -228,6 +237,7 @@ class GPModel:
     heteroscedastic: bool
     chol: torch.Tensor
     alpha: torch.Tensor
+    mean_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # -- prior -----------------------------------------------------------------------------
     def kernel(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -246,10 +256,14 @@ class GPModel:
         """Observation-noise variance ``(a,)`` at inputs ``A (a, D)``."""
         return _noise_var(A, self.params, self.has_fidelity and self.heteroscedastic)
 
+    def prior_mean(self, A: torch.Tensor) -> torch.Tensor:
+        """Prior mean ``(a,)`` at inputs ``A (a, D)``: ``mean_fn(A)``, else ``params.mean``."""
+        return _prior_mean(A, self.params, self.mean_fn)
+
     # -- posterior -------------------------------------------------------------------------
     def mean(self, A: torch.Tensor) -> torch.Tensor:
         """Posterior mean ``(a,)`` of the latent function at ``A (a, D)``."""
-        return self.params.mean + self.kernel(A, self.X) @ self.alpha
+        return self.prior_mean(A) + self.kernel(A, self.X) @ self.alpha
 
     def _solve_lower(self, A: torch.Tensor) -> torch.Tensor:
         """``L^{-1} k(X, A)``, shape ``(n, a)``."""
@@ -263,7 +277,7 @@ class GPModel:
     def mean_var(self, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance ``(a,)`` at ``A (a, D)`` sharing one kernel evaluation."""
         KxA = self.kernel(self.X, A)
-        mean = self.params.mean + KxA.T @ self.alpha
+        mean = self.prior_mean(A) + KxA.T @ self.alpha
         V = torch.linalg.solve_triangular(self.chol, KxA, upper=False)
         return mean, (self.kernel_diag(A) - V.square().sum(0)).clamp_min(1e-12)
 
@@ -314,7 +328,17 @@ class GPModel:
             return self
         X = torch.cat([self.X, X_pending])
         y = torch.cat([self.y, self.mean(X_pending)])
-        return condition(X, y, self.params, self.has_fidelity, self.heteroscedastic)
+        return condition(
+            X, y, self.params, self.has_fidelity, self.heteroscedastic, mean_fn=self.mean_fn
+        )
+
+
+def _prior_mean(
+    A: torch.Tensor, params: GPParams, mean_fn: Callable[[torch.Tensor], torch.Tensor] | None
+) -> torch.Tensor:
+    if mean_fn is None:
+        return params.mean.expand(A.shape[0])
+    return mean_fn(A)
 
 
 def _fidelity_basis(s: torch.Tensor, params: GPParams) -> torch.Tensor:
@@ -372,6 +396,7 @@ def condition(
     params: GPParams,
     has_fidelity: bool,
     heteroscedastic: bool,
+    mean_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> GPModel:
     """Condition a GP with fixed hyperparameters on data.
 
@@ -383,14 +408,15 @@ def condition(
         ``(n,)`` targets.
     params
         Hyperparameters.
-    has_fidelity, heteroscedastic
+    has_fidelity, heteroscedastic, mean_fn
         See :class:`GPModel`.
     """
     K = _kernel(X, X, params, has_fidelity)
     K = K + torch.diag(_noise_var(X, params, has_fidelity and heteroscedastic) + _JITTER)
     chol = _robust_cholesky(K)
-    alpha = torch.cholesky_solve((y - params.mean)[:, None], chol)[:, 0]
-    return GPModel(X, y, params, has_fidelity, heteroscedastic, chol, alpha)
+    resid = y - _prior_mean(X, params, mean_fn)
+    alpha = torch.cholesky_solve(resid[:, None], chol)[:, 0]
+    return GPModel(X, y, params, has_fidelity, heteroscedastic, chol, alpha, mean_fn)
 
 
 def _neg_log_posterior(
