@@ -8,6 +8,8 @@ for importing the Bayesian-optimization stack (BoTorch, GPyTorch), and vice vers
 - :class:`ISSGD` (``optuna_isbo.issgd``): importance-sampled minibatches for any PyTorch loop.
 - :func:`learn_schedules` (``optuna_isbo.hypergrad``): learning-rate, momentum and weight-decay
   schedules by forward-mode hypergradients.
+- :func:`fit_prior` and :class:`GPPrior` (``optuna_isbo.meta``): a GP prior pre-trained on
+  finished studies of related tasks, for ``ISBOSampler(prior=...)``.
 """
 
 from __future__ import annotations
@@ -20,15 +22,26 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ISBOSampler": "optuna_isbo.sampler",
     "ISSGD": "optuna_isbo.issgd",
+    "GPPrior": "optuna_isbo.meta",
+    "fit_prior": "optuna_isbo.meta",
     "Schedules": "optuna_isbo.hypergrad",
     "learn_schedules": "optuna_isbo.hypergrad",
 }
 
-__all__ = ["ISBOSampler", "ISSGD", "Schedules", "__version__", "learn_schedules"]
+__all__ = [
+    "GPPrior",
+    "ISBOSampler",
+    "ISSGD",
+    "Schedules",
+    "__version__",
+    "fit_prior",
+    "learn_schedules",
+]
 
 if TYPE_CHECKING:
     from optuna_isbo.hypergrad import Schedules, learn_schedules
     from optuna_isbo.issgd import ISSGD
+    from optuna_isbo.meta import GPPrior, fit_prior
     from optuna_isbo.sampler import ISBOSampler
 
 

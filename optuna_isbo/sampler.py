@@ -29,6 +29,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_isbo import acquisition as acq
+from optuna_isbo.meta import GPPrior
 from optuna_isbo.model import CostModel, GPModel, GPParams, fit_cost_model, fit_gp
 from optuna_isbo.optim import maximize_acquisition, perturb
 from optuna_isbo.search_space import SearchSpace
@@ -69,7 +70,9 @@ class ISBOSampler(BaseSampler):
         Completed trials taken from a scrambled Sobol design before the model is used. The
         design spreads ``x`` uniformly and the fidelity as ``s = u^2`` (``u`` uniform), rounded
         to the fidelity grid: most startup trials are cheap, about a quarter are at
-        ``s > 0.56``, so the model sees how fidelities relate.
+        ``s > 0.56``, so the model sees how fidelities relate. Defaults to 10, or to 1 with a
+        ``prior`` (the pre-trained prior already says where good configurations are, so the
+        model is used from the second trial on).
     consider_running_trials
         Condition the model on running trials at their predicted values (kriging believer), so
         that parallel workers do not pick the same point.
@@ -83,6 +86,13 @@ class ISBOSampler(BaseSampler):
         fewer).
     warn_independent_sampling
         Warn when a parameter falls back to ``independent_sampler`` after startup.
+    prior
+        A GP prior pre-trained on related studies (:func:`optuna_isbo.meta.fit_prior`). The
+        objective GP then uses the prior's mean function and its kernel and noise
+        hyperparameters, held fixed as in HyperBO (they are not refitted to the study), on the
+        study's values in the prior's units (:meth:`~optuna_isbo.meta.GPPrior.transform`). The
+        study's search space and fidelity parameter must match the prior's, else
+        :class:`ValueError` names the difference. The cost GP is fitted as usual.
 
     Notes
     -----
@@ -106,13 +116,18 @@ class ISBOSampler(BaseSampler):
         target_fidelity: float | None = None,
         cost_attr: str = "isbo:cost",
         acquisition: str = "es",
-        n_startup_trials: int = 10,
+        n_startup_trials: int | None = None,
         consider_running_trials: bool = True,
         independent_sampler: BaseSampler | None = None,
         seed: int | None = None,
         n_fidelities: int = 5,
         warn_independent_sampling: bool = True,
+        prior: GPPrior | None = None,
     ) -> None:
+        if prior is not None and not isinstance(prior, GPPrior):
+            raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
+        if n_startup_trials is None:
+            n_startup_trials = 10 if prior is None else 1
         if acquisition not in _ACQUISITIONS:
             raise ValueError(f"`acquisition` must be one of {_ACQUISITIONS}, got {acquisition!r}.")
         if n_startup_trials < 0:
@@ -133,6 +148,7 @@ class ISBOSampler(BaseSampler):
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._n_fidelities = n_fidelities
         self._warn_independent_sampling = warn_independent_sampling
+        self._prior = prior
         self._search_space = IntersectionSearchSpace()
         self._lock = threading.Lock()
         self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
@@ -158,6 +174,8 @@ class ISBOSampler(BaseSampler):
         if not search_space:
             return {}
         space = SearchSpace(search_space, self._fidelity_param, self._target_fidelity)
+        if self._prior is not None:
+            self._prior.check_search_space(search_space, space.fidelity_param)
         trials = study._get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING), use_cache=False
         )
@@ -301,6 +319,9 @@ class ISBOSampler(BaseSampler):
         inputs = _inputs(space, X, s)
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
         y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
+        if self._prior is not None:
+            self._prior.check_search_space(space.distributions, space.fidelity_param)
+            return self._prior.condition(inputs, self._prior.transform(y)), inputs
         std = float(y.std()) if y.shape[0] > 1 else 1.0
         y_std = (y - y.mean()) / (std if std > 1e-12 else 1.0)
         key = ("objective", inputs.shape[1], space.fidelity_param)

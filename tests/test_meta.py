@@ -1,0 +1,501 @@
+"""Tests of the pre-trained GP prior in :mod:`optuna_isbo.meta` and its use by the sampler.
+
+Statistical tolerances come from the Fisher information of the generating model: a maximum
+(marginal) likelihood estimate is asymptotically normal with covariance ``I(theta)^{-1}``, so
+``|estimate - truth| <= 4 standard errors`` fails by chance with probability about 6e-5 per
+quantity, and fails surely when the fit ignores the data (e.g. a wrong mean slope or a
+lengthscale off by a factor of two). Seeds are fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from optuna_isbo import ISBOSampler
+from optuna_isbo.meta import GPPrior, fit_prior
+from optuna_isbo.model import GPParams, condition, matern52
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Any:
+    """Small matrices: one thread is several times faster than two on a busy machine."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+SPACE = {"a": FloatDistribution(0.0, 1.0), "b": FloatDistribution(0.0, 1.0)}
+TRUE_LENGTHSCALES = torch.tensor([0.15, 0.5], dtype=torch.float64)
+TRUE_OUTPUTSCALE = 0.5
+TRUE_NOISE = 1e-3
+TRUE_BIAS, TRUE_SLOPE = 1.0, torch.tensor([2.0, -1.0], dtype=torch.float64)
+
+
+def _true_mean(X: torch.Tensor) -> torch.Tensor:
+    return TRUE_BIAS + X @ TRUE_SLOPE
+
+
+def _true_cov(X: torch.Tensor) -> torch.Tensor:
+    K = TRUE_OUTPUTSCALE * matern52(X, X, TRUE_LENGTHSCALES)
+    return K + TRUE_NOISE * torch.eye(X.shape[0], dtype=torch.float64)
+
+
+def _study_from_points(
+    name: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    direction: str = "minimize",
+    space: dict[str, Any] | None = None,
+    storage: Any = None,
+) -> optuna.Study:
+    space = SPACE if space is None else space
+    study = optuna.create_study(study_name=name, direction=direction, storage=storage)
+    names = sorted(space)
+    for row, value in zip(X, y, strict=True):
+        params = {n: float(v) for n, v in zip(names, row, strict=True)}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=space, value=float(value))
+        )
+    return study
+
+
+def _gp_studies(
+    n_studies: int, n_points: int, seed: int, *, shared: bool = False
+) -> list[optuna.Study]:
+    """Studies whose values are exact draws from the known GP prior at uniform points."""
+    gen = torch.Generator().manual_seed(seed)
+    X_shared = torch.rand(n_points, 2, generator=gen, dtype=torch.float64)
+    studies = []
+    for i in range(n_studies):
+        X = X_shared if shared else torch.rand(n_points, 2, generator=gen, dtype=torch.float64)
+        L = torch.linalg.cholesky(_true_cov(X))
+        y = _true_mean(X) + L @ torch.randn(n_points, generator=gen, dtype=torch.float64)
+        studies.append(_study_from_points(f"task{i}", X.numpy(), y.numpy()))
+    return studies
+
+
+def _fisher_information(points: list[torch.Tensor]) -> torch.Tensor:
+    """Fisher information of ``(log l_1, log l_2, log s2, log noise, bias, w_1, w_2)``.
+
+    For ``y ~ N(Phi beta, K(theta))`` the information is block diagonal:
+    ``0.5 tr(K^-1 dK_a K^-1 dK_b)`` for the kernel block and ``Phi^T K^-1 Phi`` for the mean.
+    The derivatives of the Matérn-5/2 kernel are written out: with ``r^2 = sum_j (d_j / l_j)^2``,
+    ``dk/d(r^2) = -5/6 (1 + sqrt(5) r) exp(-sqrt(5) r)`` and
+    ``d(r^2)/d(log l_j) = -2 (d_j / l_j)^2``.
+    """
+    info = torch.zeros(7, 7, dtype=torch.float64)
+    for X in points:
+        scaled2 = ((X[:, None, :] - X[None, :, :]) / TRUE_LENGTHSCALES).square()  # (n, n, 2)
+        r = scaled2.sum(-1).sqrt()
+        dk_dr2 = -5.0 / 6.0 * (1.0 + math.sqrt(5.0) * r) * torch.exp(-math.sqrt(5.0) * r)
+        Kf = TRUE_OUTPUTSCALE * matern52(X, X, TRUE_LENGTHSCALES)
+        eye = torch.eye(X.shape[0], dtype=torch.float64)
+        dK = [TRUE_OUTPUTSCALE * dk_dr2 * (-2.0 * scaled2[:, :, j]) for j in range(2)]
+        dK += [Kf, TRUE_NOISE * eye]
+        Kinv = torch.linalg.inv(Kf + TRUE_NOISE * eye)
+        A = [Kinv @ dKa for dKa in dK]
+        for a in range(4):
+            for b in range(4):
+                info[a, b] += 0.5 * (A[a] * A[b].T).sum()
+        Phi = torch.cat([torch.ones(X.shape[0], 1, dtype=torch.float64), X], dim=1)
+        info[4:, 4:] += Phi.T @ Kinv @ Phi
+    return info
+
+
+def _points_of(studies: list[optuna.Study]) -> list[torch.Tensor]:
+    return [
+        torch.tensor([[t.params["a"], t.params["b"]] for t in s.trials], dtype=torch.float64)
+        for s in studies
+    ]
+
+
+def _check_recovery(prior: GPPrior, studies: list[optuna.Study], n_se: float) -> None:
+    cov = torch.linalg.inv(_fisher_information(_points_of(studies)))
+    se = cov.diagonal().sqrt()
+    log_ls = prior.params.lengthscales.log()
+    err_ls = (log_ls - TRUE_LENGTHSCALES.log()).abs()
+    assert bool((err_ls <= n_se * se[:2]).all()), (log_ls.exp(), se[:2])
+    # The mean in the studies' units, compared where it matters: at the corners and centre.
+    X = torch.tensor(
+        [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.5]], dtype=torch.float64
+    )
+    fitted = prior.untransform(prior.mean_function(X))
+    Phi = torch.cat([torch.ones(X.shape[0], 1, dtype=torch.float64), X], dim=1)
+    se_mean = (Phi @ cov[4:, 4:] @ Phi.T).diagonal().sqrt()
+    assert bool(((fitted - _true_mean(X)).abs() <= n_se * se_mean).all()), (fitted, se_mean)
+    # The outputscale in the studies' units (weaker: 30 tasks of 25 points say little about it).
+    log_s2 = math.log(float(prior.params.outputscale) * prior.y_scale**2)
+    assert abs(log_s2 - math.log(TRUE_OUTPUTSCALE)) <= n_se * float(se[2])
+
+
+def test_fit_prior_recovers_lengthscales_and_mean() -> None:
+    studies = _gp_studies(30, 25, seed=0)
+    prior = fit_prior(studies, mean="linear", fidelity_param=None)
+    assert prior.fit_info["n_studies"] == 30 and prior.fit_info["n_points"] == 750
+    _check_recovery(prior, studies, n_se=4.0)
+    # Sanity of the tolerance itself: it must be tight enough to reject a wrong model.
+    se = torch.linalg.inv(_fisher_information(_points_of(studies))).diagonal().sqrt()
+    assert float(se[0]) < math.log(2.0) / 4.0 and float(se[5]) < 2.0 / 4.0
+
+
+def test_fit_prior_empirical_kl_on_shared_points() -> None:
+    studies = _gp_studies(30, 25, seed=1, shared=True)
+    prior = fit_prior(studies, mean="linear", objective="empirical_kl", fidelity_param=None)
+    assert prior.fit_info["objective"] == "empirical_kl"
+    _check_recovery(prior, studies, n_se=4.0)
+
+
+def test_empirical_kl_needs_shared_points() -> None:
+    studies = _gp_studies(3, 10, seed=2, shared=False)
+    with pytest.raises(ValueError, match="same points"):
+        fit_prior(studies, objective="empirical_kl", fidelity_param=None)
+
+
+def test_constant_mean_cannot_fit_a_slope() -> None:
+    """The recovery check fails for a model without the right mean (the test can fail)."""
+    studies = _gp_studies(30, 25, seed=0)
+    prior = fit_prior(studies, mean="constant", fidelity_param=None)
+    with pytest.raises(AssertionError):
+        _check_recovery(prior, studies, n_se=4.0)
+
+
+def test_maximized_studies_are_sign_flipped() -> None:
+    studies = _gp_studies(6, 15, seed=3)
+    flipped = [
+        _study_from_points(
+            s.study_name,
+            np.array([[t.params["a"], t.params["b"]] for t in s.trials]),
+            -np.array([t.value for t in s.trials]),
+            direction="maximize",
+        )
+        for s in studies
+    ]
+    p1 = fit_prior(studies, fidelity_param=None, max_iter=100)
+    p2 = fit_prior(flipped, fidelity_param=None, max_iter=100)
+    assert p1.y_shift == pytest.approx(p2.y_shift)
+    torch.testing.assert_close(p1.params.lengthscales, p2.params.lengthscales)
+    torch.testing.assert_close(
+        p1.mean_function.weights["weight"], p2.mean_function.weights["weight"]
+    )
+
+
+def test_short_study_is_skipped_with_warning_and_storage_pairs(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    studies = _gp_studies(3, 12, seed=4)
+    X = np.array([[0.1, 0.2], [0.3, 0.4]])
+    _study_from_points("short", X, np.array([0.0, 1.0]), storage=storage)
+    _study_from_points(
+        "stored",
+        np.array([[t.params["a"], t.params["b"]] for t in studies[0].trials]),
+        np.array([t.value for t in studies[0].trials]),
+        storage=storage,
+    )
+    with pytest.warns(UserWarning, match="'short'.*skips"):
+        prior = fit_prior(
+            [*studies, (storage, "short"), (storage, "stored")], fidelity_param=None, max_iter=50
+        )
+    assert prior.fit_info["study_names"] == ["task0", "task1", "task2", "stored"]
+
+
+def test_search_space_mismatch_names_study_and_parameter() -> None:
+    studies = _gp_studies(2, 8, seed=5)
+    other_space = {"a": FloatDistribution(0.0, 2.0), "c": FloatDistribution(0.0, 1.0)}
+    odd = _study_from_points("odd", np.array([[0.1, 0.2]] * 6), np.arange(6.0), space=other_space)
+    with pytest.raises(
+        ValueError,
+        match=r"'odd'.*missing parameters \['b'\].*extra parameters "
+        r"\['c'\].*'a' is FloatDistribution\(high=2.0",
+    ):
+        fit_prior([*studies, odd], fidelity_param=None)
+
+
+def test_bad_arguments() -> None:
+    studies = _gp_studies(1, 6, seed=6)
+    with pytest.raises(ValueError, match="mean"):
+        fit_prior(studies, mean="cubic")
+    with pytest.raises(ValueError, match="objective"):
+        fit_prior(studies, objective="kl")
+    with pytest.raises(TypeError, match="Study"):
+        fit_prior(["not a study"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="at least one study"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit_prior(studies, min_trials=100)
+
+
+# -- save / load ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_prior() -> GPPrior:
+    """An MLP-mean prior on a space with int, log and categorical parameters and a fidelity."""
+    space = {
+        "lr": FloatDistribution(1e-4, 1.0, log=True),
+        "layers": IntDistribution(1, 4),
+        "act": CategoricalDistribution(["relu", "tanh"]),
+        "super_batch_size": IntDistribution(16, 256, log=True),
+    }
+    rng = np.random.default_rng(0)
+    studies = []
+    for i in range(3):
+        study = optuna.create_study(study_name=f"mixed{i}")
+        for _ in range(10):
+            params = {
+                "lr": float(10 ** rng.uniform(-4, 0)),
+                "layers": int(rng.integers(1, 5)),
+                "act": str(rng.choice(["relu", "tanh"])),
+                "super_batch_size": int(rng.choice([16, 64, 256])),
+            }
+            value = (
+                (math.log10(params["lr"]) + 2) ** 2 + 0.1 * params["layers"] + rng.normal(0, 0.1)
+            )
+            study.add_trial(
+                optuna.trial.create_trial(params=params, distributions=space, value=value)
+            )
+        studies.append(study)
+    return fit_prior(studies, mean="mlp", hidden_units=4, max_iter=30)
+
+
+def test_save_load_round_trip(tmp_path: Path, mixed_prior: GPPrior) -> None:
+    assert mixed_prior.fidelity_param == "super_batch_size" and mixed_prior.heteroscedastic
+    path = tmp_path / "prior.json"
+    mixed_prior.save(path)
+    loaded = GPPrior.load(path)
+    assert loaded.to_dict() == mixed_prior.to_dict()
+    assert loaded.distributions == mixed_prior.distributions
+    X = torch.rand(5, mixed_prior.search_space().dim + 1, dtype=torch.float64)
+    y = torch.randn(5, dtype=torch.float64)
+    A = torch.rand(7, X.shape[1], dtype=torch.float64)
+    torch.testing.assert_close(loaded.condition(X, y).mean(A), mixed_prior.condition(X, y).mean(A))
+    json.loads(path.read_text())  # plain JSON
+
+
+def _mutations() -> list[tuple[str, Any, str]]:
+    """(description, mutation of the dict, expected message fragment)."""
+
+    def setter(path: tuple[Any, ...], value: Any) -> Any:
+        def mutate(d: dict[str, Any]) -> None:
+            for key in path[:-1]:
+                d = d[key]
+            d[path[-1]] = value
+
+        return mutate
+
+    def deleter(path: tuple[Any, ...]) -> Any:
+        def mutate(d: dict[str, Any]) -> None:
+            for key in path[:-1]:
+                d = d[key]
+            del d[path[-1]]
+
+        return mutate
+
+    return [
+        ("wrong format", setter(("format",), "pickle"), "format"),
+        ("future version", setter(("version",), 2), "version"),
+        ("bool version", setter(("version",), True), "version"),
+        ("unknown key", setter(("__reduce__",), "os.system"), "unknown keys"),
+        ("missing key", deleter(("kernel",)), "missing keys"),
+        ("short lengthscales", setter(("kernel", "lengthscales"), [0.5]), "lengthscales"),
+        ("string lengthscale", setter(("kernel", "lengthscales", 0), "0.5"), "number"),
+        ("negative noise", setter(("kernel", "noise"), -1.0), "positive"),
+        ("zero scale", setter(("output_transform", "y_scale"), 0.0), "positive"),
+        ("nested weight", setter(("mean_function", "weights", "bias"), [1.0]), "number"),
+        ("extra weight", setter(("mean_function", "weights", "evil"), 1.0), "unknown keys"),
+        ("bad kind", setter(("mean_function", "kind"), "eval"), "kind"),
+        ("input dim", setter(("mean_function", "input_dim"), 2), "input_dim"),
+        ("fidelity absent", setter(("fidelity_param",), "epochs"), "fidelity_param"),
+        (
+            "unknown distribution",
+            setter(("search_space", "lr"), {"name": "os.system", "attributes": {}}),
+            "unsupported distribution",
+        ),
+        (
+            "invalid distribution",
+            setter(
+                ("search_space", "lr"),
+                {"name": "FloatDistribution", "attributes": {"low": 2.0, "high": 1.0}},
+            ),
+            "not a valid distribution",
+        ),
+        ("top level list", lambda d: d.clear(), "missing keys"),
+    ]
+
+
+@pytest.mark.parametrize("case", _mutations(), ids=lambda c: c[0])
+def test_load_rejects_malformed_fields(
+    tmp_path: Path, mixed_prior: GPPrior, case: tuple[str, Any, str]
+) -> None:
+    _, mutate, fragment = case
+    data = mixed_prior.to_dict()
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=fragment):
+        GPPrior.load(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00}\x94.",  # a pickle
+        b"not json",
+        b'{"format": NaN}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe",
+    ],
+    ids=["pickle", "text", "nan", "deep-nesting", "bad-utf8"],
+)
+def test_load_rejects_non_json(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError):
+        GPPrior.load(path)
+
+
+def test_load_rejects_nan_number(tmp_path: Path, mixed_prior: GPPrior) -> None:
+    text = json.dumps(mixed_prior.to_dict()).replace('"noise": ', '"noise": NaN, "x": ', 1)
+    path = tmp_path / "nan.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        GPPrior.load(path)
+
+
+# -- the model hook and the sampler -----------------------------------------------------------
+
+
+def test_condition_with_mean_function_reverts_to_it_far_from_data() -> None:
+    params = GPParams(
+        lengthscales=torch.tensor([0.1], dtype=torch.float64),
+        outputscale=torch.tensor(1.0, dtype=torch.float64),
+        noise=torch.tensor(1e-4, dtype=torch.float64),
+        mean=torch.tensor(0.0, dtype=torch.float64),
+        fidelity_beta=torch.tensor(0.5, dtype=torch.float64),
+        fidelity_exponent=torch.tensor(1.5, dtype=torch.float64),
+        noise_slope=torch.tensor(0.0, dtype=torch.float64),
+    )
+
+    def mean_fn(A: torch.Tensor) -> torch.Tensor:
+        return 3.0 * A[:, 0]
+
+    X = torch.tensor([[0.0], [0.05]], dtype=torch.float64)
+    y = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    model = condition(X, y, params, False, False, mean_fn=mean_fn)
+    far = torch.tensor([[0.9]], dtype=torch.float64)
+    assert float(model.mean(far)) == pytest.approx(2.7, abs=1e-3)
+    torch.testing.assert_close(model.mean(X), y, atol=1e-3, rtol=0)
+    pending = model.with_pending(torch.tensor([[0.5]], dtype=torch.float64))
+    assert float(pending.mean(far)) == pytest.approx(2.7, abs=1e-3)
+    mean, _ = model.mean_var(far)
+    torch.testing.assert_close(mean, model.mean(far))
+
+
+def _rff_task(seed: int, n_features: int = 500) -> Any:
+    """A function drawn (approximately) from the known GP: random Fourier features."""
+    rng = np.random.default_rng(seed)
+    # Matérn-5/2 spectral density: multivariate t with 5 degrees of freedom, scale 1 / l.
+    z = rng.normal(size=(n_features, 2))
+    g = rng.chisquare(5.0, size=(n_features, 1))
+    omega = z / TRUE_LENGTHSCALES.numpy() * np.sqrt(5.0 / g)
+    phase = rng.uniform(0, 2 * np.pi, n_features)
+    weights = rng.normal(size=n_features) * np.sqrt(2.0 * TRUE_OUTPUTSCALE / n_features)
+
+    def f(X: np.ndarray) -> np.ndarray:
+        return TRUE_BIAS + X @ TRUE_SLOPE.numpy() + np.cos(X @ omega.T + phase) @ weights
+
+    return f
+
+
+def test_sampler_with_prior_reaches_lower_regret() -> None:
+    """On held-out tasks from the same prior, 6 trials with the prior beat 6 without."""
+    rng = np.random.default_rng(10)
+    train = []
+    for i in range(15):
+        f = _rff_task(100 + i)
+        X = rng.uniform(size=(15, 2))
+        train.append(_study_from_points(f"train{i}", X, f(X) + 0.03 * rng.normal(size=15)))
+    prior = fit_prior(train, mean="linear", fidelity_param=None, max_iter=200)
+
+    grid = np.stack(np.meshgrid(np.linspace(0, 1, 80), np.linspace(0, 1, 80)), -1).reshape(-1, 2)
+    regrets: dict[str, list[float]] = {"prior": [], "none": []}
+    for task in range(3):
+        f = _rff_task(1000 + task)
+        f_min = float(f(grid).min())
+
+        def objective(trial: optuna.Trial, f: Any = f) -> float:
+            x = np.array([[trial.suggest_float("a", 0, 1), trial.suggest_float("b", 0, 1)]])
+            return float(f(x)[0])
+
+        for label, kwargs in (("prior", {"prior": prior}), ("none", {"n_startup_trials": 3})):
+            sampler = ISBOSampler(seed=task, acquisition="mes", **kwargs)  # type: ignore[arg-type]
+            study = optuna.create_study(sampler=sampler)
+            study.optimize(objective, n_trials=6)
+            regrets[label].append(study.best_value - f_min)
+    assert np.mean(regrets["prior"]) < 0.5 * np.mean(regrets["none"]), regrets
+
+
+def test_sampler_rejects_mismatched_space(mixed_prior: GPPrior) -> None:
+    sampler = ISBOSampler(prior=mixed_prior, seed=0)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        trial.suggest_int("layers", 1, 8)
+        trial.suggest_categorical("act", ["relu", "tanh"])
+        trial.suggest_int("super_batch_size", 16, 256, log=True)
+        return 0.0
+
+    study.optimize(objective, n_trials=1)
+    with pytest.raises(ValueError, match=r"'layers' is IntDistribution\(.*high=8"):
+        study.optimize(objective, n_trials=1)
+
+
+def test_sampler_with_fidelity_prior_runs(mixed_prior: GPPrior) -> None:
+    sampler = ISBOSampler(prior=mixed_prior, seed=0)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        layers = trial.suggest_int("layers", 1, 4)
+        trial.suggest_categorical("act", ["relu", "tanh"])
+        trial.suggest_int("super_batch_size", 16, 256, log=True)
+        trial.set_user_attr("isbo:cost", 1.0)
+        return (math.log10(lr) + 2) ** 2 + 0.1 * layers
+
+    study.optimize(objective, n_trials=3)
+    phases = [t.user_attrs.get("isbo:phase") for t in study.trials]
+    assert phases == ["startup", "model", "model"]
+    assert set(sampler.recommend(study)) == set(mixed_prior.distributions)
+
+
+@pytest.mark.parametrize("has_fidelity", [False, True])
+def test_batched_kernel_matches_model_kernel(has_fidelity: bool) -> None:
+    from optuna_isbo.meta import _batched_kernel
+    from optuna_isbo.model import _kernel
+
+    params = GPParams(
+        lengthscales=torch.tensor([0.3, 0.7], dtype=torch.float64),
+        outputscale=torch.tensor(1.3, dtype=torch.float64),
+        noise=torch.tensor(1e-2, dtype=torch.float64),
+        mean=torch.tensor(0.0, dtype=torch.float64),
+        fidelity_beta=torch.tensor(0.8, dtype=torch.float64),
+        fidelity_exponent=torch.tensor(1.2, dtype=torch.float64),
+        noise_slope=torch.tensor(0.5, dtype=torch.float64),
+    )
+    A = torch.rand(3, 6, 3 if has_fidelity else 2, dtype=torch.float64)
+    K = _batched_kernel(A, params, has_fidelity)
+    for j in range(3):
+        torch.testing.assert_close(K[j], _kernel(A[j], A[j], params, has_fidelity))
