@@ -301,6 +301,8 @@ def report(path: str, plot: str | None) -> None:
         n_trials = min(c.shape[1] for c in curves.values())
         medians = {m: np.median(c[:, :n_trials], axis=0) for m, c in curves.items()}
         peers = [m for m in PEERS if m in medians]
+        if not peers:
+            continue
         target = min(float(medians[m][n_trials - 1]) for m in peers)
         best_peer = min(peers, key=lambda m: float(medians[m][n_trials - 1]))
         best_grid = next(r["best_grid"] for r in records if r["dataset"] == dataset)
@@ -352,8 +354,8 @@ def report(path: str, plot: str | None) -> None:
                 c = _curves(rs)
                 t = np.arange(1, c.shape[1] + 1)
                 q25, q50, q75 = np.percentile(c, [25, 50, 75], axis=0)
-                ax.plot(t, q50, label=method, lw=2 if method == "isbo-prior" else 1.2)
-                ax.fill_between(t, q25, q75, alpha=0.15)
+                (line,) = ax.plot(t, q50, label=method, lw=2 if method == "isbo-prior" else 1.2)
+                ax.fill_between(t, q25, q75, color=line.get_color(), alpha=0.12)
             ax.set_yscale("symlog", linthresh=1e-3)
             ax.set_xlabel("trials")
             ax.set_title(f"held out: {dataset}")
