@@ -311,8 +311,11 @@ def report(path: str, plot: str | None) -> None:
             f"trials: {best_peer}, median regret {target:.4f})\n"
         )
         header = "| method | seeds | " + " | ".join(f"regret @{t}" for t in CHECKPOINTS)
-        print(header + " | trials to reach best peer's @50 median | s / run |")
-        print("|---" * (len(CHECKPOINTS) + 4) + "|")
+        print(
+            header + " | trials to reach best peer's @50 median "
+            "| trials isbo-prior needs to reach this method's @50 median | s / run |"
+        )
+        print("|---" * (len(CHECKPOINTS) + 5) + "|")
         summary[dataset] = {}
         for method, c in curves.items():
             cells = []
@@ -324,6 +327,9 @@ def report(path: str, plot: str | None) -> None:
                 cells.append(f"{q50:.4f} ({q25:.4f}-{q75:.4f})")
             reached = np.nonzero(medians[method] <= target + 1e-12)[0]
             n_reach = int(reached[0]) + 1 if reached.size else None
+            own = float(medians[method][n_trials - 1])
+            prior_reach = np.nonzero(medians.get("isbo-prior", np.array([])) <= own + 1e-12)[0]
+            n_prior = str(int(prior_reach[0]) + 1) if prior_reach.size else f"> {n_trials}"
             secs = np.median(
                 [
                     r["seconds"]
@@ -334,7 +340,8 @@ def report(path: str, plot: str | None) -> None:
             print(
                 f"| {method} | {c.shape[0]} | "
                 + " | ".join(cells)
-                + f" | {n_reach if n_reach is not None else f'> {n_trials}'} | {secs:.1f} |"
+                + f" | {n_reach if n_reach is not None else f'> {n_trials}'} | {n_prior}"
+                + f" | {secs:.1f} |"
             )
             summary[dataset][method] = {"trials_to_target": n_reach, "seconds": float(secs)}
     if plot:
