@@ -328,4 +328,3 @@ def per_cost(gain: AcquisitionFunc, cost_model: CostModel) -> AcquisitionFunc:
         return gain(C) / cost_model.expected_seconds(C)
 
     return value
-

@@ -82,7 +82,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import scipy.optimize
 import torch
 from optuna.distributions import (
     BaseDistribution,
@@ -112,6 +111,7 @@ from optuna_isbo.model import (
     _Matern52,
     _noise_var,
     condition,
+    minimize_lbfgsb,
 )
 from optuna_isbo.search_space import SearchSpace
 
@@ -950,26 +950,10 @@ def fit_prior(
             weights0 += [0.0] * size
     x0 = np.clip(np.array(kernel0 + weights0, dtype=np.float64), lo, hi)
 
-    def fun(theta_np: np.ndarray) -> tuple[float, np.ndarray]:
-        theta = torch.from_numpy(theta_np).requires_grad_(True)
-        loss = loss_fn(theta)
-        if loss is None or not torch.isfinite(loss):
-            return 1e10, np.zeros_like(theta_np)
-        (grad,) = torch.autograd.grad(loss, theta)
-        return float(loss.detach()), grad.numpy()
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = scipy.optimize.minimize(
-            fun,
-            x0,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=list(zip(lo, hi, strict=True)),
-            options={"maxiter": max_iter},
-        )
-    theta_best = res.x if math.isfinite(res.fun) and res.fun < 1e10 else x0
-    final_loss = float(res.fun) if math.isfinite(res.fun) and res.fun < 1e10 else math.nan
+    theta_found, loss_found = minimize_lbfgsb(loss_fn, x0, bounds, max_iter)
+    feasible = math.isfinite(loss_found)
+    theta_best = theta_found if feasible else x0
+    final_loss = loss_found if feasible else math.nan
     params, weights = layout.unpack(torch.from_numpy(np.array(theta_best)))
     params = replace(
         params, **{f.name: getattr(params, f.name).detach().clone() for f in fields(params)}

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,6 +48,8 @@ from gpytorch.priors import LogNormalPrior, NormalPrior
 
 _SQRT5 = math.sqrt(5.0)
 _JITTER = 1e-8
+# Returned to L-BFGS-B at infeasible points: finite, so that the line search backs off.
+_INFEASIBLE_LOSS = 1e10
 
 # Bounds of the log hyperparameters, for numerical safety (BoTorch bounds lengthscales below
 # by 0.025 for the same reason).
@@ -454,6 +456,57 @@ def _neg_log_posterior(
     return -(log_ml + log_prior) / X.shape[0]
 
 
+def minimize_lbfgsb(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor | None],
+    x0: np.ndarray,
+    bounds: Sequence[tuple[float, float]],
+    max_iter: int,
+) -> tuple[np.ndarray, float]:
+    """Minimize a torch loss of one parameter vector with L-BFGS-B on autograd gradients.
+
+    Parameters
+    ----------
+    loss_fn
+        Maps the ``(p,)`` float64 parameter vector to a scalar loss; ``None`` or a non-finite
+        loss (a failed Cholesky factorization, say) marks an infeasible point.
+    x0
+        ``(p,)`` start, clipped into ``bounds``.
+    bounds
+        ``p`` pairs ``(low, high)``.
+    max_iter
+        Iteration cap.
+
+    Returns
+    -------
+    tuple
+        The best parameters ``(p,)`` and their loss; the loss is ``inf`` when no feasible point
+        was found.
+    """
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([b[1] for b in bounds])
+
+    def fun(theta_np: np.ndarray) -> tuple[float, np.ndarray]:
+        theta = torch.from_numpy(theta_np).requires_grad_(True)
+        loss = loss_fn(theta)
+        if loss is None or not torch.isfinite(loss):
+            return _INFEASIBLE_LOSS, np.zeros_like(theta_np)
+        (grad,) = torch.autograd.grad(loss, theta)
+        return float(loss.detach()), grad.numpy()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = scipy.optimize.minimize(
+            fun,
+            np.clip(x0, lo, hi),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=list(zip(lo, hi, strict=True)),
+            options={"maxiter": max_iter},
+        )
+    loss = float(res.fun)
+    return res.x, loss if math.isfinite(loss) and loss < _INFEASIBLE_LOSS else math.inf
+
+
 def fit_gp(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -512,31 +565,16 @@ def fit_gp(
     lo = np.array([b[0] for b in bounds])
     hi = np.array([b[1] for b in bounds])
 
-    def fun(theta_np: np.ndarray) -> tuple[float, np.ndarray]:
-        theta = torch.from_numpy(theta_np).requires_grad_(True)
-        loss = _neg_log_posterior(theta, X, y, priors, has_fidelity, use_het, d)
-        if not torch.isfinite(loss):
-            return 1e10, np.zeros_like(theta_np)
-        (grad,) = torch.autograd.grad(loss, theta)
-        return float(loss.detach()), grad.numpy()
+    def loss_fn(theta: torch.Tensor) -> torch.Tensor:
+        return _neg_log_posterior(theta, X, y, priors, has_fidelity, use_het, d)
 
     best_theta: np.ndarray | None = None
     best_loss = math.inf
     for theta0 in starts:
-        x0 = np.clip(theta0.detach().numpy(), lo, hi)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = scipy.optimize.minimize(
-                fun,
-                x0,
-                jac=True,
-                method="L-BFGS-B",
-                bounds=list(zip(lo, hi, strict=True)),
-                options={"maxiter": max_iter},
-            )
-        if res.fun < best_loss:
-            best_loss, best_theta = float(res.fun), res.x
-    if best_theta is None or not math.isfinite(best_loss) or best_loss >= 1e10:
+        theta, loss = minimize_lbfgsb(loss_fn, theta0.detach().numpy(), bounds, max_iter)
+        if loss < best_loss:
+            best_loss, best_theta = loss, theta
+    if best_theta is None:
         best_theta = np.clip(starts[-1].numpy(), lo, hi)
     params = _unpack(torch.from_numpy(best_theta), d)
     if not use_het:

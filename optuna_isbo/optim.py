@@ -140,9 +140,7 @@ def maximize_acquisition(
 
     X0 = space.sample_sobol(n_sobol, seed=sobol_seed) if space.dim > 0 else torch.zeros(1, 0)
     if seed_points.shape[0] > 0 and space.dim > 0:
-        moved = perturb(
-            seed_points.repeat(4, 1), space, step=local_steps[0], generator=generator
-        )
+        moved = perturb(seed_points.repeat(4, 1), space, step=local_steps[0], generator=generator)
         X0 = torch.cat([X0, seed_points, moved])
     X0 = torch.unique(X0.to(torch.float64), dim=0)
     X_all = X0.repeat(grid.shape[0], 1)
