@@ -46,6 +46,8 @@ import scipy.optimize
 import torch
 from gpytorch.priors import LogNormalPrior, NormalPrior
 
+from optuna_isbo._blas import single_threaded_blas
+
 _SQRT5 = math.sqrt(5.0)
 _JITTER = 1e-8
 # Returned to L-BFGS-B at infeasible points: finite, so that the line search backs off.
@@ -493,7 +495,7 @@ def minimize_lbfgsb(
         (grad,) = torch.autograd.grad(loss, theta)
         return float(loss.detach()), grad.numpy()
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), single_threaded_blas():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = scipy.optimize.minimize(
             fun,

@@ -11,6 +11,7 @@ design, how running trials enter as pending points, and what is written to the t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -192,7 +193,7 @@ class ISBOSampler(BaseSampler):
                 and search_space.keys() <= _pending_params(t).keys()
             ]
             try:
-                with self._lock, torch.device("cpu"):
+                with self._lock, _on_cpu():
                     params, attrs = self._model_params(study, trial, space, completed, running)
             except torch.linalg.LinAlgError as err:
                 warnings.warn(
@@ -287,7 +288,7 @@ class ISBOSampler(BaseSampler):
         if len(completed) == 1:
             best = completed[0]
         else:
-            with self._lock, torch.device("cpu"):
+            with self._lock, _on_cpu():
                 model, _ = self._fit_objective(study, space, completed)
                 X, _ = space.encode_trials(completed)
                 targets = acq.to_target_fidelity(
@@ -302,15 +303,17 @@ class ISBOSampler(BaseSampler):
 
     # -- internals -------------------------------------------------------------------------
     def _startup_fidelity(self, space: SearchSpace, trial_number: int) -> float:
-        engine = torch.quasirandom.SobolEngine(1, scramble=True, seed=self._seed + 1)
-        u = float(engine.draw(trial_number + 1, dtype=torch.float64)[-1, 0])
-        grid = space.fidelity_grid(self._n_fidelities)
-        return float(grid[torch.argmin((grid - u**2).abs())])
+        with _on_cpu():
+            engine = torch.quasirandom.SobolEngine(1, scramble=True, seed=self._seed + 1)
+            u = float(engine.draw(trial_number + 1, dtype=torch.float64)[-1, 0])
+            grid = space.fidelity_grid(self._n_fidelities)
+            return float(grid[torch.argmin((grid - u**2).abs())])
 
     def _startup_params(self, space: SearchSpace, trial_number: int) -> dict[str, Any]:
-        x = space.sample_sobol(trial_number + 1, seed=self._seed)[-1]
-        s = self._startup_fidelity(space, trial_number) if space.fidelity_param else 1.0
-        return space.decode(x, s)
+        with _on_cpu():
+            x = space.sample_sobol(trial_number + 1, seed=self._seed)[-1]
+            s = self._startup_fidelity(space, trial_number) if space.fidelity_param else 1.0
+            return space.decode(x, s)
 
     def _fit_objective(
         self, study: Study, space: SearchSpace, completed: list[FrozenTrial]
@@ -418,6 +421,18 @@ def _inputs(space: SearchSpace, X: torch.Tensor, s: torch.Tensor) -> torch.Tenso
 
 def _ask_seed(seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
+
+
+def _on_cpu() -> contextlib.AbstractContextManager[Any]:
+    """Context in which new tensors default to the CPU, whatever the user's default device.
+
+    The model's tensors are small; the CPU is where they belong. ``torch.device`` as a context
+    intercepts every torch call, which costs several microseconds per operation, so it is only
+    entered when the user has moved the default device (``torch.set_default_device``).
+    """
+    if torch.get_default_device().type == "cpu":
+        return contextlib.nullcontext()
+    return torch.device("cpu")
 
 
 def _usable_completed_trials(

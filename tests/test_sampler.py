@@ -337,6 +337,22 @@ def test_single_completed_trial() -> None:
     assert study.trials[-1].user_attrs["isbo:phase"] == "model"
 
 
+def test_model_runs_on_the_cpu_whatever_the_default_device() -> None:
+    # "meta" tensors carry no data: a model built on them would fail. The sampler must build
+    # its tensors on the CPU even when the user has moved torch's default device.
+    import torch
+
+    study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=3))
+    torch.set_default_device("meta")
+    try:
+        study.optimize(_fidelity_objective, n_trials=5)
+        recommended = study.sampler.recommend(study)  # type: ignore[attr-defined]
+    finally:
+        torch.set_default_device(None)
+    assert [t.user_attrs["isbo:phase"] for t in study.trials] == ["startup"] * 3 + ["model"] * 2
+    assert set(recommended) == {"x", "y", FIDELITY}
+
+
 def test_first_trial_has_user_attrs() -> None:
     study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=2))
     study.optimize(_fidelity_objective, n_trials=1)
