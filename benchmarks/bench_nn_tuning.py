@@ -548,10 +548,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
     parser.add_argument("--budget-seconds", type=float, default=100.0)
-    parser.add_argument("--steps", type=int, default=300, help="training steps per trial")
+    parser.add_argument(
+        "--steps", type=int, default=digits_cnn.N_STEPS, help="training steps per trial"
+    )
     parser.add_argument("--startup-trials", type=int, default=6)
     parser.add_argument(
-        "--report-every", type=int, default=60, help="tpe-hyperband: steps between reports"
+        "--report-every", type=int, default=40, help="tpe-hyperband: steps between reports"
     )
     parser.add_argument(
         "--fractions",

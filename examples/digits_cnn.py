@@ -1,7 +1,7 @@
 """The training task shared by ``examples/quickstart.py`` and ``benchmarks/bench_nn_tuning.py``.
 
-A small CNN (:func:`optuna_isbo.networks.small_cnn`) trained on real handwritten digits
-(:func:`optuna_isbo.datasets.load_digits_splits`) for a fixed number of steps with
+A small CNN (:func:`optuna_isbo.networks.small_cnn`, flatten head) trained on real handwritten
+digits (:func:`optuna_isbo.datasets.load_digits_splits`) for a fixed number of steps with
 :class:`optuna_isbo.ISSGD`, minibatch size ``BATCH_SIZE``. The hyperparameters are the learning
 rate, the SGD momentum, the weight decay and the network width; the super-batch size ``B``
 (from ``BATCH_SIZE``, which is uniform SGD, to ``TARGET_SUPER_BATCH``) is the fidelity. The
@@ -23,7 +23,7 @@ from optuna_isbo.datasets import DigitsSplits
 from optuna_isbo.networks import small_cnn
 
 BATCH_SIZE = 32
-N_STEPS = 800
+N_STEPS = 400
 TARGET_SUPER_BATCH = 16 * BATCH_SIZE
 FIDELITY = "super_batch_size"
 
@@ -68,7 +68,12 @@ def train(
     :class:`optuna.TrialPruned`; ``callback`` may raise to stop training early.
     """
     torch.manual_seed(seed)
-    model = small_cnn(params["width"], image_size=splits.image_size, n_classes=splits.n_classes)
+    model = small_cnn(
+        params["width"],
+        image_size=splits.image_size,
+        n_classes=splits.n_classes,
+        head="flatten",
+    )
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=params["lr"],

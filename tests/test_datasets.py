@@ -86,7 +86,12 @@ def test_bad_split_arguments(kwargs: dict[str, Any], name: str) -> None:
 def test_networks_map_images_to_logits(image_size: int) -> None:
     x = torch.rand(5, 1, image_size, image_size)
     assert small_cnn(4, image_size=image_size)(x).shape == (5, 10)
+    assert small_cnn(4, image_size=image_size, head="flatten")(x).shape == (5, 10)
     assert mlp(16, image_size=image_size, depth=1)(x).shape == (5, 10)
     assert mlp(16, image_size=image_size, depth=0, n_classes=3)(x).shape == (5, 3)
     with pytest.raises(ValueError, match="width"):
         small_cnn(0)
+    with pytest.raises(ValueError, match="head"):
+        small_cnn(4, head="average")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="image_size >= 4"):
+        small_cnn(4, image_size=3, head="flatten")
