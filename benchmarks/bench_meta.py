@@ -24,7 +24,10 @@ and its value is read from the table.
 each of ``--n-meta`` configurations drawn uniformly at random from the grid with its own seed
 (the studies do not share points). Then each method tunes the held-out dataset for ``--n-trials``
 trials per seed. Methods: ``isbo-prior`` (``ISBOSampler(prior=..., fidelity_param=None)``,
-default ``n_startup_trials`` = 1), ``isbo`` (the same sampler without the prior, default 10
+default ``n_startup_trials`` = 1; the outputscale and noise are refitted to the study,
+``prior_refit_log_sd=1``), ``isbo-prior-fixed`` (the same with every pre-trained
+hyperparameter held fixed, ``prior_refit_log_sd=0``, as in HyperBO), ``isbo`` (the same
+sampler without the prior, default 10
 startup trials), both with ``--acquisition`` (default ``"mes"``, the cheaper one, so that the
 benchmark fits a shared 2-core machine), ``gp`` (Optuna's ``GPSampler``), ``tpe``
 (``TPESampler``) and ``random``. Every trial reports ``isbo:cost = 1`` second, so
@@ -70,7 +73,7 @@ DATASETS = (
     "blood_transfusion",
     "credit_g",
 )
-METHODS = ("isbo-prior", "isbo", "gp", "tpe", "random")
+METHODS = ("isbo-prior", "isbo-prior-fixed", "isbo", "gp", "tpe", "random")
 PEERS = ("isbo", "gp", "tpe", "random")
 CHECKPOINTS = (5, 10, 20, 50)
 PARAM_ORDER = ("alpha", "batch_size", "depth", "learning_rate_init", "width")
@@ -158,6 +161,14 @@ def make_sampler(
 ) -> optuna.samplers.BaseSampler:
     if method == "isbo-prior":
         return ISBOSampler(prior=prior, fidelity_param=None, seed=seed, acquisition=acquisition)
+    if method == "isbo-prior-fixed":
+        return ISBOSampler(
+            prior=prior,
+            prior_refit_log_sd=0.0,
+            fidelity_param=None,
+            seed=seed,
+            acquisition=acquisition,
+        )
     if method == "isbo":
         return ISBOSampler(fidelity_param=None, seed=seed, acquisition=acquisition)
     if method == "gp":

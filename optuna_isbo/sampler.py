@@ -89,11 +89,17 @@ class ISBOSampler(BaseSampler):
         Warn when a parameter falls back to ``independent_sampler`` after startup.
     prior
         A GP prior pre-trained on related studies (:func:`optuna_isbo.meta.fit_prior`). The
-        objective GP then uses the prior's mean function and its kernel and noise
-        hyperparameters, held fixed as in HyperBO (they are not refitted to the study), on the
-        study's values in the prior's units (:meth:`~optuna_isbo.meta.GPPrior.transform`). The
-        study's search space and fidelity parameter must match the prior's, else
-        :class:`ValueError` names the difference. The cost GP is fitted as usual.
+        objective GP then uses the prior's mean function, lengthscales and fidelity
+        hyperparameters as they are, on the study's values in the prior's units
+        (:meth:`~optuna_isbo.meta.GPPrior.transform`); its outputscale and noise variance are
+        refitted to the study under a hyperprior centred on the pre-trained values (see
+        ``prior_refit_log_sd``). The study's search space and fidelity parameter must match the
+        prior's, else :class:`ValueError` names the difference. The cost GP is fitted as usual.
+    prior_refit_log_sd
+        Width, in natural-log units, of the hyperprior under which the outputscale and noise
+        variance of ``prior`` are refitted to the study at each trial
+        (:meth:`~optuna_isbo.meta.GPPrior.adapt`). 0 holds every pre-trained hyperparameter
+        fixed, as HyperBO does. Unused without a prior.
 
     Notes
     -----
@@ -124,11 +130,16 @@ class ISBOSampler(BaseSampler):
         n_fidelities: int = 5,
         warn_independent_sampling: bool = True,
         prior: GPPrior | None = None,
+        prior_refit_log_sd: float = 1.0,
     ) -> None:
         if prior is not None and not isinstance(prior, GPPrior):
             raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
         if n_startup_trials is None:
             n_startup_trials = 10 if prior is None else 1
+        if not (math.isfinite(prior_refit_log_sd) and prior_refit_log_sd >= 0):
+            raise ValueError(
+                f"`prior_refit_log_sd` must be finite and >= 0, got {prior_refit_log_sd}."
+            )
         if acquisition not in _ACQUISITIONS:
             raise ValueError(f"`acquisition` must be one of {_ACQUISITIONS}, got {acquisition!r}.")
         if n_startup_trials < 0:
@@ -150,6 +161,7 @@ class ISBOSampler(BaseSampler):
         self._n_fidelities = n_fidelities
         self._warn_independent_sampling = warn_independent_sampling
         self._prior = prior
+        self._prior_refit_log_sd = prior_refit_log_sd
         self._search_space = IntersectionSearchSpace()
         self._lock = threading.Lock()
         self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
@@ -324,7 +336,10 @@ class ISBOSampler(BaseSampler):
         y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
         if self._prior is not None:
             self._prior.check_search_space(space.distributions, space.fidelity_param)
-            return self._prior.condition(inputs, self._prior.transform(y)), inputs
+            model = self._prior.adapt(
+                inputs, self._prior.transform(y), log_sd=self._prior_refit_log_sd
+            )
+            return model, inputs
         std = float(y.std()) if y.shape[0] > 1 else 1.0
         y_std = (y - y.mean()) / (std if std > 1e-12 else 1.0)
         key = ("objective", inputs.shape[1], space.fidelity_param)

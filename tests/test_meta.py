@@ -22,7 +22,7 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from optuna_isbo import ISBOSampler
-from optuna_isbo.meta import GPPrior, fit_prior
+from optuna_isbo.meta import GPPrior, MeanFunction, fit_prior
 from optuna_isbo.model import GPParams, condition, matern52
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -401,6 +401,76 @@ def test_condition_with_mean_function_reverts_to_it_far_from_data() -> None:
     assert float(pending.mean(far)) == pytest.approx(2.7, abs=1e-3)
     mean, _ = model.mean_var(far)
     torch.testing.assert_close(mean, model.mean(far))
+
+
+def _known_prior(*, outputscale: float, noise: float) -> GPPrior:
+    """The generating GP of this module as a prior, with chosen signal and noise variances."""
+    params = GPParams(
+        lengthscales=TRUE_LENGTHSCALES.clone(),
+        outputscale=torch.tensor(outputscale, dtype=torch.float64),
+        noise=torch.tensor(noise, dtype=torch.float64),
+        mean=torch.tensor(0.0, dtype=torch.float64),
+        fidelity_beta=torch.tensor(1.0, dtype=torch.float64),
+        fidelity_exponent=torch.tensor(1.5, dtype=torch.float64),
+        noise_slope=torch.tensor(0.0, dtype=torch.float64),
+    )
+    weights = {"weight": TRUE_SLOPE.clone(), "bias": torch.tensor(TRUE_BIAS, dtype=torch.float64)}
+    return GPPrior(
+        distributions=dict(SPACE),
+        fidelity_param=None,
+        target_fidelity=None,
+        params=params,
+        heteroscedastic=False,
+        mean_function=MeanFunction("linear", 2, 0, weights),
+        y_shift=0.0,
+        y_scale=1.0,
+    )
+
+
+def test_adapt_recovers_the_study_noise_and_outputscale() -> None:
+    # A study drawn from the generating GP; the prior's variances are off by 100x (noise) and
+    # 4x (outputscale). MAP under the log_sd=1 hyperprior recovers them within 4 standard errors
+    # (Fisher information of the two log variances, the rest known) plus the hyperprior's pull.
+    (study,) = _gp_studies(1, 150, seed=3)
+    (X,) = _points_of([study])
+    y = torch.tensor([t.value for t in study.trials], dtype=torch.float64)
+    prior = _known_prior(outputscale=4 * TRUE_OUTPUTSCALE, noise=100 * TRUE_NOISE)
+    model = prior.adapt(X, y, log_sd=1.0)
+    info = _fisher_information([X])[2:4, 2:4]
+    se = torch.linalg.inv(info).diagonal().sqrt()
+    # Pull of the hyperprior toward the pre-trained value: at most its distance / (1 + I sd^2).
+    pull = torch.tensor([math.log(4.0), math.log(100.0)]) / (1.0 + info.diagonal())
+    err = torch.stack(
+        [
+            model.params.outputscale.log() - math.log(TRUE_OUTPUTSCALE),
+            model.params.noise.log() - math.log(TRUE_NOISE),
+        ]
+    ).abs()
+    assert bool((err <= 4 * se + pull).all()), (model.params, se, pull)
+    # Held fixed: the pre-trained values, exactly.
+    fixed = prior.adapt(X, y, log_sd=0.0)
+    assert float(fixed.params.noise) == pytest.approx(100 * TRUE_NOISE)
+    torch.testing.assert_close(fixed.mean(X[:5]), prior.condition(X, y).mean(X[:5]))
+
+
+def test_adapt_with_one_point_stays_near_the_pre_trained_values() -> None:
+    # One observation exactly at the prior mean: d(-log ML)/d(log total variance) = 1/2, so the
+    # hyperprior (curvature 1 / log_sd^2 = 1) can move each log variance by at most 1/2.
+    prior = _known_prior(outputscale=TRUE_OUTPUTSCALE, noise=0.1)
+    X = torch.tensor([[0.3, 0.6]], dtype=torch.float64)
+    model = prior.adapt(X, prior.mean_function(X), log_sd=1.0)
+    assert -0.5 - 1e-6 <= math.log(float(model.params.noise) / 0.1) < 0.0
+    assert -0.5 - 1e-6 <= math.log(float(model.params.outputscale) / TRUE_OUTPUTSCALE) < 0.0
+
+
+def test_adapt_and_sampler_reject_a_bad_log_sd() -> None:
+    prior = _known_prior(outputscale=1.0, noise=0.1)
+    X = torch.zeros(1, 2, dtype=torch.float64)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="log_sd"):
+            prior.adapt(X, torch.zeros(1, dtype=torch.float64), log_sd=bad)
+        with pytest.raises(ValueError, match="prior_refit_log_sd"):
+            ISBOSampler(prior=prior, prior_refit_log_sd=bad)
 
 
 def _rff_task(seed: int, n_features: int = 500) -> Any:
