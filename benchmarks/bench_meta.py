@@ -361,10 +361,14 @@ def report(path: str, plot: str | None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        n_cols = min(len(datasets), 4)
+        n_rows = -(-len(datasets) // n_cols)
         fig, axes = plt.subplots(
-            1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False
+            n_rows, n_cols, figsize=(4.2 * n_cols, 3.6 * n_rows), squeeze=False
         )
-        for ax, dataset in zip(axes[0], datasets, strict=True):
+        for ax in axes.flat[len(datasets) :]:
+            ax.set_visible(False)
+        for ax, dataset in zip(axes.flat, datasets, strict=False):
             for method in METHODS:
                 rs = [r for r in records if r["dataset"] == dataset and r["method"] == method]
                 if not rs:
@@ -377,7 +381,8 @@ def report(path: str, plot: str | None) -> None:
             ax.set_yscale("symlog", linthresh=1e-3)
             ax.set_xlabel("trials")
             ax.set_title(f"held out: {dataset}")
-        axes[0][0].set_ylabel("regret (validation error)")
+        for row in axes:
+            row[0].set_ylabel("regret (validation error)")
         axes[0][0].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(plot, dpi=110)
