@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from optuna_isbo import _blas
 from optuna_isbo._blas import single_threaded_blas
@@ -18,9 +19,7 @@ def _blas_threads() -> list[int]:
 
 
 @pytest.fixture
-def two_blas_threads() -> list[int]:
-    from threadpoolctl import threadpool_limits
-
+def two_blas_threads() -> Iterator[list[int]]:
     if not _blas_threads():
         pytest.skip("no BLAS library loaded that threadpoolctl can control")
     with threadpool_limits(limits=2, user_api="blas"):
