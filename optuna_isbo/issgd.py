@@ -55,6 +55,8 @@ References
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -63,7 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 if TYPE_CHECKING:
     import optuna
@@ -75,55 +77,150 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 _FORWARD_BATCH_SIZE_CAP = 1024
 
+IGNORE_INDEX = -100
+"""Target that the default cross-entropy ignores (as :func:`torch.nn.functional.cross_entropy`)."""
 
-def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    return F.cross_entropy(logits, targets, reduction="none")
+
+def _shape(tensor: Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
 
 
-def _check_per_sample(losses: Tensor, n: int) -> Tensor:
-    if losses.shape != (n,):
+def _check_logits(logits: object, targets: Tensor) -> Tensor:
+    """Logits must be a tensor with one row per sample, shape ``(len(targets), ...)``."""
+    if not isinstance(logits, Tensor):
         raise ValueError(
-            f"loss_fn must return per-sample losses of shape ({n},), got shape "
-            f"{tuple(losses.shape)}."
+            f"The model must return a tensor of logits, got {type(logits).__name__}; wrap the "
+            "model so that it returns the logits tensor only."
         )
+    if logits.ndim == 0 or targets.ndim == 0 or logits.shape[0] != targets.shape[0]:
+        raise ValueError(
+            "logits and targets must have one row per sample: logits have shape "
+            f"{_shape(logits)} and targets shape {_shape(targets)}."
+        )
+    return logits
+
+
+def _check_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int) -> None:
+    """Raise a ValueError naming the shapes unless ``(logits, targets)`` suit cross-entropy.
+
+    Logits must be ``(n, C)``; targets ``(n,)`` integer class indices in ``[0, C)`` or equal to
+    ``ignore_index``, or ``(n, C)`` floating class probabilities.
+    """
+    if logits.ndim != 2:
+        hint = (
+            " For one logit per sample, pass a loss_fn such as "
+            "torch.nn.functional.binary_cross_entropy_with_logits(..., reduction='none')."
+            if logits.ndim == 1
+            else " For several outputs per sample, pass a loss_fn that returns one loss per "
+            "sample."
+        )
+        raise ValueError(
+            "Cross-entropy scoring (loss_fn=None) needs logits of shape (n, C), got shape "
+            f"{_shape(logits)} with targets of shape {_shape(targets)}." + hint
+        )
+    n, n_classes = logits.shape
+    if targets.dtype.is_floating_point:
+        if targets.shape != logits.shape:
+            raise ValueError(
+                "Cross-entropy with floating-point targets needs class probabilities of the "
+                f"logits' shape {_shape(logits)}, got targets of shape {_shape(targets)}; "
+                "class indices must be an integer tensor of shape (n,)."
+            )
+        return
+    if targets.dtype == torch.bool or targets.dtype.is_complex:
+        raise ValueError(
+            f"Cross-entropy targets must be integer class indices, got dtype {targets.dtype}."
+        )
+    if targets.shape != (n,):
+        raise ValueError(
+            f"Cross-entropy needs targets of shape ({n},) (class indices) for logits of shape "
+            f"{_shape(logits)}, got targets of shape {_shape(targets)}."
+        )
+    bad = ((targets < 0) | (targets >= n_classes)) & (targets != ignore_index)
+    if bool(bad.any()):
+        value = int(targets[bad][0])
+        raise ValueError(
+            f"Cross-entropy targets must be class indices in [0, {n_classes}) for logits of shape "
+            f"{_shape(logits)}, or ignore_index={ignore_index}; got target {value}."
+        )
+
+
+def _cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+    if not targets.dtype.is_floating_point:
+        targets = targets.long()
+    return F.cross_entropy(logits, targets, reduction="none", ignore_index=ignore_index)
+
+
+def _closed_form_scores(logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+    """``||softmax(z_i) - y_i||_2`` for checked ``(n, C)`` logits; 0 for ignored targets."""
+    z = logits.detach().float()
+    residual = torch.softmax(z, dim=1)
+    if targets.dtype.is_floating_point:
+        return torch.linalg.vector_norm(residual - targets.detach().float(), dim=1)
+    targets = targets.detach().long()
+    ignored = targets == ignore_index
+    classes = torch.where(ignored, 0, targets)
+    residual[torch.arange(len(z), device=z.device), classes] -= 1.0
+    residual[ignored] = 0.0
+    return torch.linalg.vector_norm(residual, dim=1)
+
+
+def _check_per_sample(losses: object, n: int) -> Tensor:
+    if not isinstance(losses, Tensor) or losses.shape != (n,):
+        got = f"shape {_shape(losses)}" if isinstance(losses, Tensor) else type(losses).__name__
+        raise ValueError(f"loss_fn must return per-sample losses of shape ({n},), got {got}.")
     return losses
 
 
-def gradient_norm_scores(logits: Tensor, targets: Tensor, loss_fn: LossFn | None = None) -> Tensor:
+def gradient_norm_scores(
+    logits: Tensor,
+    targets: Tensor,
+    loss_fn: LossFn | None = None,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
     """Per-sample norms of the loss gradient with respect to the logits.
 
     Parameters
     ----------
     logits
-        Shape ``(n, C)`` (or ``(n, ...)`` for a custom ``loss_fn``). Cast to float32 first, so
-        the scores are float32 even when the logits come from an autocast region.
+        Shape ``(n, C)`` for cross-entropy; ``(n, ...)`` for a custom ``loss_fn`` (``(n,)``
+        for one logit per sample). Cast to float32 first, so the scores are float32 even when
+        the logits come from an autocast region.
     targets
-        Shape ``(n,)`` class indices, or ``(n, C)`` class probabilities for cross-entropy; any
-        shape ``loss_fn`` accepts otherwise.
+        For cross-entropy, shape ``(n,)`` integer class indices in ``[0, C)`` (or equal to
+        ``ignore_index``), or ``(n, C)`` floating class probabilities; any shape with ``n``
+        rows that ``loss_fn`` accepts otherwise.
     loss_fn
         ``None`` for softmax cross-entropy, scored in closed form
         ``||softmax(z_i) - onehot(y_i)||_2``. Otherwise a per-sample loss whose ``i``-th output
         depends on row ``i`` of the logits only; the scores are then the row norms of the
         gradient of ``sum_i L_i`` with respect to the logits (one backward for all rows).
+    ignore_index
+        Cross-entropy only: class-index targets equal to it are ignored, as by
+        :func:`torch.nn.functional.cross_entropy` (default -100). Their loss is constant, so
+        their score is 0.
 
     Returns
     -------
     Tensor
         Shape ``(n,)``, float32, detached.
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not fit (the message names them), or a class index lies outside
+        ``[0, C)`` and is not ``ignore_index``.
     """
-    z = logits.detach().float()
+    _check_logits(logits, targets)
     if loss_fn is None:
-        residual = torch.softmax(z, dim=1)
-        if targets.dtype.is_floating_point:
-            residual = residual - targets.detach().float()
-        else:
-            residual[torch.arange(len(z), device=z.device), targets] -= 1.0
-        return torch.linalg.vector_norm(residual, dim=1)
-    z.requires_grad_(True)
+        _check_cross_entropy(logits, targets, ignore_index)
+        return _closed_form_scores(logits, targets, ignore_index)
+    z = logits.detach().float().requires_grad_(True)
     with torch.enable_grad():
         losses = _check_per_sample(loss_fn(z, targets), len(z))
         (grad,) = torch.autograd.grad(losses.sum(), z)
-    return torch.linalg.vector_norm(grad.flatten(start_dim=1), dim=1)
+    return torch.linalg.vector_norm(grad.reshape(len(grad), -1), dim=1)
 
 
 def _usable(scores: Tensor) -> bool:
@@ -188,10 +285,89 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
+def _as_int(name: str, value: object, minimum: int | None = None) -> int:
+    """``value`` as an ``int``: any integral number (Python, NumPy, 0-d tensor); not a bool."""
+    bound = "" if minimum is None else f" >= {minimum}"
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer{bound}, got the bool {value!r}.")
+    try:
+        result = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(
+            f"{name} must be an integer{bound}, got {value!r} of type {type(value).__name__}."
+        ) from None
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be an integer{bound}, got {result}.")
+    return result
+
+
+def _as_float(name: str, value: object) -> float:
+    """``value`` as a ``float``: any real number (Python, NumPy), no bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}.")
+    return float(value)
+
+
+def _check_target_kind(targets: Tensor) -> None:
+    """Targets ``(N, ...)`` of a dataset, checked for cross-entropy before any forward pass.
+
+    Integer class indices must be ``(N,)`` and class probabilities ``(N, C)``; the class range
+    is checked against the logits at the first step.
+    """
+    if targets.dtype == torch.bool or targets.dtype.is_complex:
+        raise ValueError(
+            "Cross-entropy (loss_fn=None) needs integer class indices or floating class "
+            f"probabilities as targets, got dtype {targets.dtype}."
+        )
+    if targets.dtype.is_floating_point and targets.ndim != 2:
+        raise ValueError(
+            "Cross-entropy (loss_fn=None) with floating-point targets needs class "
+            f"probabilities, one (C,) row per sample; the dataset's targets have shape "
+            f"{_shape(targets[0])} per sample. Class indices must be integers."
+        )
+    if not targets.dtype.is_floating_point and targets.ndim != 1:
+        raise ValueError(
+            "Cross-entropy (loss_fn=None) needs one integer class index per sample; the "
+            f"dataset's targets have shape {_shape(targets[0])} per sample."
+        )
+
+
+def _describe(item: object) -> str:
+    if isinstance(item, Tensor):
+        return f"a single Tensor of shape {_shape(item)}"
+    if isinstance(item, dict):
+        return f"a dict with keys {sorted(map(str, item))}"
+    if isinstance(item, tuple | list):
+        return f"a {type(item).__name__} of {len(item)} elements"
+    return f"a {type(item).__name__}"
+
+
+def _check_item(item: object, index: int) -> tuple[Any, Any]:
+    if isinstance(item, tuple | list) and len(item) == 2:
+        return item[0], item[1]
+    raise ValueError(
+        f"dataset items must be (input, target) pairs, but item {index} is {_describe(item)}. "
+        "Wrap the dataset so that __getitem__ returns (input, target)."
+    )
+
+
+def _stack(values: list[Any], indices: list[int], what: str) -> Tensor:
+    tensors = []
+    for value, index in zip(values, indices, strict=True):
+        try:
+            tensors.append(torch.as_tensor(value))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"The {what} of dataset item {index} ({type(value).__name__}) cannot be "
+                f"converted to a tensor: {err}"
+            ) from None
+    shapes = {_shape(t) for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"dataset items must have {what}s of one shape to be batched, got shapes "
+            f"{sorted(shapes)}."
+        )
+    return torch.stack(tensors)
 
 
 class ISSGD:
@@ -224,19 +400,25 @@ class ISSGD:
         The network being trained; its outputs are the logits. Batches are placed on the device
         of its first parameter (or buffer; CPU if it has neither).
     dataset
-        A map-style dataset whose items are ``(input, target)`` pairs. A
+        A map-style dataset (``__len__`` and ``__getitem__``) whose items are
+        ``(input, target)`` pairs (a tuple or list of two). A
         :class:`~torch.utils.data.TensorDataset` of two tensors is indexed with one index tensor
-        per batch; any other dataset is read item by item and collated with
-        :func:`torch.stack`.
+        per batch; any other dataset is read item by item, each element converted with
+        :func:`torch.as_tensor` and the batch collated with :func:`torch.stack`. Items of any
+        other form (a single tensor, three elements, a dict) raise :class:`ValueError`: wrap such
+        a dataset so that it returns ``(input, target)``. Pass the dataset itself, not a
+        :class:`~torch.utils.data.DataLoader`: ISSGD draws its own indices.
     batch_size
         Minibatch size ``b`` (>= 1).
     super_batch_size
         Super-batch size ``B`` with ``b <= B <= len(dataset)``. ``B == b`` is plain uniform SGD.
     loss_fn
         ``loss_fn(logits, targets) -> per-sample losses`` of shape ``(n,)``. ``None`` (default)
-        is softmax cross-entropy, whose scores have a closed form; any other loss is scored by
-        automatic differentiation with respect to the logits (its ``i``-th loss must depend on
-        row ``i`` of the logits only).
+        is softmax cross-entropy, whose scores have a closed form; it needs logits of shape
+        ``(n, C)`` and targets of shape ``(n,)`` (integer class indices in ``[0, C)`` or
+        ``ignore_index``) or ``(n, C)`` (class probabilities), and raises :class:`ValueError`
+        naming the shapes otherwise. Any other loss is scored by automatic differentiation with
+        respect to the logits (its ``i``-th loss must depend on row ``i`` of the logits only).
     score
         ``"gnorm"`` (default): the norm of the loss gradient with respect to the logits.
         ``"loss"``: the per-sample loss (must be non-negative).
@@ -251,6 +433,17 @@ class ISSGD:
     seed
         Seed of the random generator that draws every index; ``None`` for a random seed. With a
         seed and a deterministic model the sequence of batches is reproducible.
+    ignore_index
+        Used by the default cross-entropy only (``loss_fn=None``): targets equal to it are
+        ignored, as by :func:`torch.nn.functional.cross_entropy`, whose default (-100) it
+        shares. An ignored sample has loss 0 and score 0: importance sampling never draws it,
+        and a uniform batch counts it as a zero in the mean of :meth:`weighted_loss`. Both
+        kinds of step thus estimate the same objective, the mean over *all* samples with the
+        ignored ones contributing 0 (torch's ``reduction="mean"`` divides by the number of
+        samples not ignored instead, which varies from batch to batch).
+
+    Sizes and the seed accept any integral number (``int``, NumPy integers); bools and
+    non-integers raise :class:`ValueError`.
 
     Notes
     -----
@@ -272,17 +465,33 @@ class ISSGD:
         momentum: float = 0.9,
         forward_batch_size: int | None = None,
         seed: int | None = None,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if isinstance(dataset, DataLoader):
+            raise TypeError(
+                "dataset must be a map-style Dataset, got a DataLoader; pass its dataset "
+                "(loader.dataset) instead: ISSGD draws its own indices and batches."
+            )
+        if isinstance(dataset, IterableDataset):
+            raise TypeError(
+                "dataset must be a map-style Dataset (__len__ and __getitem__), got the "
+                f"IterableDataset {type(dataset).__name__}: ISSGD needs random access by index."
+            )
         try:
             n_samples = len(dataset)  # type: ignore[arg-type]
         except TypeError:
             raise ValueError("dataset must be a map-style Dataset with __len__.") from None
+        if not hasattr(dataset, "__getitem__"):
+            raise TypeError(
+                f"dataset must be a map-style Dataset with __getitem__, got "
+                f"{type(dataset).__name__}."
+            )
         if n_samples < 1:
             raise ValueError("dataset must not be empty.")
-        _check_int("batch_size", batch_size, 1)
-        _check_int("super_batch_size", super_batch_size, batch_size)
+        batch_size = _as_int("batch_size", batch_size, 1)
+        super_batch_size = _as_int("super_batch_size", super_batch_size, batch_size)
         if super_batch_size > n_samples:
             raise ValueError(
                 f"super_batch_size must be <= len(dataset) = {n_samples}, got {super_batch_size}."
@@ -293,24 +502,36 @@ class ISSGD:
             raise ValueError(f"score must be 'gnorm' or 'loss', got {score!r}.")
         if tau_threshold is None:
             tau_threshold = (super_batch_size + 3 * batch_size) / (3 * batch_size)
-        elif not (math.isfinite(tau_threshold) and tau_threshold >= 0):
-            raise ValueError(f"tau_threshold must be finite and >= 0, got {tau_threshold!r}.")
+        else:
+            tau_threshold = _as_float("tau_threshold", tau_threshold)
+            if not (math.isfinite(tau_threshold) and tau_threshold >= 0):
+                raise ValueError(f"tau_threshold must be finite and >= 0, got {tau_threshold!r}.")
+        momentum = _as_float("momentum", momentum)
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
         if forward_batch_size is None:
             forward_batch_size = max(batch_size, min(super_batch_size, _FORWARD_BATCH_SIZE_CAP))
-        _check_int("forward_batch_size", forward_batch_size, 1)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}.")
+        forward_batch_size = _as_int("forward_batch_size", forward_batch_size, 1)
+        if seed is not None:
+            seed = _as_int("seed", seed)
+            if not -(2**63) <= seed < 2**64:
+                raise ValueError(f"seed must lie in [-2**63, 2**64), got {seed}.")
+        ignore_index = _as_int("ignore_index", ignore_index)
 
         self._tensors: tuple[Tensor, Tensor] | None = None
         if isinstance(dataset, TensorDataset):
             if len(dataset.tensors) != 2:
                 raise ValueError(
-                    "dataset must yield (input, target) pairs: a TensorDataset of exactly two "
+                    "dataset items must be (input, target) pairs: a TensorDataset of exactly two "
                     f"tensors, got {len(dataset.tensors)}."
                 )
             self._tensors = (dataset.tensors[0], dataset.tensors[1])
+            targets = self._tensors[1]
+        else:
+            _, target = _check_item(dataset[0], 0)
+            targets = _stack([target], [0], "target")
+        if loss_fn is None:
+            _check_target_kind(targets)
 
         self._model = model
         self._dataset = dataset
@@ -322,6 +543,7 @@ class ISSGD:
         self._tau_threshold = float(tau_threshold)
         self._momentum = float(momentum)
         self._forward_batch_size = forward_batch_size
+        self._ignore_index = ignore_index
         self._generator = torch.Generator()
         if seed is None:
             self._generator.seed()
@@ -424,8 +646,7 @@ class ISSGD:
             Shape ``(b,)``, float32 on the model's device: ``1 / (B p_i)`` for an importance
             step, ones otherwise. Always finite.
         """
-        _check_int("n_steps", n_steps, 0)
-        return self._batches(n_steps)
+        return self._batches(_as_int("n_steps", n_steps, 0))
 
     def weighted_loss(self, logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
         """Weighted mean of the per-sample losses, ``mean(weights * loss_fn(logits, targets))``.
@@ -438,7 +659,8 @@ class ISSGD:
         Parameters
         ----------
         logits
-            Shape ``(b, C)``: the model's outputs for the batch, with gradient.
+            Shape ``(b, C)``: the model's outputs for the batch, with gradient (``(b, ...)``
+            for a custom ``loss_fn``).
         targets
             The batch's targets, shape ``(b, ...)``.
         weights
@@ -448,7 +670,17 @@ class ISSGD:
         -------
         Tensor
             A scalar with gradient.
+
+        Raises
+        ------
+        ValueError
+            If the shapes do not fit the loss (the message names them), or a class index of the
+            default cross-entropy is out of range.
         """
+        self._check_outputs(logits, targets)
+        if not isinstance(weights, Tensor) or weights.shape != (len(logits),):
+            got = f"shape {_shape(weights)}" if isinstance(weights, Tensor) else repr(weights)
+            raise ValueError(f"weights must have shape ({len(logits)},), got {got}.")
         losses = _check_per_sample(self._per_sample_loss(logits, targets), len(logits))
         if self._feed_tau:
             self._feed_tau = False
@@ -472,6 +704,11 @@ class ISSGD:
         -------
         Tensor
             Shape ``(n,)``, float32.
+
+        Raises
+        ------
+        ValueError
+            If the model's outputs do not fit the loss (see :meth:`weighted_loss`).
         """
         modes = [(module, module.training) for module in self._model.modules()]
         self._model.eval()
@@ -481,6 +718,7 @@ class ISSGD:
                 for start in range(0, len(inputs), self._forward_batch_size):
                     stop = start + self._forward_batch_size
                     logits = self._model(inputs[start:stop])
+                    self._check_outputs(logits, targets[start:stop])
                     chunks.append(self._scores_from_logits(logits, targets[start:stop]))
         finally:
             for module, training in modes:
@@ -507,9 +745,14 @@ class ISSGD:
 
     # -------------------------------------------------------------------------------- private
 
+    def _check_outputs(self, logits: object, targets: Tensor) -> None:
+        _check_logits(logits, targets)
+        if self._loss_fn is None:
+            _check_cross_entropy(logits, targets, self._ignore_index)  # type: ignore[arg-type]
+
     def _per_sample_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         if self._loss_fn is None:
-            return _cross_entropy(logits, targets)
+            return _cross_entropy(logits, targets, self._ignore_index)
         return self._loss_fn(logits, targets)
 
     def _scores_from_logits(
@@ -519,6 +762,8 @@ class ISSGD:
             if losses is None:
                 losses = self._per_sample_loss(logits.detach().float(), targets)
             return _check_per_sample(losses, len(logits)).detach().float()
+        if self._loss_fn is None:
+            return _closed_form_scores(logits, targets, self._ignore_index)
         return gradient_norm_scores(logits, targets, self._loss_fn)
 
     def _update_tau(self, scores: Tensor) -> None:
@@ -536,9 +781,10 @@ class ISSGD:
             inputs = inputs[indices.to(inputs.device)]
             targets = targets[indices.to(targets.device)]
         else:
-            items = [self._dataset[i] for i in indices.tolist()]
-            inputs = torch.stack([torch.as_tensor(item[0]) for item in items])
-            targets = torch.stack([torch.as_tensor(item[1]) for item in items])
+            positions = indices.tolist()
+            pairs = [_check_item(self._dataset[i], i) for i in positions]
+            inputs = _stack([pair[0] for pair in pairs], positions, "input")
+            targets = _stack([pair[1] for pair in pairs], positions, "target")
         return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
     def _uniform_indices(self, n: int) -> Tensor:

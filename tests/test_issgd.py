@@ -3,7 +3,10 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -379,3 +382,367 @@ def test_loss_fn_with_wrong_shape_raises() -> None:
         issgd.scores(inputs, targets)
     with pytest.raises(ValueError, match="n_steps"):
         issgd.batches(-1)
+
+
+# ------------------------------------------------------------- shapes of logits and targets
+
+
+class _PerPositionModel(nn.Module):
+    """Logits of shape (n, 3, 2): per-position outputs, not one row of classes per sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(N_FEATURES, 6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).view(-1, N_CLASSES, 2)
+
+
+class _OneLogitModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(N_FEATURES, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x)[:, 0]
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [(_PerPositionModel(), r"\(20, 3, 2\)"), (_OneLogitModel(), r"\(20,\)")],
+    ids=["3d", "1d"],
+)
+def test_cross_entropy_scoring_rejects_logits_that_are_not_n_by_c(
+    model: nn.Module, shape: str
+) -> None:
+    x, y, _ = _skewed_data(20, seed=20)
+    issgd = ISSGD(
+        model, TensorDataset(x, y), batch_size=4, super_batch_size=8, forward_batch_size=20
+    )
+    with pytest.raises(ValueError, match=r"logits of shape \(n, C\), got shape " + shape):
+        issgd.scores(x, y)
+    with pytest.raises(ValueError, match=r"\(n, C\).*" + shape):
+        gradient_norm_scores(model(x), y)
+    inputs, targets, weights = next(issgd.batches(1))
+    with pytest.raises(ValueError, match=r"\(n, C\)"):
+        issgd.weighted_loss(model(inputs), targets, weights)
+
+
+def test_custom_loss_scores_one_logit_per_sample() -> None:
+    generator = torch.Generator().manual_seed(21)
+    logits = torch.randn(16, generator=generator)
+    targets = (torch.rand(16, generator=generator) < 0.5).float()
+
+    def bce(z: Tensor, t: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(z, t, reduction="none")
+
+    # d/dz BCE(z, t) = sigmoid(z) - t
+    expected = (torch.sigmoid(logits) - targets).abs()
+    torch.testing.assert_close(gradient_norm_scores(logits, targets, bce), expected)
+
+
+@pytest.mark.parametrize(
+    ("targets", "match"),
+    [
+        (torch.tensor([0, 1, -1, 2]), r"\[0, 3\).*got target -1"),
+        (torch.tensor([0, 1, 3, 2]), r"\[0, 3\).*got target 3"),
+        (torch.tensor([[0], [1], [2], [0]]), r"targets of shape \(4,\).*got targets of shape"),
+        (torch.tensor([0.0, 1.0, 2.0, 0.0]), r"probabilities of the logits' shape \(4, 3\)"),
+        (torch.tensor([True, False, True, False]), "bool"),
+    ],
+    ids=["minus-one", "too-large", "column", "float-indices", "bool"],
+)
+def test_cross_entropy_rejects_bad_targets(targets: Tensor, match: str) -> None:
+    logits = torch.randn(4, N_CLASSES)
+    with pytest.raises(ValueError, match=match):
+        gradient_norm_scores(logits, targets)
+    model = nn.Linear(N_FEATURES, N_CLASSES)
+    issgd = ISSGD(
+        model,
+        TensorDataset(torch.randn(8, N_FEATURES), torch.zeros(8, dtype=torch.long)),
+        batch_size=4,
+        super_batch_size=4,
+    )
+    with pytest.raises(ValueError, match=match):
+        issgd.weighted_loss(logits, targets, torch.ones(4))
+    with pytest.raises(ValueError, match=match):
+        issgd.scores(torch.randn(4, N_FEATURES), targets)
+
+
+def test_float_targets_of_a_square_batch_are_not_taken_for_probabilities() -> None:
+    # n == C: (n,) float targets would broadcast against (n, C) logits without the check.
+    with pytest.raises(ValueError, match="probabilities"):
+        gradient_norm_scores(torch.randn(3, 3), torch.tensor([0.0, 1.0, 2.0]))
+    probabilities = torch.softmax(torch.randn(3, 3), dim=1)
+    logits = torch.randn(3, 3)
+    expected = (torch.softmax(logits, dim=1) - probabilities).norm(dim=1)
+    torch.testing.assert_close(gradient_norm_scores(logits, probabilities), expected)
+
+
+@pytest.mark.parametrize(
+    ("targets", "match"),
+    [
+        (torch.zeros(20, 1, dtype=torch.long), r"one integer class index.*\(1,\)"),
+        (torch.zeros(20), r"probabilities.*\(\)"),
+        (torch.zeros(20, dtype=torch.bool), "bool"),
+    ],
+    ids=["column", "float", "bool"],
+)
+def test_dataset_targets_unfit_for_cross_entropy_raise_up_front(
+    targets: Tensor, match: str
+) -> None:
+    x, _, model = _skewed_data(20, seed=22)
+    with pytest.raises(ValueError, match=match):
+        ISSGD(model, TensorDataset(x, targets), batch_size=4, super_batch_size=8)
+    # A custom loss decides for itself what targets it takes.
+    ISSGD(
+        model,
+        TensorDataset(x, targets),
+        batch_size=4,
+        super_batch_size=8,
+        loss_fn=lambda z, t: z.sum(1) * 0,
+    )
+
+
+def test_int32_targets_give_the_int64_loss() -> None:
+    x, y, model = _skewed_data(20, seed=23)
+    issgd = ISSGD(model, TensorDataset(x, y.int()), batch_size=4, super_batch_size=8)
+    weights = torch.ones(20)
+    torch.testing.assert_close(
+        issgd.weighted_loss(model(x), y.int(), weights), F.cross_entropy(model(x), y)
+    )
+
+
+def test_model_returning_a_tuple_raises() -> None:
+    class TupleModel(nn.Linear):
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+            return super().forward(x), x
+
+    x, y, _ = _skewed_data(20, seed=24)
+    issgd = ISSGD(TupleModel(N_FEATURES, N_CLASSES), TensorDataset(x, y), **_sizes())
+    with pytest.raises(ValueError, match="tensor of logits, got tuple"):
+        issgd.scores(x, y)
+
+
+def test_rows_of_logits_must_match_targets() -> None:
+    x, y, model = _skewed_data(20, seed=25)
+    issgd = ISSGD(model, TensorDataset(x, y), **_sizes(), loss_fn=_per_sample_ce)
+    with pytest.raises(ValueError, match=r"shape \(19, 3\) and targets shape \(20,\)"):
+        issgd.weighted_loss(model(x)[:19], y, torch.ones(20))
+    with pytest.raises(ValueError, match=r"weights must have shape \(20,\)"):
+        issgd.weighted_loss(model(x), y, torch.ones(20, 1))
+
+
+def _per_sample_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _sizes() -> dict[str, int]:
+    return {"batch_size": 4, "super_batch_size": 8}
+
+
+# --------------------------------------------------------------------------- ignore_index
+
+
+def test_ignored_targets_score_zero_and_match_torch() -> None:
+    generator = torch.Generator().manual_seed(26)
+    logits = 3.0 * torch.randn(12, N_CLASSES, generator=generator)
+    targets = torch.randint(N_CLASSES, (12,), generator=generator)
+    targets[::3] = -100
+    scores = gradient_norm_scores(logits, targets)
+    z = logits.clone().requires_grad_(True)
+    losses = F.cross_entropy(z, targets, reduction="none")  # torch's default ignore_index
+    (grad,) = torch.autograd.grad(losses.sum(), z)
+    torch.testing.assert_close(scores, grad.norm(dim=1))
+    assert torch.equal(scores[::3], torch.zeros(4)) and bool((scores[1::3] > 0).all())
+    # Another ignore index, here a valid class, is ignored the same way.
+    custom = gradient_norm_scores(logits, targets.clamp(min=0), ignore_index=0)
+    assert bool((custom[targets.clamp(min=0) == 0] == 0).all())
+
+
+def test_issgd_with_ignored_targets_never_draws_them_by_importance() -> None:
+    x, y, model = _skewed_data(60, seed=27)
+    y = y.clone()
+    y[:30] = -100
+    issgd = ISSGD(
+        model, TensorDataset(x, y), batch_size=4, super_batch_size=16, tau_threshold=1.0, seed=0
+    )
+    seen_ignored_uniform = False
+    for inputs, targets, weights in issgd.batches(40):
+        is_step = not torch.equal(weights, torch.ones(4))
+        loss = issgd.weighted_loss(model(inputs), targets, weights)
+        losses = F.cross_entropy(model(inputs), targets, reduction="none")
+        # ignored samples count as zeros in the mean, in both kinds of step
+        torch.testing.assert_close(loss, (weights * losses).mean())
+        assert torch.isfinite(loss)
+        if is_step:
+            assert bool((targets != -100).all())
+        else:
+            seen_ignored_uniform |= bool((targets == -100).any())
+    assert issgd.stats["is_steps"] > 0 and seen_ignored_uniform
+
+
+def test_all_ignored_super_batch_falls_back_without_crashing() -> None:
+    x, y, model = _skewed_data(40, seed=28)
+    issgd = ISSGD(
+        model,
+        TensorDataset(x, torch.full_like(y, 7)),
+        batch_size=4,
+        super_batch_size=8,
+        tau_threshold=0.0,
+        ignore_index=7,
+        seed=0,
+    )
+    issgd._tau = 1.0  # importance sampling on from the first step
+    with pytest.warns(RuntimeWarning, match="falls back to uniform"):
+        inputs, targets, weights = next(issgd.batches(1))
+    assert float(issgd.weighted_loss(model(inputs), targets, weights).detach()) == 0.0
+    assert issgd.stats["fallback_steps"] == 1
+
+
+# ------------------------------------------------------------------------- dataset items
+
+
+class _ItemDataset(Dataset[Any]):
+    def __init__(self, make: Callable[[int], Any], n: int = 20) -> None:
+        self.make, self.n = make, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Any:
+        return self.make(index)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "match"),
+    [
+        (TensorDataset(torch.zeros(20, 5)), r"\(input, target\) pairs.*exactly two.*got 1"),
+        (
+            TensorDataset(torch.zeros(20, 5), torch.zeros(20, dtype=torch.long), torch.zeros(20)),
+            r"\(input, target\) pairs.*exactly two.*got 3",
+        ),
+        (
+            _ItemDataset(lambda i: torch.zeros(5)),
+            r"\(input, target\) pairs.*item 0 is a single Tensor of shape \(5,\)",
+        ),
+        (
+            _ItemDataset(lambda i: (torch.zeros(5), 0, 1.0)),
+            r"\(input, target\) pairs.*item 0 is a tuple of 3 elements",
+        ),
+        (
+            _ItemDataset(lambda i: {"image": torch.zeros(5), "label": 0}),
+            r"\(input, target\) pairs.*dict with keys \['image', 'label'\]",
+        ),
+    ],
+    ids=["tensor-1", "tensor-3", "single", "triple", "dict"],
+)
+def test_items_that_are_not_pairs_raise_at_construction(dataset: Dataset, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ISSGD(nn.Linear(5, N_CLASSES), dataset, **_sizes())
+
+
+def test_items_that_are_not_pairs_raise_when_drawn() -> None:
+    dataset = _ItemDataset(lambda i: (torch.zeros(5), 0) if i == 0 else (torch.zeros(5), 0, 1))
+    issgd = ISSGD(nn.Linear(5, N_CLASSES), dataset, **_sizes(), seed=0)
+    with pytest.raises(ValueError, match=r"item \d+ is a tuple of 3 elements"):
+        next(issgd.batches(1))
+
+
+def test_items_of_unequal_or_unconvertible_parts_raise() -> None:
+    ragged = _ItemDataset(lambda i: (torch.zeros(5 + i % 2), 0))
+    issgd = ISSGD(nn.Linear(5, N_CLASSES), ragged, **_sizes(), seed=0)
+    with pytest.raises(ValueError, match=r"inputs of one shape.*\(5,\), \(6,\)"):
+        next(issgd.batches(1))
+    text = _ItemDataset(lambda i: ("a picture", 0))
+    issgd = ISSGD(nn.Linear(5, N_CLASSES), text, **_sizes(), seed=0)
+    with pytest.raises(ValueError, match=r"input of dataset item \d+ \(str\) cannot be converted"):
+        next(issgd.batches(1))
+
+
+def test_list_items_are_pairs_too() -> None:
+    x, y, model = _skewed_data(20, seed=29)
+    issgd = ISSGD(model, _ItemDataset(lambda i: [x[i], int(y[i])]), **_sizes(), seed=0)
+    reference = ISSGD(model, TensorDataset(x, y), **_sizes(), seed=0)
+    for a, b in zip(issgd.batches(3), reference.batches(3), strict=True):
+        assert all(torch.equal(ta, tb) for ta, tb in zip(a, b, strict=True))
+
+
+def test_a_data_loader_or_iterable_dataset_is_a_type_error() -> None:
+    x, y, model = _skewed_data(20, seed=30)
+    loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=4)
+    with pytest.raises(TypeError, match=r"got a DataLoader; pass its dataset \(loader.dataset\)"):
+        ISSGD(model, loader, **_sizes())  # type: ignore[arg-type]
+
+    class Stream(torch.utils.data.IterableDataset[tuple[Tensor, Tensor]]):
+        def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+            return iter(zip(x, y, strict=True))
+
+        def __len__(self) -> int:
+            return len(x)
+
+    with pytest.raises(TypeError, match="IterableDataset"):
+        ISSGD(model, Stream(), **_sizes())
+
+
+# --------------------------------------------------------------------- integral arguments
+
+
+def test_numpy_integers_are_accepted_as_sizes_and_seed() -> None:
+    x, y, model = _skewed_data(20, seed=31)
+    issgd = ISSGD(
+        model,
+        TensorDataset(x, y),
+        batch_size=np.int64(4),  # type: ignore[arg-type]
+        super_batch_size=np.int32(8),  # type: ignore[arg-type]
+        forward_batch_size=np.uint16(4),  # type: ignore[arg-type]
+        tau_threshold=np.float32(1.0),  # type: ignore[arg-type]
+        momentum=np.float64(0.5),  # type: ignore[arg-type]
+        seed=np.uint32(3),  # type: ignore[arg-type]
+        ignore_index=np.int8(-100),  # type: ignore[arg-type]
+    )
+    reference = ISSGD(
+        model,
+        TensorDataset(x, y),
+        batch_size=4,
+        super_batch_size=8,
+        forward_batch_size=4,
+        tau_threshold=1.0,
+        momentum=0.5,
+        seed=3,
+    )
+    assert issgd.stats == reference.stats
+    assert all(type(v) in (int, float) for v in issgd.stats.values())
+    first = list(issgd.batches(np.int64(5)))  # type: ignore[arg-type]
+    second = list(reference.batches(5))
+    assert len(first) == 5
+    for a, b in zip(first, second, strict=True):
+        assert all(torch.equal(ta, tb) for ta, tb in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"batch_size": True}, "batch_size must be an integer >= 1, got the bool"),
+        ({"batch_size": np.float64(4.0)}, "batch_size must be an integer"),
+        ({"batch_size": "4"}, "batch_size must be an integer"),
+        ({"super_batch_size": np.bool_(True)}, "super_batch_size must be an integer"),
+        ({"forward_batch_size": 2.0}, "forward_batch_size must be an integer"),
+        ({"seed": True}, "seed must be an integer, got the bool"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"seed": 2**64}, r"seed must lie in \[-2\*\*63, 2\*\*64\)"),
+        ({"ignore_index": -1.0}, "ignore_index must be an integer"),
+        ({"momentum": "0.9"}, "momentum must be a real number"),
+        ({"tau_threshold": True}, "tau_threshold must be a real number"),
+    ],
+)
+def test_non_integral_arguments_raise_clearly(overrides: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ISSGD(**_args(**overrides))  # type: ignore[arg-type]
+
+
+def test_n_steps_must_be_integral() -> None:
+    issgd = ISSGD(**_args())  # type: ignore[arg-type]
+    for bad in (2.0, True):
+        with pytest.raises(ValueError, match="n_steps"):
+            issgd.batches(bad)  # type: ignore[arg-type]
