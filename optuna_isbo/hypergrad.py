@@ -59,6 +59,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import operator
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -129,7 +130,7 @@ class Schedules:
                 raise ValueError(
                     f"{name} has {len(getattr(self, name))} blocks but lr has {n_blocks}."
                 )
-        _check_horizon(self.n_steps, n_blocks)
+        object.__setattr__(self, "n_steps", _check_horizon(self.n_steps, n_blocks)[0])
         values = (*self.lr, *self.momentum, *self.weight_decay)
         if not all(math.isfinite(x) for x in values):
             raise ValueError("Schedules must be finite.")
@@ -149,7 +150,7 @@ class Schedules:
         weight_decay: float = 0.0,
     ) -> Schedules:
         """Schedules holding the same value in every block."""
-        _check_horizon(n_steps, n_blocks)
+        n_steps, n_blocks = _check_horizon(n_steps, n_blocks)
         return cls(
             lr=(float(lr),) * n_blocks,
             momentum=(float(momentum),) * n_blocks,
@@ -285,9 +286,10 @@ class HypergradientResult:
     train_loss:
         Minibatch loss of the last step taken.
     params:
-        ``(n_params,)`` final parameters, flattened in ``model.named_parameters()`` order.
+        ``(n_params,)`` final trainable parameters (``requires_grad=True``), flattened in
+        ``model.named_parameters()`` order; frozen parameters are not included.
     velocity:
-        ``(n_params,)`` final momentum buffer.
+        ``(n_params,)`` final momentum buffer of the trainable parameters.
     tangents:
         ``(3, n_blocks, n_params)`` final :math:`Z_T = d\\theta_T / d h`.
     diverged:
@@ -341,12 +343,12 @@ def minibatch_indices(
     same minibatches, which is what lets a learned run be replayed. Indices are generated
     lazily, one epoch at a time, so memory does not grow with ``n_steps``.
     """
-    _check_positive(n_examples=n_examples, batch_size=batch_size)
-    if n_steps < 0 or start_step < 0:
-        raise ValueError("n_steps and start_step must be non-negative.")
+    n_examples, batch_size = _check_positive(n_examples=n_examples, batch_size=batch_size)
+    n_steps = _as_int("n_steps", n_steps, 0)
+    start_step = _as_int("start_step", start_step, 0)
     if batch_size > n_examples:
         raise ValueError(f"batch_size ({batch_size}) exceeds the {n_examples} examples.")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(_check_seed(seed))
     per_epoch = n_examples // batch_size
 
     def stream() -> Iterator[torch.Tensor]:
@@ -398,14 +400,23 @@ def hypergradient(
 ) -> HypergradientResult:
     """Train with ``schedules`` and differentiate the final validation loss in forward mode.
 
-    The model is not modified: training runs on a flat copy of its parameters through
-    :func:`torch.func.functional_call`. The model must be deterministic in its forward pass
-    (no dropout, no batch-norm statistics updates); buffers are used as they are.
+    The model is not modified: training runs on a flat copy of its trainable parameters
+    (``requires_grad=True``) through :func:`torch.func.functional_call`. Frozen parameters
+    (``requires_grad=False``) stay fixed, as :class:`torch.optim.SGD` leaves parameters without
+    a gradient untouched in :func:`train_with_schedules`.
+
+    The forward pass must be a deterministic function of the parameters and the inputs, because
+    it is differentiated twice and vectorized: no dropout in training mode, no other random
+    numbers, and no buffer updates such as the running statistics of batch normalization in
+    training mode (buffers are used as the constants they are). A probe forward pass on one
+    minibatch checks this before the run and raises :class:`ValueError` naming the layer or
+    buffer at fault; ``model.eval()`` makes dropout and batch normalization deterministic.
 
     Parameters
     ----------
     model:
-        Network holding the initial parameters :math:`\\theta_0`.
+        Network holding the initial parameters :math:`\\theta_0`; it needs at least one
+        trainable parameter.
     train_data, val_data:
         ``(inputs, targets)`` tensors or a two-tensor :class:`~torch.utils.data.TensorDataset`.
     schedules:
@@ -424,7 +435,8 @@ def hypergradient(
         Hyperparameter types to differentiate, a subset of ``HYPERPARAMETER_NAMES``; fewer
         types propagate fewer tangents.
     velocity:
-        ``(n_params,)`` initial momentum buffer (zero when ``None``), to continue a run.
+        ``(n_params,)`` initial momentum buffer of the trainable parameters (zero when
+        ``None``), to continue a run.
     start_step:
         Position of the first step in the minibatch stream, to continue a run.
     val_batch_size:
@@ -434,18 +446,38 @@ def hypergradient(
     -------
     HypergradientResult
         The hypergradient, losses and final state.
+
+    Raises
+    ------
+    ValueError
+        On invalid arguments, a model without trainable parameters, or a forward pass that is
+        random or updates buffers (see above).
+    TypeError
+        If ``model`` is not a :class:`torch.nn.Module`.
     """
-    _check_positive(batch_size=batch_size)
+    (batch_size,) = _check_positive(batch_size=batch_size)
     if val_batch_size is not None:
-        _check_positive(val_batch_size=val_batch_size)
+        (val_batch_size,) = _check_positive(val_batch_size=val_batch_size)
+    seed = _check_seed(seed)
+    start_step = _as_int("start_step", start_step, 0)
     rows = _rows_of(differentiate)
     x_train, y_train = _as_tensors(train_data, "train_data")
     x_val, y_val = _as_tensors(val_data, "val_data")
-    names = [name for name, _ in model.named_parameters()]
-    initial = [p.detach() for _, p in model.named_parameters()]
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    trainable = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(
+            f"The model ({type(model).__name__}) has no trainable parameters "
+            "(requires_grad=True); there is nothing for the schedules to train."
+        )
+    names = [name for name, _ in trainable]
+    initial = [p for _, p in trainable]
     shapes = [p.shape for p in initial]
     sizes = [p.numel() for p in initial]
-    buffers = {name: b.detach() for name, b in model.named_buffers()}
+    # Frozen parameters and buffers enter the forward pass as constants.
+    constants = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
+    constants.update({name: b.detach() for name, b in model.named_buffers()})
     theta = torch.cat([p.reshape(-1) for p in initial]).clone()
     n_params = theta.numel()
     if velocity is None:
@@ -460,8 +492,9 @@ def hypergradient(
             name: chunk.view(shape)
             for name, chunk, shape in zip(names, flat.split(sizes), shapes, strict=True)
         }
-        return loss_fn(functional_call(model, (params, buffers), (inputs,)), targets)
+        return loss_fn(functional_call(model, (params, constants), (inputs,)), targets)
 
+    _check_forward(model, dict(zip(names, initial, strict=True)), constants, x_train[:batch_size])
     grad_and_loss = grad_and_value(loss_at)
 
     def gradient_and_hvp(
@@ -574,7 +607,10 @@ def learn_schedules(
     model_fn:
         Builds the network. It is called once, under ``torch.manual_seed(seed)`` in a forked
         RNG state, and every outer step starts from the parameters it returned; build a model
-        the same way to replay the schedules.
+        the same way to replay the schedules. Parameters with ``requires_grad=False`` stay
+        frozen, as in the replay. The forward pass must be deterministic and leave the buffers
+        alone (see :func:`hypergradient`): return ``model.eval()`` for a network with dropout or
+        batch normalization.
     train_data, val_data:
         ``(inputs, targets)`` tensors or a two-tensor :class:`~torch.utils.data.TensorDataset`.
     n_steps:
@@ -608,9 +644,22 @@ def learn_schedules(
     -------
     Schedules
         The evaluated schedules with the lowest validation loss.
+
+    Raises
+    ------
+    ValueError
+        On invalid arguments, or a model that :func:`hypergradient` cannot differentiate: one
+        without trainable parameters, or whose forward pass is random (dropout in training mode)
+        or updates buffers (batch normalization in training mode). These are detected before
+        the first training run.
+    TypeError
+        If ``model_fn`` does not return a :class:`torch.nn.Module`.
+    RuntimeError
+        If every training run diverged.
     """
-    _check_horizon(n_steps, n_blocks)
-    _check_positive(batch_size=batch_size, n_outer_steps=n_outer_steps)
+    n_steps, n_blocks = _check_horizon(n_steps, n_blocks)
+    batch_size, n_outer_steps = _check_positive(batch_size=batch_size, n_outer_steps=n_outer_steps)
+    seed = _check_seed(seed)
     rows = _rows_of(learn)
     bounds = [
         _check_bounds("lr_bounds", lr_bounds),
@@ -637,6 +686,8 @@ def learn_schedules(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_fn()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model_fn must return a torch.nn.Module, got {type(model).__name__}.")
     lows = torch.tensor([b[0] for b in bounds], dtype=torch.float64)[:, None]
     highs = torch.tensor([b[1] for b in bounds], dtype=torch.float64)[:, None]
     values = torch.tensor(initial_values, dtype=torch.float64)[:, None].repeat(1, n_blocks)
@@ -745,16 +796,92 @@ def _rows_of(names: Sequence[str]) -> list[int]:
     return sorted(HYPERPARAMETER_NAMES.index(n) for n in set(names))
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+def _as_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an ``int``: any integral number (Python, NumPy); not a bool."""
+    if not isinstance(value, bool):
+        try:
+            result = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        else:
+            if result >= minimum:
+                return result
+    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise ValueError(f"{name} must be {kind}, got {value!r}.")
 
 
-def _check_horizon(n_steps: int, n_blocks: int) -> None:
-    _check_positive(n_steps=n_steps, n_blocks=n_blocks)
+def _check_positive(**values: int) -> tuple[int, ...]:
+    return tuple(_as_int(name, value, 1) for name, value in values.items())
+
+
+def _check_seed(seed: int) -> int:
+    seed = _as_int("seed", seed, -(2**63))
+    if seed >= 2**64:
+        raise ValueError(f"seed must lie in [-2**63, 2**64), got {seed}.")
+    return seed
+
+
+def _check_horizon(n_steps: int, n_blocks: int) -> tuple[int, int]:
+    n_steps, n_blocks = _check_positive(n_steps=n_steps, n_blocks=n_blocks)
     if n_steps % n_blocks != 0:
         raise ValueError(f"n_steps ({n_steps}) must be a multiple of n_blocks ({n_blocks}).")
+    return n_steps, n_blocks
+
+
+def _check_forward(
+    model: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    constants: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+) -> None:
+    """Raise ValueError unless the forward pass is deterministic and leaves buffers alone.
+
+    One forward pass on ``inputs``, vectorized (a batch of one) with random operations
+    forbidden, on copies of the buffers that are compared with the originals afterwards.
+    """
+    for name, module in model.named_modules():
+        if (
+            module.training
+            and isinstance(module, torch.nn.modules.dropout._DropoutNd)
+            and module.p > 0
+        ):
+            raise ValueError(
+                "The forward pass must be deterministic to be differentiated, but "
+                f"{_layer(name, module)} is a dropout layer in training mode (p={module.p}); "
+                "call model.eval() (model_fn may return model.eval()) or set p=0."
+            )
+    copies = {name: c.clone() for name, c in constants.items()}
+
+    def forward(_: torch.Tensor) -> torch.Tensor:
+        output: torch.Tensor = functional_call(model, (params, copies), (inputs,))
+        return output
+
+    with torch.no_grad():
+        try:
+            vmap(forward, randomness="error")(inputs.new_zeros(1))
+        except RuntimeError as err:
+            if "random" not in str(err):
+                raise
+            raise ValueError(
+                "The forward pass must be deterministic to be differentiated, but it draws "
+                "random numbers (dropout or noise in training mode); call model.eval() or "
+                "remove the randomness."
+            ) from err
+    changed = [name for name, c in copies.items() if not torch.equal(c, constants[name])]
+    if changed:
+        owner_name = changed[0].rpartition(".")[0]
+        owner = _layer(owner_name, model.get_submodule(owner_name))
+        raise ValueError(
+            "The forward pass must not update buffers, which the differentiated run keeps "
+            f"constant, but it changed {changed} of {owner}. Batch normalization in training "
+            "mode updates its running statistics: call model.eval() to use them as constants "
+            "(model_fn may return model.eval()), or build the layer with "
+            "track_running_stats=False."
+        )
+
+
+def _layer(name: str, module: torch.nn.Module) -> str:
+    return f"layer {name!r} ({type(module).__name__})" if name else type(module).__name__
 
 
 def _check_bounds(name: str, bounds: tuple[float, float]) -> tuple[float, float]:

@@ -50,19 +50,24 @@ def _val_loss_after(schedules: Schedules) -> float:
 def _unrolled_val_loss(model: torch.nn.Module, values: torch.Tensor, n_steps: int) -> torch.Tensor:
     """Validation loss after an unrolled SGD run, differentiable in ``values`` (3, n_blocks)."""
     per_block = n_steps // values.shape[1]
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    params = {
+        n: p.detach().clone().requires_grad_(True)
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
     velocity = {name: torch.zeros_like(p) for name, p in params.items()}
     batches = minibatch_indices(len(TRAIN[0]), BATCH_SIZE, n_steps, SEED)
     for t, index in enumerate(batches):
         lr, momentum, weight_decay = values[:, t // per_block]
         loss = torch.nn.functional.cross_entropy(
-            functional_call(model, params, (TRAIN[0][index],)), TRAIN[1][index]
+            functional_call(model, params, (TRAIN[0][index],), strict=False), TRAIN[1][index]
         )
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
         for (name, p), g in zip(list(params.items()), grads, strict=True):
             velocity[name] = momentum * velocity[name] + g + weight_decay * p
             params[name] = p - lr * velocity[name]
-    return torch.nn.functional.cross_entropy(functional_call(model, params, (VAL[0],)), VAL[1])
+    outputs = functional_call(model, params, (VAL[0],), strict=False)
+    return torch.nn.functional.cross_entropy(outputs, VAL[1])
 
 
 SCHEDULES = Schedules(
@@ -356,3 +361,197 @@ def test_minibatch_indices_are_reproducible_epochs() -> None:
         assert sorted(torch.cat(epoch).tolist()) == list(range(20))
     continued = list(minibatch_indices(20, 5, 8, seed=7, start_step=5))
     assert all(torch.equal(a, b) for a, b in zip(first[5:], continued, strict=True))
+
+
+# -------------------------------------------------- frozen parameters, what the model needs
+
+
+def _frozen_first_layer() -> torch.nn.Module:
+    model = _model()
+    model[0].requires_grad_(False)
+    return model
+
+
+def _replay(model: torch.nn.Module, schedules: Schedules) -> torch.nn.Module:
+    train_with_schedules(model, TRAIN, schedules, batch_size=BATCH_SIZE, seed=SEED)
+    return model
+
+
+def _trainable_vector(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+
+
+def test_frozen_parameters_stay_frozen_as_in_the_replay() -> None:
+    result = hypergradient(
+        _frozen_first_layer(), TRAIN, VAL, SCHEDULES, batch_size=BATCH_SIZE, seed=SEED
+    )
+    replayed = _replay(_frozen_first_layer(), SCHEDULES)
+    torch.testing.assert_close(replayed[0].weight, _model()[0].weight, rtol=0, atol=0)
+    trainable = sum(p.numel() for p in replayed.parameters() if p.requires_grad)
+    assert result.params.shape == result.velocity.shape == (trainable,)
+    assert result.tangents.shape == (3, SCHEDULES.n_blocks, trainable)
+    torch.testing.assert_close(result.params, _trainable_vector(replayed), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        val_loss = float(torch.nn.functional.cross_entropy(replayed(VAL[0]), VAL[1]))
+    assert result.val_loss == pytest.approx(val_loss, rel=1e-12)
+    # And the hypergradient is that of the run with the first layer held fixed.
+    values = SCHEDULES.as_tensor().requires_grad_(True)
+    (expected,) = torch.autograd.grad(
+        _unrolled_val_loss(_frozen_first_layer(), values, SCHEDULES.n_steps), values
+    )
+    assert _relative_error(result.hypergradient, expected) < 1e-9
+
+
+def test_learned_run_with_frozen_parameters_has_the_replays_loss() -> None:
+    records: list[OuterStep] = []
+    learned = learn_schedules(
+        _frozen_first_layer,
+        TRAIN,
+        VAL,
+        n_steps=12,
+        n_blocks=3,
+        batch_size=BATCH_SIZE,
+        n_outer_steps=2,
+        lr_init=0.1,
+        seed=SEED,
+        callback=records.append,
+    )
+    for record in records:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            model = _frozen_first_layer()
+        frozen = model[0].weight.detach().clone()
+        _replay(model, record.schedules)
+        assert torch.equal(model[0].weight, frozen)
+        with torch.no_grad():
+            val_loss = float(torch.nn.functional.cross_entropy(model(VAL[0]), VAL[1]))
+        assert record.val_loss == pytest.approx(val_loss, rel=1e-10)
+    assert learned in [r.schedules for r in records]
+
+
+def _with(*layers: torch.nn.Module) -> Callable[[], torch.nn.Module]:
+    def model_fn() -> torch.nn.Module:
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(4, 5), *layers, torch.nn.Linear(5, 3)).double()
+
+    return model_fn
+
+
+class _Noise(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.1 * torch.randn_like(x)
+
+
+class _NoParameters(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :3]
+
+
+@pytest.mark.parametrize(
+    ("model_fn", "match"),
+    [
+        (_NoParameters, r"no trainable parameters"),
+        (lambda: _model().requires_grad_(False), r"no trainable parameters"),
+        (
+            lambda: _with(torch.nn.BatchNorm1d(5))(),
+            r"changed \['1.running_mean', '1.running_var', '1.num_batches_tracked'\] of layer "
+            r"'1' \(BatchNorm1d\).*model.eval\(\)",
+        ),
+        (lambda: _with(torch.nn.Dropout(0.3))(), r"layer '1' \(Dropout\).*dropout.*p=0.3"),
+        (lambda: _with(_Noise())(), r"draws random numbers"),
+    ],
+    ids=["parameterless", "all-frozen", "batchnorm-train", "dropout", "noise"],
+)
+def test_models_that_cannot_be_differentiated_raise_up_front(
+    model_fn: Callable[[], torch.nn.Module], match: str
+) -> None:
+    steps: list[OuterStep] = []
+    with pytest.raises(ValueError, match=match):
+        learn_schedules(
+            model_fn,
+            TRAIN,
+            VAL,
+            n_steps=4,
+            n_blocks=2,
+            batch_size=BATCH_SIZE,
+            n_outer_steps=2,
+            callback=steps.append,
+        )
+    assert steps == []
+    model = model_fn()
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    with pytest.raises(ValueError, match=match):
+        hypergradient(model, TRAIN, VAL, SCHEDULES, batch_size=BATCH_SIZE)
+    for name, b in model.named_buffers():  # the probe left the model's buffers alone
+        assert torch.equal(b, buffers[name])
+
+
+@pytest.mark.parametrize(
+    ("make_layer", "evaluate"),
+    [
+        (lambda: torch.nn.BatchNorm1d(5), True),  # running statistics used as constants
+        (lambda: torch.nn.BatchNorm1d(5, track_running_stats=False), False),  # batch statistics
+        (lambda: torch.nn.Dropout(0.3), True),  # the identity when evaluated
+        (lambda: torch.nn.Dropout(0.0), False),
+    ],
+    ids=["batchnorm-eval", "batchnorm-untracked", "dropout-eval", "dropout-zero"],
+)
+def test_deterministic_normalization_and_dropout_replay_exactly(
+    make_layer: Callable[[], torch.nn.Module], evaluate: bool
+) -> None:
+    def model_fn() -> torch.nn.Module:
+        model = _with(make_layer())()
+        generator = torch.Generator().manual_seed(0)
+        for name, buffer in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator))
+        return model.eval() if evaluate else model
+
+    result = hypergradient(model_fn(), TRAIN, VAL, SCHEDULES, batch_size=BATCH_SIZE, seed=SEED)
+    replayed = _replay(model_fn(), SCHEDULES)
+    assert not result.diverged
+    torch.testing.assert_close(result.params, _trainable_vector(replayed), rtol=1e-12, atol=1e-12)
+
+
+def test_numpy_integers_are_accepted() -> None:
+    import numpy as np
+
+    kwargs: dict[str, object] = {"n_outer_steps": 2, "lr_init": 0.1, "seed": SEED}
+    reference = learn_schedules(
+        _model, TRAIN, VAL, n_steps=12, n_blocks=3, batch_size=BATCH_SIZE, **kwargs
+    )
+    learned = learn_schedules(
+        _model,
+        TRAIN,
+        VAL,
+        n_steps=np.int64(12),  # type: ignore[arg-type]
+        n_blocks=np.int32(3),  # type: ignore[arg-type]
+        batch_size=np.uint8(BATCH_SIZE),  # type: ignore[arg-type]
+        n_outer_steps=np.int16(2),  # type: ignore[arg-type]
+        lr_init=0.1,
+        seed=np.int64(SEED),  # type: ignore[arg-type]
+    )
+    assert learned == reference and type(learned.n_steps) is int
+    assert type(Schedules.constant(np.int64(4), np.int64(2), lr=0.1).n_steps) is int  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": True}, "batch_size must be a positive integer, got True"),
+        ({"n_steps": 12.0}, "n_steps must be a positive integer"),
+        ({"n_outer_steps": "2"}, "n_outer_steps must be a positive integer"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"seed": 2**64}, r"seed must lie in"),
+    ],
+)
+def test_non_integral_arguments_raise(kwargs: dict[str, object], match: str) -> None:
+    arguments: dict[str, object] = {"n_steps": 12, "n_blocks": 3, "batch_size": BATCH_SIZE}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        learn_schedules(_model, TRAIN, VAL, **arguments)  # type: ignore[arg-type]
+
+
+def test_model_fn_must_return_a_module() -> None:
+    with pytest.raises(TypeError, match="model_fn must return a torch.nn.Module, got function"):
+        learn_schedules(lambda: _model, TRAIN, VAL, n_steps=4, n_blocks=2, batch_size=4)  # type: ignore[arg-type,return-value]
