@@ -41,7 +41,11 @@ Both are minimized with L-BFGS-B on torch gradients.
 minimized objective), then pooled over all studies and standardized *once* with the pooled mean
 and standard deviation (``y_shift``, ``y_scale``). Studies are not standardized one by one:
 objective values of related tasks share a scale, and the prior mean is what they have in
-common. A new study's values go through the same transform (:meth:`GPPrior.transform`).
+common. A new study's values go through the same transform (:meth:`GPPrior.transform`). The
+mean and standard deviation are taken of the values divided by their largest magnitude, so
+values near the float64 limit (``1e300``) or near its smallest normal numbers standardize as
+well as values near 1, and the fit does not depend on the objective's unit. Values equal to
+about 12 significant digits have the scale of their magnitude.
 
 **File format** (:meth:`GPPrior.save`, :meth:`GPPrior.load`): one JSON object, no pickle::
 
@@ -74,6 +78,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -239,12 +244,27 @@ class GPPrior:
         return self.fidelity_param is not None
 
     def transform(self, y: torch.Tensor) -> torch.Tensor:
-        """Map minimized objective values ``(n,)`` to the prior's units ``(n,)``."""
-        return (y.to(_DTYPE) - self.y_shift) / self.y_scale
+        """Map minimized objective values ``(n,)`` to the prior's units ``(n,)``.
+
+        Finite values far on the other side of ``y_shift`` (their difference beyond the float64
+        range) are divided by ``y_scale`` before the shift is taken off, so that they stay
+        finite whenever their value in the prior's units is.
+        """
+        y = y.to(_DTYPE)
+        z = (y - self.y_shift) / self.y_scale
+        overflow = torch.isfinite(y) & ~torch.isfinite(z)
+        if bool(overflow.any()):
+            z = torch.where(overflow, y / self.y_scale - self.y_shift / self.y_scale, z)
+        return z
 
     def untransform(self, y: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`transform`."""
-        return y.to(_DTYPE) * self.y_scale + self.y_shift
+        """Inverse of :meth:`transform`, finite wherever the result is within float64 range."""
+        y = y.to(_DTYPE)
+        v = y * self.y_scale + self.y_shift
+        overflow = torch.isfinite(y) & ~torch.isfinite(v)
+        if bool(overflow.any()):
+            v = torch.where(overflow, (y + self.y_shift / self.y_scale) * self.y_scale, v)
+        return v
 
     def condition(self, inputs: torch.Tensor, y: torch.Tensor) -> GPModel:
         """The prior GP conditioned on data, with the pre-trained hyperparameters held fixed.
@@ -455,7 +475,13 @@ def _require_keys(obj: Any, keys: Iterable[str], where: str) -> dict[str, Any]:
 def _number(value: Any, where: str, *, positive: bool = False, nonneg: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"GP prior: {where} must be a number, got {type(value).__name__}.")
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:
+        raise ValueError(
+            f"GP prior: {where} must be a finite number, got an integer too large for a float "
+            "(beyond +-1.8e308)."
+        ) from None
     if not math.isfinite(x):
         raise ValueError(f"GP prior: {where} must be finite, got {x}.")
     if positive and not x > 0:
@@ -463,6 +489,12 @@ def _number(value: Any, where: str, *, positive: bool = False, nonneg: bool = Fa
     if nonneg and not x >= 0:
         raise ValueError(f"GP prior: {where} must be non-negative, got {x}.")
     return x
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"GP prior: {where} must be a string, got {type(value).__name__}.")
+    return value
 
 
 def _integer(value: Any, where: str, minimum: int) -> int:
@@ -495,7 +527,7 @@ _DISTRIBUTION_ATTRIBUTES = {
 def _distribution(name: str, obj: Any) -> BaseDistribution:
     where = f"search_space[{name!r}]"
     obj = _require_keys(obj, ("name", "attributes"), where)
-    kind = obj["name"]
+    kind = _string(obj["name"], f"{where}.name")
     if kind not in _DISTRIBUTION_ATTRIBUTES:
         raise ValueError(f"GP prior: {where} has unsupported distribution {kind!r}.")
     attrs = obj["attributes"]
@@ -518,11 +550,23 @@ def _distribution(name: str, obj: Any) -> BaseDistribution:
         if not isinstance(attrs.get("log", False), bool):
             raise ValueError(f"GP prior: {where}.log must be a boolean.")
     try:
-        dist = json_to_distribution(json.dumps(obj))
+        with warnings.catch_warnings():
+            # Optuna warns when it adjusts a range to fit the step; the check below reports it.
+            warnings.simplefilter("ignore", UserWarning)
+            dist = json_to_distribution(json.dumps(obj))
     except Exception as err:  # the distribution's own checks (low <= high, ...)
         raise ValueError(f"GP prior: {where} is not a valid distribution: {err}") from None
     if not isinstance(dist, FloatDistribution | IntDistribution | CategoricalDistribution):
         raise ValueError(f"GP prior: {where} has unsupported distribution {dist!r}.")
+    # A file written by GPPrior.save holds distributions exactly as Optuna built them; one that
+    # Optuna would adjust (a high not on the step grid, a fractional integer bound) is not.
+    if kind != "CategoricalDistribution":
+        adjusted = sorted(key for key, value in attrs.items() if getattr(dist, key) != value)
+        if adjusted:
+            raise ValueError(
+                f"GP prior: {where} is not a valid distribution: Optuna would change its "
+                f"{adjusted} to give {dist!r}."
+            )
     return dist
 
 
@@ -542,7 +586,7 @@ def _prior_from_dict(data: Any) -> GPPrior:
         ),
         "the top level",
     )
-    if data["format"] != FORMAT_NAME:
+    if _string(data["format"], "format") != FORMAT_NAME:
         raise ValueError(f"GP prior: format must be {FORMAT_NAME!r}, got {data['format']!r}.")
     if isinstance(data["version"], bool) or data["version"] != FORMAT_VERSION:
         raise ValueError(
@@ -551,8 +595,12 @@ def _prior_from_dict(data: Any) -> GPPrior:
         )
     if not isinstance(data["search_space"], dict) or not data["search_space"]:
         raise ValueError("GP prior: search_space must be a non-empty JSON object.")
+    for name in data["search_space"]:
+        _string(name, f"search_space name {name!r}")
     distributions = {name: _distribution(name, obj) for name, obj in data["search_space"].items()}
     fidelity_param = data["fidelity_param"]
+    if fidelity_param is not None:
+        _string(fidelity_param, "fidelity_param")
     if fidelity_param is not None and fidelity_param not in distributions:
         raise ValueError(
             f"GP prior: fidelity_param {fidelity_param!r} is not in the search space."
@@ -608,7 +656,7 @@ def _prior_from_dict(data: Any) -> GPPrior:
     mf = _require_keys(
         data["mean_function"], ("kind", "input_dim", "hidden_units", "weights"), "mean_function"
     )
-    kind = mf["kind"]
+    kind = _string(mf["kind"], "mean_function.kind")
     if kind not in MEAN_KINDS:
         raise ValueError(
             f"GP prior: mean_function.kind must be one of {MEAN_KINDS}, got {kind!r}."
@@ -634,7 +682,7 @@ def _prior_from_dict(data: Any) -> GPPrior:
     fit = _require_keys(
         data["fit"], ("objective", "n_studies", "n_points", "loss", "study_names"), "fit"
     )
-    if fit["objective"] not in OBJECTIVES:
+    if _string(fit["objective"], "fit.objective") not in OBJECTIVES:
         raise ValueError(f"GP prior: fit.objective must be one of {OBJECTIVES}.")
     names = fit["study_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -837,6 +885,36 @@ def _neg_log_ml(
     return 0.5 * z.square().sum() + chol.diagonal(dim1=-2, dim2=-1).log().sum()
 
 
+def _int_argument(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an ``int``: any integral number (Python, NumPy); not a bool."""
+    if not isinstance(value, bool):
+        try:
+            result = operator.index(value)
+        except TypeError:
+            pass
+        else:
+            if result >= minimum:
+                return result
+    raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+
+
+def _standardization(y: torch.Tensor) -> tuple[float, float, float]:
+    """``(peak, mean, std)`` with ``y = peak * (mean + std * z)`` for standardized ``z``.
+
+    ``peak = max |y|`` and the mean and the (unbiased) standard deviation are those of
+    ``y / peak``, which lies in ``[-1, 1]``, so that nothing overflows or underflows. Values
+    equal to within ``1e-12`` of their magnitude (or a single value) get ``std = 1``: the
+    scale is their magnitude. All zeros give ``(1, 0, 1)``.
+    """
+    peak = float(y.abs().max())
+    if peak == 0.0:
+        return 1.0, 0.0, 1.0
+    u = y / peak
+    mean = float(u.mean())
+    std = float(u.std()) if u.shape[0] > 1 else 0.0
+    return peak, mean, std if std > 1e-12 else 1.0
+
+
 def _shared_points(data: list[_StudyData]) -> tuple[torch.Tensor, torch.Tensor]:
     """Common inputs ``(n, D)`` and values ``(n, M)`` when every study has the same points."""
     X0 = data[0].inputs
@@ -914,27 +992,32 @@ def fit_prior(
     ------
     ValueError
         On mismatched search spaces (the message names the study and the parameters), unknown
-        ``mean`` or ``objective``, no usable study, or ``"empirical_kl"`` on studies that do not
-        share their points.
+        ``mean`` or ``objective``, a count or seed that is not an integer in range, no usable
+        study, ``"empirical_kl"`` on studies that do not share their points, or objective
+        values whose standard deviation exceeds the float64 range.
     """
     if mean not in MEAN_KINDS:
         raise ValueError(f"`mean` must be one of {MEAN_KINDS}, got {mean!r}.")
     if objective not in OBJECTIVES:
         raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}.")
-    if min_trials < 1:
-        raise ValueError(f"`min_trials` must be >= 1, got {min_trials}.")
-    if hidden_units < 1:
-        raise ValueError(f"`hidden_units` must be >= 1, got {hidden_units}.")
+    min_trials = _int_argument("min_trials", min_trials, 1)
+    hidden_units = _int_argument("hidden_units", hidden_units, 1)
+    max_iter = _int_argument("max_iter", max_iter, 1)
+    seed = _int_argument("seed", seed, 0)
     space, data = _collect(studies, search_space, fidelity_param, target_fidelity, min_trials)
     has_fidelity = space.fidelity_param is not None
     heteroscedastic = has_fidelity
 
     y_all = torch.cat([s.y for s in data])
-    y_shift = float(y_all.mean())
-    std = float(y_all.std()) if y_all.shape[0] > 1 else 0.0
-    y_scale = std if std > 1e-12 else 1.0
+    peak, unit_mean, unit_std = _standardization(y_all)
+    y_shift, y_scale = peak * unit_mean, peak * unit_std
+    if not math.isfinite(y_scale):
+        raise ValueError(
+            "fit_prior cannot standardize the objective values: their standard deviation "
+            f"({unit_std:.3g} x {peak:.3g}) exceeds the float64 range. Rescale the objective."
+        )
     for s in data:
-        s.y = (s.y - y_shift) / y_scale
+        s.y = (s.y / peak - unit_mean) / unit_std
 
     shared: tuple[torch.Tensor, torch.Tensor] | None = None
     if objective == "empirical_kl":

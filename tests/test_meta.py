@@ -569,3 +569,182 @@ def test_batched_kernel_matches_model_kernel(has_fidelity: bool) -> None:
     K = _batched_kernel(A, params, has_fidelity)
     for j in range(3):
         torch.testing.assert_close(K[j], _kernel(A[j], A[j], params, has_fidelity))
+
+
+# -- robustness of the loader and of the standardization --------------------------------------
+
+
+def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key path into a JSON value, the empty path (the whole value) included."""
+    paths = [prefix]
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            paths += _paths(value, (*prefix, key))
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            paths += _paths(value, (*prefix, i))
+    return paths
+
+
+def test_loader_raises_only_value_errors_for_any_misplaced_value(mixed_prior: GPPrior) -> None:
+    """Whatever JSON value stands anywhere in the file, loading works or raises ValueError."""
+    base = mixed_prior.to_dict()
+    replacements: list[Any] = [[1.0], ["lr"], {}, {"a": 1}, None, "x", 10**400, -(10**400), True]
+    others = []
+    paths = _paths(base)
+    assert len(paths) > 60  # the walk reaches every field, search space and weights included
+    for path in paths:
+        for value in replacements:
+            data = json.loads(json.dumps(base))
+            if path:
+                target = data
+                for key in path[:-1]:
+                    target = target[key]
+                target[path[-1]] = value
+            else:
+                data = value
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    GPPrior.from_dict(data)
+            except ValueError:
+                pass
+            except Exception as err:  # noqa: BLE001 - what the test looks for
+                others.append((path, value if not isinstance(value, int) else "big", repr(err)))
+    assert others == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "fragment"),
+    [
+        (("output_transform", "y_shift"), 10**400, "y_shift must be a finite number.*too large"),
+        (("kernel", "lengthscales", 0), 10**400, r"lengthscales\[0\] must be a finite number"),
+        (("search_space", "lr", "attributes", "high"), 10**400, r"'lr'\]\.high must be a finite"),
+        (("target_fidelity",), -(10**400), "target_fidelity must be a finite number"),
+        (("search_space", "lr", "name"), ["FloatDistribution"], r"'lr'\]\.name must be a string"),
+        (("fidelity_param",), ["super_batch_size"], "fidelity_param must be a string, got list"),
+        (("mean_function", "kind"), ["mlp"], "mean_function.kind must be a string"),
+        (("fit", "objective"), {"a": 1}, "fit.objective must be a string, got dict"),
+        (("format",), ["optuna-isbo-gp-prior"], "format must be a string"),
+        (
+            ("search_space", "layers", "attributes", "step"),
+            2,
+            r"'layers'\].*Optuna would change its \['high'\]",
+        ),
+    ],
+    ids=[
+        "huge-y_shift",
+        "huge-lengthscale",
+        "huge-bound",
+        "huge-target_fidelity",
+        "list-distribution-name",
+        "list-fidelity_param",
+        "list-kind",
+        "dict-objective",
+        "list-format",
+        "high-off-step",
+    ],
+)
+def test_load_rejects_huge_integers_and_misplaced_lists(
+    tmp_path: Path, mixed_prior: GPPrior, path: tuple[Any, ...], value: Any, fragment: str
+) -> None:
+    data = mixed_prior.to_dict()
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    file = tmp_path / "prior.json"
+    file.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=fragment):
+        GPPrior.load(file)
+
+
+def _scaled(studies: list[optuna.Study], factor: float) -> list[optuna.Study]:
+    return [
+        _study_from_points(
+            s.study_name,
+            np.array([[t.params["a"], t.params["b"]] for t in s.trials]),
+            factor * np.array([t.value for t in s.trials]),
+        )
+        for s in studies
+    ]
+
+
+def test_fit_prior_does_not_depend_on_the_objectives_unit() -> None:
+    studies = _gp_studies(6, 15, seed=3)
+    reference = fit_prior(studies, fidelity_param=None, max_iter=100)
+    # Powers of two scale exactly: the standardized values, hence the fit, are identical.
+    for factor in (2.0**996, 2.0**-1000):
+        prior = fit_prior(_scaled(studies, factor), fidelity_param=None, max_iter=100)
+        assert prior.y_scale == reference.y_scale * factor
+        assert prior.y_shift == reference.y_shift * factor
+        assert torch.equal(prior.params.lengthscales, reference.params.lengthscales)
+        assert torch.equal(prior.params.outputscale, reference.params.outputscale)
+        assert torch.equal(
+            prior.mean_function.weights["weight"], reference.mean_function.weights["weight"]
+        )
+    # Around 1e300 (the reported case) the fit agrees to rounding, with a finite scale.
+    prior = fit_prior(_scaled(studies, 1e300), fidelity_param=None, max_iter=100)
+    assert math.isfinite(prior.y_scale) and prior.y_scale > 0
+    assert prior.y_scale == pytest.approx(reference.y_scale * 1e300, rel=1e-12)
+    torch.testing.assert_close(
+        prior.params.lengthscales, reference.params.lengthscales, rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(
+        prior.mean_function.weights["weight"],
+        reference.mean_function.weights["weight"],
+        rtol=1e-6,
+        atol=1e-9,
+    )
+
+
+def test_fit_prior_rejects_values_spread_beyond_the_float_range() -> None:
+    X = np.random.default_rng(0).random((6, 2))
+    y = np.array([1.75e308, -1.75e308] * 3)
+    with pytest.raises(ValueError, match="standard deviation.*exceeds the float64 range"):
+        fit_prior([_study_from_points("wide", X, y)], fidelity_param=None, max_iter=5)
+
+
+def test_equal_values_get_the_scale_of_their_magnitude() -> None:
+    X = np.random.default_rng(1).random((6, 2))
+    prior = fit_prior(
+        [_study_from_points("flat", X, np.full(6, 3e-20))], fidelity_param=None, max_iter=5
+    )
+    assert prior.y_shift == pytest.approx(3e-20, rel=1e-12)
+    assert prior.y_scale == pytest.approx(3e-20, rel=1e-12)
+
+
+def test_transform_of_a_finite_value_far_across_the_shift_is_finite(
+    mixed_prior: GPPrior,
+) -> None:
+    from dataclasses import replace
+
+    prior = replace(mixed_prior, y_shift=1.5e308, y_scale=1e308)
+    y = torch.tensor([-1.5e308, 1.5e308, math.inf], dtype=torch.float64)
+    z = prior.transform(y)
+    assert z[0].item() == pytest.approx(-3.0) and z[1].item() == 0.0
+    assert z[2].item() == math.inf  # inf in, inf out
+    back = prior.untransform(z)
+    assert back[0].item() == pytest.approx(-1.5e308) and back[1].item() == 1.5e308
+    assert back[2].item() == math.inf
+
+
+def test_fit_prior_integer_arguments() -> None:
+    studies = _gp_studies(2, 6, seed=7)
+    reference = fit_prior(studies, fidelity_param=None, max_iter=10, min_trials=5)
+    prior = fit_prior(
+        studies,
+        fidelity_param=None,
+        max_iter=np.int64(10),  # type: ignore[arg-type]
+        min_trials=np.int32(5),  # type: ignore[arg-type]
+        seed=np.uint8(0),  # type: ignore[arg-type]
+    )
+    assert prior.to_dict() == reference.to_dict()
+    for name, value in [
+        ("hidden_units", 2.5),
+        ("max_iter", True),
+        ("min_trials", "5"),
+        ("seed", -1),
+    ]:
+        with pytest.raises(ValueError, match=f"`{name}` must be an integer"):
+            fit_prior(studies, fidelity_param=None, mean="mlp", **{name: value})
