@@ -67,12 +67,22 @@ Methods
   (500 random candidates), ``InverseCostWeightedUtility`` with the exact cost model
   (``AffineFidelityCostModel`` for ``affine``, a ``GenericDeterministicModel`` otherwise),
   ``project_to_target_fidelity``, ``optimize_acqf_mixed`` over the 5-level fidelity grid that
-  ISBOSampler uses (4 restarts, 64 raw samples, 100 L-BFGS-B iterations). Initial design: the
-  same 10 trials as ISBO's startup count, scrambled Sobol ``x`` and fidelity uniform over the
-  grid levels (the tutorials' ``generate_initial_data``). Ints and categoricals (``mixed``) are
+  ISBOSampler uses (4 restarts, 64 raw samples, 30 L-BFGS-B iterations; one MF-KG step solves
+  5 one-shot problems). Initial design: the same 10 trials as ISBO's startup count, scrambled
+  Sobol ``x`` and fidelity uniform over the grid levels (the tutorials'
+  ``generate_initial_data``). Ints and categoricals (``mixed``) are
   a rounded continuous relaxation. Recommendation: the maximizer of the posterior mean with
   the fidelity fixed at the target (the tutorials' ``get_recommendation``), with its predicted
   value and std.
+- ``smac``, ``dehb`` (optional, run by default only where installed; ``benchmarks/mf_peers.py``):
+  SMAC3's ``MultiFidelityFacade`` (random forest + Hyperband) and DEHB, both with ``eta = 3``
+  and the fidelity as a continuous budget in ``[1, N]`` rounded to the nearest valid value.
+  Recommendation: SMAC's incumbent; DEHB's best target-budget configuration (before the first
+  target evaluation its best observed one). They are kept out of the ``benchmarks`` extra
+  (DEHB 0.1.2 pins ``numpy<2``, SMAC brings dask): install them with::
+
+      .venv/bin/pip install smac==2.4.1
+      .venv/bin/pip install --no-deps dehb==0.1.2 loguru==0.7.3
 
 Metrics (``--report``)
 ----------------------
@@ -135,13 +145,17 @@ METHODS = (
     "screen-topk",
     "botorch-mfkg",
     "botorch-mfmes",
+    "smac",
+    "dehb",
 )
+OPTIONAL_METHODS = {"smac": "smac", "dehb": "dehb"}  # method -> module it needs
 COSTS = ("affine", "steep", "source")
 SCREEN_FRACTION = 0.5
 BOTORCH_SETTINGS: dict[str, Any] = {
     "num_restarts": 4,
     "raw_samples": 64,
-    "maxiter": 100,
+    "maxiter": 30,  # L-BFGS-B iterations of the acquisition optimization
+    "rec_maxiter": 100,  # ... and of the posterior-mean recommendation
     "kg_num_fantasies": 32,
     "mes_candidates": 500,
 }
@@ -420,6 +434,9 @@ class Driver:
     def recommend(self) -> Rec:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the method holds (temporary directories)."""
+
 
 class BestObserved:
     """Best observed value overall and at the target fidelity."""
@@ -640,7 +657,7 @@ class BoTorchDriver(Driver):
             q=1,
             num_restarts=BOTORCH_SETTINGS["num_restarts"],
             raw_samples=BOTORCH_SETTINGS["raw_samples"],
-            options={"batch_limit": 8, "maxiter": BOTORCH_SETTINGS["maxiter"]},
+            options={"batch_limit": 8, "maxiter": BOTORCH_SETTINGS["rec_maxiter"]},
         )
         params = self.codec.decode(x[0].tolist())
         # Predict at the rounded configuration that is actually handed back.
@@ -743,6 +760,14 @@ def make_driver(
         return ScreenTopK(problem, cost_model, budget, max_trials, seed)
     if method in ("botorch-mfkg", "botorch-mfmes"):
         return BoTorchDriver(problem, cost_model, "kg" if method.endswith("kg") else "mes", seed)
+    if method == "smac":
+        from mf_peers import SMACDriver
+
+        return SMACDriver(problem, seed, max_trials)
+    if method == "dehb":
+        from mf_peers import DEHBDriver
+
+        return DEHBDriver(problem, seed)
     raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
 
 
@@ -788,42 +813,45 @@ def run_one(
             "seconds",
         )
     }
-    while cumulative < budget_cost and len(out["cost"]) < max_trials:
-        start = time.perf_counter()
-        params, n, phase = driver.ask()
-        seconds = time.perf_counter() - start
-        s = problem.unit(n)
-        value = problem.observe(params, s, rng, noise_scale)
-        cost = cost_of(cost_model, problem, s)
-        start = time.perf_counter()
-        driver.tell(value, cost)
-        seconds += time.perf_counter() - start
-        cumulative += cost
-        best.add(params, value, n >= problem.fidelity_high)
-        n_done = len(out["cost"]) + 1
-        last = cumulative >= budget_cost or n_done >= max_trials
-        if not driver.expensive_recommend or n_done % recommend_every == 0 or last:
+    try:
+        while cumulative < budget_cost and len(out["cost"]) < max_trials:
             start = time.perf_counter()
-            rec = driver.recommend()
+            params, n, phase = driver.ask()
+            seconds = time.perf_counter() - start
+            s = problem.unit(n)
+            value = problem.observe(params, s, rng, noise_scale)
+            cost = cost_of(cost_model, problem, s)
+            start = time.perf_counter()
+            driver.tell(value, cost)
             seconds += time.perf_counter() - start
-        elif rec is None:
-            assert best.best is not None
-            rec = Rec(best.best[1])
-        true_value = problem.target(rec.params)
-        out["cumulative_cost"].append(cumulative)
-        out["cost"].append(cost)
-        out["fidelity"].append(n)
-        out["fidelity_unit"].append(s)
-        out["phase"].append(phase)
-        out["value"].append(value)
-        out["regret"].append(true_value - problem.f_min)
-        out["regret_target_obs"].append(
-            problem.target(best.best_target[1]) - problem.f_min if best.best_target else None
-        )
-        out["pred_value"].append(_finite_or_none(rec.value))
-        out["pred_std"].append(_finite_or_none(rec.std))
-        out["true_value"].append(true_value)
-        out["seconds"].append(seconds)
+            cumulative += cost
+            best.add(params, value, n >= problem.fidelity_high)
+            n_done = len(out["cost"]) + 1
+            last = cumulative >= budget_cost or n_done >= max_trials
+            if not driver.expensive_recommend or n_done % recommend_every == 0 or last:
+                start = time.perf_counter()
+                rec = driver.recommend()
+                seconds += time.perf_counter() - start
+            elif rec is None:
+                assert best.best is not None
+                rec = Rec(best.best[1])
+            true_value = problem.target(rec.params)
+            out["cumulative_cost"].append(cumulative)
+            out["cost"].append(cost)
+            out["fidelity"].append(n)
+            out["fidelity_unit"].append(s)
+            out["phase"].append(phase)
+            out["value"].append(value)
+            out["regret"].append(true_value - problem.f_min)
+            out["regret_target_obs"].append(
+                problem.target(best.best_target[1]) - problem.f_min if best.best_target else None
+            )
+            out["pred_value"].append(_finite_or_none(rec.value))
+            out["pred_std"].append(_finite_or_none(rec.std))
+            out["true_value"].append(true_value)
+            out["seconds"].append(seconds)
+    finally:
+        driver.close()
     return {
         "problem": problem.name,
         "cost_model": cost_model,
@@ -1117,6 +1145,17 @@ def _report_coverage(
 
 
 # -- main ------------------------------------------------------------------------------------
+def available_methods() -> list[str]:
+    """Every method, less the optional ones whose package is not installed."""
+    import importlib.util
+
+    return [
+        m
+        for m in METHODS
+        if m not in OPTIONAL_METHODS or importlib.util.find_spec(OPTIONAL_METHODS[m]) is not None
+    ]
+
+
 def _init_worker() -> None:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -1132,7 +1171,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--costs", nargs="+", default=["affine", "steep"], choices=COSTS)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=available_methods(),
+        choices=list(METHODS),
+        help="default: every method whose package is installed",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument(
         "--budget", type=float, default=30.0, help="cost budget in target-fidelity evaluations"
