@@ -292,7 +292,14 @@ class SearchSpace:
             )
             target = _grid_value(distribution, self._fidelity_last_index)
         if target == distribution.low:
-            return
+            if distribution.low == distribution.high:
+                return  # A single value: no axis to optimize over.
+            raise ValueError(
+                f"`target_fidelity` {target_fidelity} of {name!r} is the lowest value of its "
+                f"distribution ({distribution!r}): a fidelity axis needs a target above the "
+                "lowest fidelity. Raise `target_fidelity`, or set `fidelity_param=None` to tune "
+                f"{name!r} as an ordinary parameter."
+            )
         if distribution.low <= 0:
             raise ValueError(
                 f"The fidelity `fidelity_param` {name!r} is encoded on a log scale and needs "
@@ -329,8 +336,14 @@ class SearchSpace:
         """
         distribution = self._check_has_fidelity()
         s = min(max(float(s), 0.0), 1.0)
-        log_low = math.log(self.fidelity_low)
-        value = math.exp(log_low + s * (math.log(self.target_fidelity) - log_low))
+        # The ends are exact: exp(log(target)) may differ from the target in the last bit.
+        if s == 0.0:
+            value = self.fidelity_low
+        elif s == 1.0:
+            value = self.target_fidelity
+        else:
+            log_low = math.log(self.fidelity_low)
+            value = math.exp(log_low + s * (math.log(self.target_fidelity) - log_low))
         if distribution.step is None:
             return min(max(value, self.fidelity_low), self.target_fidelity)
         index = _grid_index_of_value(
