@@ -901,6 +901,13 @@ def _first_cost(grid: np.ndarray, curve: np.ndarray, level: float) -> float:
     return float(grid[hits[0]]) if hits.size else math.inf
 
 
+def _percentile(values: Any, q: Any, axis: int | None = None) -> Any:
+    """``np.percentile`` where ``inf`` (no recommendation yet) sorts last and stays ``inf``."""
+    big = np.finfo(np.float64).max / 4
+    out = np.percentile(np.minimum(np.asarray(values, dtype=np.float64), big), q, axis=axis)
+    return np.where(out >= big, np.inf, out)
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3g}" if math.isfinite(x) else "-"
 
@@ -950,7 +957,7 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
             m: np.array([[regret_at(r, c) for c in grid] for r in rs])
             for m, rs in by_method.items()
         }
-        medians = {m: np.median(c, axis=0) for m, c in curves.items()}
+        medians = {m: _percentile(c, 50, axis=0) for m, c in curves.items()}
         key = f"{problem}/{cost_model}"
         entry: dict[str, Any] = {
             "problem": problem,
@@ -982,7 +989,7 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
             cells, at = [], {}
             for f in fractions:
                 values = np.array([regret_at(r, f * budget) for r in rs])
-                q25, q50, q75, q90 = np.percentile(values, [25, 50, 75, 90])
+                q25, q50, q75, q90 = _percentile(values, [25, 50, 75, 90])
                 at[str(f)] = {"p25": q25, "median": q50, "p75": q75, "p90": q90}
                 cells.append(f"{_fmt(q50)} ({_fmt(q25)}-{_fmt(q75)}) [{_fmt(q90)}]")
             target_obs = float(np.median([regret_at(r, budget, "regret_target_obs") for r in rs]))
@@ -1008,9 +1015,19 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         ax.set_visible(True)
         for m in methods:
             floor = 1e-9
-            q25, q75 = np.percentile(np.maximum(curves[m], floor), [25, 75], axis=0)
-            (line,) = ax.plot(grid, np.maximum(medians[m], floor), label=m)
-            ax.fill_between(grid, q25, q75, color=line.get_color(), alpha=0.12)
+            q25, q75 = _percentile(np.maximum(curves[m], floor), [25, 75], axis=0)
+            color = plt.get_cmap("tab20")(
+                (2 * METHODS.index(m) if m in METHODS else 2 * len(METHODS)) % 20
+            )
+            ax.plot(
+                grid,
+                np.maximum(medians[m], floor),
+                label=m,
+                color=color,
+                linewidth=2.2 if m.startswith("isbo") else 1.2,
+                linestyle="-" if m.startswith(("isbo", "botorch")) else "--",
+            )
+            ax.fill_between(grid, q25, q75, color=color, alpha=0.12)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("cumulative simulated cost (s)")
