@@ -1,0 +1,91 @@
+"""A few-second smoke test of ``benchmarks/bench_mf.py``: problems, one tiny run per cheap method
+and the report. The benchmark itself is not a test (see ``shared/BENCHMARKS.md``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+
+from optuna_isbo.search_space import SearchSpace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_mf  # noqa: E402
+
+
+def test_fidelity_grid_is_isbo_grid() -> None:
+    for problem in bench_mf.PROBLEMS.values():
+        space = SearchSpace(
+            {
+                "x": FloatDistribution(0.0, 1.0),
+                problem.fidelity: IntDistribution(1, problem.fidelity_high, log=True),
+            },
+            problem.fidelity,
+            None,
+        )
+        assert problem.grid() == pytest.approx(space.fidelity_grid(bench_mf.N_GRID).tolist())
+        assert problem.unit(problem.fidelity_high) == 1.0
+
+
+@pytest.mark.parametrize("name", sorted(bench_mf.PROBLEMS))
+def test_problem_minimum_is_not_beaten_by_random_points(name: str) -> None:
+    problem = bench_mf.PROBLEMS[name]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        trial = study.ask()
+        params = problem.suggest(trial)
+        assert problem.target(params) >= problem.f_min - 1e-9
+        assert math.isfinite(problem.observe(params, 0.0, rng, 1.0))
+        study.tell(trial, 0.0)
+
+
+def test_codec_round_trip() -> None:
+    problem = bench_mf.PROBLEMS["mixed"]
+    codec = bench_mf.Codec(bench_mf.distributions_of(problem))
+    for u in ([0.0] * codec.dim, [1.0] * codec.dim, [0.3, 0.8, 0.51, 0.4]):
+        params = codec.decode(u)
+        assert codec.decode(codec.encode(params)) == params
+
+
+def test_runs_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    problem = bench_mf.PROBLEMS["aug-branin"]
+    runs: list[dict[str, Any]] = []
+    # The model-based methods (slow to recommend) run seed 0 only and recommend once, at the
+    # end; seed 1 therefore lacks them and the report compares seed 0 alone.
+    for method, seeds in (
+        ("isbo-mes", (0,)),
+        ("botorch-mfmes", (0,)),
+        ("gp-target", (0, 1)),
+        ("random", (0, 1)),
+        ("screen-topk", (0, 1)),
+    ):
+        for seed in seeds:
+            run = bench_mf.run_one(
+                problem, "steep", method, seed, budget=2.0, max_trials=4, recommend_every=4
+            )
+            assert 1 <= len(run["regret"]) <= 4
+            assert run["cumulative_cost"][-1] >= min(run["budget_cost"], 4.0)
+            assert all(r >= -1e-9 for r in run["regret"])
+            runs.append(json.loads(json.dumps(run)))
+    summary = bench_mf.report(runs, tmp_path)
+    entry = summary["aug-branin/steep"]
+    assert entry["seeds"] == [0]  # seed 1 lacks a method
+    assert set(entry["methods"]) == {
+        "isbo-mes",
+        "gp-target",
+        "random",
+        "screen-topk",
+        "botorch-mfmes",
+    }
+    assert sum(entry["spending"]["random"]["trial_fraction"]) == pytest.approx(1.0)
+    assert (tmp_path / "mf.png").exists()
+    assert "Coverage" in capsys.readouterr().out
