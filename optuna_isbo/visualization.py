@@ -9,14 +9,12 @@ For completed trials :math:`t_1, \\dots, t_n` in trial-number order with costs
 :math:`c_i` (seconds) and objective values :math:`y_i`, the x coordinate of trial
 :math:`t_k` is the cumulative cost :math:`C_k = \\sum_{i \\le k} c_i`, and the best-so-far
 line is :math:`\\min_{i \\le k} y_i` (:math:`\\max` when the study maximizes). The cost of a
-trial is the user attribute ``"isbo:cost"`` written by :class:`~optuna_isbo.ISBOSampler`'s
-objective helpers (for example ``ISSGD.report``), or else the trial's duration
-``datetime_complete - datetime_start``, which matches the cost the sampler models.
+trial is :func:`optuna_isbo.cost.trial_cost_seconds`, the cost the sampler models: the larger
+of the user attribute ``"isbo:cost"`` (written by ``ISSGD.report``) and the trial's duration.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -25,6 +23,8 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.logging import get_logger
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from optuna_isbo.cost import trial_cost_seconds
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -51,46 +51,6 @@ def _import_plotly() -> Any:
             "plot_cost_history requires plotly. Install it with `pip install plotly`."
         ) from e
     return go
-
-
-def _trial_cost_seconds(trial: FrozenTrial, cost_attr: str = "isbo:cost") -> float:
-    """Return the cost of a finished trial in seconds.
-
-    Args:
-        trial:
-            A finished trial.
-        cost_attr:
-            Name of the user attribute holding the cost in seconds. When the trial lacks it, the
-            trial's duration (``datetime_complete - datetime_start``) is used instead.
-
-    Returns:
-        The cost in seconds, a finite non-negative float.
-
-    Raises:
-        ValueError:
-            If the attribute is present but not a finite non-negative number, or if the trial
-            has neither the attribute nor both timestamps.
-    """
-    if cost_attr in trial.user_attrs:
-        raw = trial.user_attrs[cost_attr]
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise ValueError(
-                f"Trial {trial.number} has user attribute {cost_attr!r} = {raw!r}; "
-                "expected a number of seconds."
-            )
-        cost_seconds = float(raw)
-        if not math.isfinite(cost_seconds) or cost_seconds < 0.0:
-            raise ValueError(
-                f"Trial {trial.number} has user attribute {cost_attr!r} = {raw!r}; "
-                "expected a finite non-negative number of seconds."
-            )
-        return cost_seconds
-    if trial.datetime_start is None or trial.datetime_complete is None:
-        raise ValueError(
-            f"Trial {trial.number} has no user attribute {cost_attr!r} and no duration "
-            "(datetime_start or datetime_complete is missing)."
-        )
-    return max((trial.datetime_complete - trial.datetime_start).total_seconds(), 0.0)
 
 
 def _is_log_distribution(distribution: BaseDistribution) -> bool:
@@ -125,7 +85,7 @@ def _get_cost_history_info(
         _logger.warning("There are no complete trials.")
         return None
 
-    cost_seconds = np.array([_trial_cost_seconds(t, cost_attr) for t in trials])
+    cost_seconds = np.array([trial_cost_seconds(t, cost_attr) for t in trials])
     values = np.array([float(t.values[0]) for t in trials])
     if study.direction == StudyDirection.MINIMIZE:
         best_values = np.minimum.accumulate(values)

@@ -61,11 +61,10 @@ def _expected_history(study: optuna.Study) -> tuple[list[float], list[float], li
     for trial in sorted(study.trials, key=lambda t: t.number):
         if trial.state != TrialState.COMPLETE:
             continue
-        if "isbo:cost" in trial.user_attrs:
-            total += trial.user_attrs["isbo:cost"]
-        else:
-            assert trial.datetime_complete is not None and trial.datetime_start is not None
-            total += (trial.datetime_complete - trial.datetime_start).total_seconds()
+        # The larger of the cost attribute and the duration, at least 1 ms.
+        assert trial.datetime_complete is not None and trial.datetime_start is not None
+        duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        total += max(trial.user_attrs.get("isbo:cost", 0.0), duration, 1e-3)
         assert trial.value is not None
         if minimize:
             best_so_far = min(best_so_far, trial.value)
@@ -161,19 +160,18 @@ def test_plot_cost_history_rejects_multi_objective() -> None:
         plot_cost_history(study)
 
 
-@pytest.mark.parametrize("bad_cost", [-1.0, float("nan"), "fast"])
-def test_plot_cost_history_rejects_bad_cost(bad_cost: object) -> None:
+@pytest.mark.parametrize("bad_cost", [-1.0, float("nan"), "fast", True])
+def test_bad_cost_attr_warns_and_uses_the_duration(bad_cost: object) -> None:
+    """The sampler's rule: a bad attribute is ignored with a warning, the duration counts."""
     study = optuna.create_study()
-    study.add_trial(
-        create_trial(
-            value=1.0,
-            params={"super_batch_size": 16},
-            distributions={"super_batch_size": FIDELITY_LOG},
-            user_attrs={"isbo:cost": bad_cost},
-        )
-    )
-    with pytest.raises(ValueError, match="isbo:cost"):
-        plot_cost_history(study)
+    _add_trial(study, value=1.0, fidelity=16, cost_seconds=7.0, duration_seconds=7.0)
+    trial = study.trials[0]
+    trial.user_attrs["isbo:cost"] = bad_cost
+    study = optuna.create_study()
+    study.add_trial(trial)
+    with pytest.warns(RuntimeWarning, match="isbo:cost"):
+        figure = plot_cost_history(study)
+    assert list(figure.data[0].x) == [7.0]
 
 
 def test_plot_cost_history_custom_attribute_names() -> None:
