@@ -62,6 +62,8 @@ _LOG_BETA_BOUNDS = (math.log(1e-4), math.log(100.0))
 _LOG_EXPONENT_BOUNDS = (math.log(0.25), math.log(4.0))
 _LOG_NOISE_SLOPE_BOUNDS = (math.log(1e-3), math.log(10.0))
 _MEAN_BOUNDS = (-10.0, 10.0)
+# Half-width of the window around the median log cost outside which log costs are clipped.
+_LOG_COST_WINDOW = math.log(1e4)
 
 
 class _Matern52(torch.autograd.Function):
@@ -509,6 +511,51 @@ def minimize_lbfgsb(
     return res.x, loss if math.isfinite(loss) and loss < _INFEASIBLE_LOSS else math.inf
 
 
+def standardize(y: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """Standardize values without overflow: ``y = shift + scale * z``.
+
+    The values are divided by their largest magnitude before the mean and the standard
+    deviation are taken, so values near the float64 limit (``1e300``) standardize as well as
+    values near 1. Values that are all equal (or equal to within round-off) give ``z = 0``.
+
+    Parameters
+    ----------
+    y
+        ``(n,)`` finite values, ``n >= 1``.
+
+    Returns
+    -------
+    tuple
+        ``z`` of shape ``(n,)`` with mean 0 and standard deviation 1 (for ``n > 1`` and
+        distinct values), and the floats ``shift`` and ``scale > 0``.
+
+    Raises
+    ------
+    ValueError
+        If ``y`` is empty or holds a non-finite value, or if its standard deviation is not
+        representable.
+    """
+    y = y.to(torch.float64)
+    if y.numel() == 0 or not bool(torch.isfinite(y).all()):
+        raise ValueError("`y` must be a non-empty tensor of finite values.")
+    peak = float(y.abs().max())
+    if peak == 0.0:
+        return torch.zeros_like(y), 0.0, 1.0
+    u = y / peak
+    mean = float(u.mean())
+    std = float(u.std()) if u.shape[0] > 1 else 0.0
+    if not std > 1e-12:
+        # All values equal (to round-off): centred values, unit scale in the values' units.
+        return torch.zeros_like(y), mean * peak, peak
+    scale = std * peak
+    if not math.isfinite(scale):
+        raise ValueError(
+            "The values spread beyond the float64 range (their standard deviation overflows); "
+            "rescale the objective."
+        )
+    return (u - mean) / std, mean * peak, scale
+
+
 def fit_gp(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -624,11 +671,16 @@ def fit_cost_model(
     X
         ``(n, D)`` inputs (hyperparameters, then the fidelity when there is one).
     cost_seconds
-        ``(n,)`` positive costs.
+        ``(n,)`` positive finite costs. Log costs further than ``log(1e4)`` from their median
+        are clipped to that distance, which bounds the influence of a single absurd cost.
     warm_start, max_iter
         As for :func:`fit_gp`.
     """
     log_cost = cost_seconds.to(torch.float64).log()
+    # One wild cost (a hung trial, a unit mistake) must not set the scale of all the others:
+    # log costs are clipped to a window around their median.
+    median = float(log_cost.median())
+    log_cost = log_cost.clamp(median - _LOG_COST_WINDOW, median + _LOG_COST_WINDOW)
     log_mean = float(log_cost.mean())
     log_std = float(log_cost.std()) if log_cost.shape[0] > 1 else 0.0
     log_std = log_std if log_std > 1e-6 else 1.0

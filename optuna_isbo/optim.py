@@ -142,7 +142,9 @@ def maximize_acquisition(
     if seed_points.shape[0] > 0 and space.dim > 0:
         moved = perturb(seed_points.repeat(4, 1), space, step=local_steps[0], generator=generator)
         X0 = torch.cat([X0, seed_points, moved])
-    X0 = torch.unique(X0.to(torch.float64), dim=0)
+    X0 = X0.to(torch.float64)
+    if space.dim > 0:
+        X0 = torch.unique(X0, dim=0)
     X_all = X0.repeat(grid.shape[0], 1)
     s_all = grid.repeat_interleave(X0.shape[0])
     values = acquisition(_with_fidelity(X_all, s_all, has_fidelity))

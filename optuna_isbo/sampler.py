@@ -12,6 +12,7 @@ design, how running trials enter as pending points, and what is written to the t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import threading
@@ -25,14 +26,17 @@ import torch
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.samplers._base import _INDEPENDENT_SAMPLING_WARNING_TEMPLATE
-from optuna.search_space import IntersectionSearchSpace
+from optuna.search_space import intersection_search_space
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_isbo import acquisition as acq
+from optuna_isbo import recommendation as rec
+from optuna_isbo.cost import trial_cost_seconds
 from optuna_isbo.meta import GPPrior
-from optuna_isbo.model import CostModel, GPModel, GPParams, fit_cost_model, fit_gp
+from optuna_isbo.model import CostModel, GPModel, GPParams, fit_cost_model, fit_gp, standardize
 from optuna_isbo.optim import maximize_acquisition, perturb
+from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import SearchSpace
 
 _logger = optuna.logging.get_logger(__name__)
@@ -40,7 +44,6 @@ _logger = optuna.logging.get_logger(__name__)
 ATTR_PREFIX = "isbo:"
 _RELATIVE_PARAMS_KEY = "isbo:relative_params"
 _ATTR_MAX_LENGTH = 2045
-_MIN_COST_SECONDS = 1e-3
 _ACQUISITIONS = ("es", "mes")
 
 
@@ -100,6 +103,14 @@ class ISBOSampler(BaseSampler):
         variance of ``prior`` are refitted to the study at each trial
         (:meth:`~optuna_isbo.meta.GPPrior.adapt`). 0 holds every pre-trained hyperparameter
         fixed, as HyperBO does. Unused without a prior.
+    verify_cost_fraction
+        Share ``rho`` of the cost below which the target fidelity is topped up by verification
+        trials. When the configuration with the best posterior mean at the target has not been
+        evaluated there, and the target fidelity has received less than ``rho`` of the cost
+        spent so far, the next trial evaluates that configuration at the target
+        (``isbo:phase`` is ``"verify"``). Target evaluations are what :meth:`recommendation`
+        rests on and what reveals a misleading cheap fidelity; ``rho`` bounds what they take
+        from the cheap exploration. 0 turns verification off. Unused without a fidelity.
 
     Notes
     -----
@@ -109,10 +120,13 @@ class ISBOSampler(BaseSampler):
       trial number, the randomness of an ``ask`` is seeded by ``(seed, trial number)``, and the
       parameters chosen for a running trial are stored in the trial's system attributes so that
       other workers treat it as pending. Only warm starts of the GP fits live in memory.
-    - For each trial the sampler writes user attributes prefixed ``isbo:``: ``isbo:phase``,
-      ``isbo:fidelity``, and after startup ``isbo:predicted_cost_seconds``,
-      ``isbo:information_gain_nats``, ``isbo:acquisition_value`` (nats per second),
-      ``isbo:predicted_value_at_target``.
+    - For each trial the sampler writes user attributes prefixed ``isbo:``: ``isbo:phase``
+      (``startup``, ``model``, ``verify`` or ``fallback``), ``isbo:fidelity``, and after
+      startup ``isbo:predicted_cost_seconds``, ``isbo:predicted_value_at_target`` with
+      ``isbo:predicted_std_at_target``, and for ``model`` trials
+      ``isbo:information_gain_nats`` and ``isbo:acquisition_value`` (nats per second).
+    - A trial's cost is :func:`optuna_isbo.cost.trial_cost_seconds`: the larger of
+      ``cost_attr`` and the trial's duration, which includes the sampler's own time.
     - Multi-objective studies are not supported.
     """
 
@@ -131,6 +145,7 @@ class ISBOSampler(BaseSampler):
         warn_independent_sampling: bool = True,
         prior: GPPrior | None = None,
         prior_refit_log_sd: float = 1.0,
+        verify_cost_fraction: float = 0.25,
     ) -> None:
         if prior is not None and not isinstance(prior, GPPrior):
             raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
@@ -144,6 +159,10 @@ class ISBOSampler(BaseSampler):
             raise ValueError(f"`acquisition` must be one of {_ACQUISITIONS}, got {acquisition!r}.")
         if n_startup_trials < 0:
             raise ValueError(f"`n_startup_trials` must be >= 0, got {n_startup_trials}.")
+        if not (math.isfinite(verify_cost_fraction) and 0.0 <= verify_cost_fraction <= 1.0):
+            raise ValueError(
+                f"`verify_cost_fraction` must be in [0, 1], got {verify_cost_fraction}."
+            )
         if n_fidelities < 1:
             raise ValueError(f"`n_fidelities` must be >= 1, got {n_fidelities}.")
         if target_fidelity is not None and not (
@@ -162,9 +181,20 @@ class ISBOSampler(BaseSampler):
         self._warn_independent_sampling = warn_independent_sampling
         self._prior = prior
         self._prior_refit_log_sd = prior_refit_log_sd
-        self._search_space = IntersectionSearchSpace()
+        self._verify_cost_fraction = verify_cost_fraction
         self._lock = threading.Lock()
         self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
+
+    # The lock cannot be pickled or deep-copied; a restored sampler gets a fresh one. The warm
+    # starts travel with it (they only speed up the next fit).
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # -- Optuna hooks ----------------------------------------------------------------------
     def reseed_rng(self) -> None:
@@ -174,9 +204,22 @@ class ISBOSampler(BaseSampler):
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
+        return self._joint_search_space(study)
+
+    def _joint_search_space(self, study: Study) -> dict[str, BaseDistribution]:
+        """Intersection of the completed trials' spaces, over the trials that have a fidelity.
+
+        A completed trial that never suggested the fidelity (an objective that returned early)
+        is not an evaluation at any fidelity; were it counted, the fidelity would drop out of
+        the intersection and with it the fidelity axis of every later trial.
+        """
+        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if self._fidelity_param is not None:
+            with_fidelity = [t for t in trials if self._fidelity_param in t.params]
+            trials = with_fidelity or trials
         return {
             name: dist
-            for name, dist in self._search_space.calculate(study).items()
+            for name, dist in intersection_search_space(trials).items()
             if not dist.single()
         }
 
@@ -272,12 +315,8 @@ class ISBOSampler(BaseSampler):
 
     # -- recommendation --------------------------------------------------------------------
     def recommend(self, study: Study) -> dict[str, Any]:
-        """The configuration to retrain: best posterior mean at the target fidelity.
+        """The configuration to retrain: the parameters of :meth:`recommendation`.
 
-        Among the configurations evaluated so far (at any fidelity), returns the one whose
-        posterior mean at the target fidelity is best, with the fidelity parameter set to the
-        target. This is not the best raw value seen: a configuration that looked good at a
-        cheap, noisy fidelity is only recommended if the model believes it at the target.
         Retrain it with, e.g., ``objective(optuna.trial.FixedTrial(sampler.recommend(study)))``.
 
         Parameters
@@ -288,30 +327,101 @@ class ISBOSampler(BaseSampler):
         Returns
         -------
         dict
-            Parameter name to value.
+            Parameter name to value, the fidelity parameter set to its target.
+        """
+        return self.recommendation(study).params
+
+    def recommendation(self, study: Study) -> Recommendation:
+        """The configuration to retrain, with its predicted value at the target fidelity.
+
+        Among the configurations evaluated so far, the one whose 80% posterior interval at the
+        target fidelity has the lowest upper end (the highest lower end when maximizing; see
+        :mod:`optuna_isbo.recommendation`). A configuration that looked good at a cheap, noisy
+        fidelity is not recommended on that evidence alone. The sampler evaluates the
+        configuration it believes best at the target as the study goes on
+        (``verify_cost_fraction``), which is what lets the two agree.
+
+        The result is also written to the study's user attributes, for the dashboard:
+        ``isbo:recommended_trial``, ``isbo:recommended_value``, ``isbo:recommended_value_std``
+        and ``isbo:recommended_n_target_evaluations``.
+
+        Parameters
+        ----------
+        study
+            A single-objective study with at least one completed trial.
+
+        Returns
+        -------
+        Recommendation
+            Parameters, predicted value and standard deviation (study units and direction),
+            the trial it comes from and its number of target-fidelity evaluations.
+
+        Raises
+        ------
+        ValueError
+            If the study has no completed trial with a finite value.
         """
         self._raise_error_if_multi_objective(study)
+        search_space = self._joint_search_space(study)
         trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        search_space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
         completed = _usable_completed_trials(trials, search_space)
         if not completed:
             raise ValueError("`recommend` needs at least one completed trial with a finite value.")
         space = SearchSpace(search_space, self._fidelity_param, self._target_fidelity)
-        if len(completed) == 1:
-            best = completed[0]
-        else:
-            with self._lock, _on_cpu():
-                model, _ = self._fit_objective(study, space, completed)
-                X, _ = space.encode_trials(completed)
-                targets = acq.to_target_fidelity(
-                    _inputs(space, X, torch.ones(X.shape[0], dtype=torch.float64)),
-                    space.fidelity_param is not None,
+        with self._lock, _on_cpu():
+            result = self._recommendation(study, space, completed)
+        for key, attr in (
+            ("recommended_trial", result.trial_number),
+            ("recommended_value", result.value),
+            ("recommended_value_std", result.std if math.isfinite(result.std) else None),
+            ("recommended_n_target_evaluations", result.n_target_evaluations),
+        ):
+            study._storage.set_study_user_attr(study._study_id, ATTR_PREFIX + key, attr)
+        return result
+
+    def _recommendation(
+        self, study: Study, space: SearchSpace, completed: list[FrozenTrial]
+    ) -> Recommendation:
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        X, s = space.encode_trials(completed)
+        if space.fidelity_param is None:
+            s = torch.ones(X.shape[0], dtype=torch.float64)
+        configs = rec.group_configurations(X, s)
+        posterior = None
+        if len(completed) > 1:
+            try:
+                fit = self._fit_objective(study, space, completed)
+                posterior = _target_posterior(fit, space, configs.X)
+            except torch.linalg.LinAlgError as err:
+                warnings.warn(
+                    f"ISBOSampler's model failed ({err}); `recommend` returns the best value "
+                    "observed at the highest fidelity instead.",
+                    RuntimeWarning,
+                    stacklevel=3,
                 )
-                best = completed[int(model.mean(targets).argmin())]
-        params = dict(best.params)
+        if posterior is None:
+            # No model: the best value observed at the highest fidelity seen.
+            values = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
+            best = int(torch.where(s >= s.max(), values, math.inf).argmin())
+            trial = completed[best]
+            value, std = float(trial.values[0]), math.nan
+            n_target = int(rec.is_target(s[(X == X[best]).all(dim=1)]).sum())
+        else:
+            mean, sd = posterior
+            k = rec.choose_supported(mean, sd)
+            trial = completed[int(configs.first_index[k])]
+            value, std = sign * float(mean[k]), float(sd[k])
+            n_target = int(configs.n_target[k])
+        params = dict(trial.params)
         if space.fidelity_param is not None:
             params[space.fidelity_param] = space.unit_to_fidelity(1.0)
-        return params
+        return Recommendation(
+            params=params,
+            value=value,
+            std=std,
+            trial_number=trial.number,
+            n_target_evaluations=n_target,
+        )
 
     # -- internals -------------------------------------------------------------------------
     def _startup_fidelity(self, space: SearchSpace, trial_number: int) -> float:
@@ -329,7 +439,7 @@ class ISBOSampler(BaseSampler):
 
     def _fit_objective(
         self, study: Study, space: SearchSpace, completed: list[FrozenTrial]
-    ) -> tuple[GPModel, torch.Tensor]:
+    ) -> _ObjectiveFit:
         X, s = space.encode_trials(completed)
         inputs = _inputs(space, X, s)
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
@@ -339,9 +449,8 @@ class ISBOSampler(BaseSampler):
             model = self._prior.adapt(
                 inputs, self._prior.transform(y), log_sd=self._prior_refit_log_sd
             )
-            return model, inputs
-        std = float(y.std()) if y.shape[0] > 1 else 1.0
-        y_std = (y - y.mean()) / (std if std > 1e-12 else 1.0)
+            return _ObjectiveFit(model, inputs, self._prior.y_shift, self._prior.y_scale)
+        y_std, shift, scale = standardize(y)
         key = ("objective", inputs.shape[1], space.fidelity_param)
         model = fit_gp(
             inputs,
@@ -350,18 +459,49 @@ class ISBOSampler(BaseSampler):
             warm_start=self._warm_starts.get(key),
         )
         self._warm_starts[key] = model.params
-        return model, inputs
+        return _ObjectiveFit(model, inputs, shift, scale)
 
     def _fit_cost(
-        self, space: SearchSpace, completed: list[FrozenTrial], inputs: torch.Tensor
+        self, space: SearchSpace, cost_seconds: torch.Tensor, inputs: torch.Tensor
     ) -> CostModel:
-        cost = torch.tensor(
-            [_cost_seconds(t, self._cost_attr) for t in completed], dtype=torch.float64
-        )
         key = ("cost", inputs.shape[1], space.fidelity_param)
-        model = fit_cost_model(inputs, cost, warm_start=self._warm_starts.get(key))
+        model = fit_cost_model(inputs, cost_seconds, warm_start=self._warm_starts.get(key))
         self._warm_starts[key] = model.gp.params
         return model
+
+    def _verification(
+        self,
+        space: SearchSpace,
+        fit: _ObjectiveFit,
+        cost_seconds: torch.Tensor,
+        startup: torch.Tensor,
+        pending: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The configuration to evaluate at the target next, or ``None``.
+
+        The configuration with the lowest posterior mean at the target among those evaluated,
+        when it has no target evaluation (completed or pending) and the target has received
+        less than ``verify_cost_fraction`` of the cost so far. Target trials of the startup
+        design do not count: they are random configurations, not evidence for a good one.
+        """
+        if space.fidelity_param is None or self._verify_cost_fraction <= 0.0:
+            return None
+        s = fit.inputs[:, -1]
+        target_seconds = float(cost_seconds[rec.is_target(s) & ~startup].sum())
+        total_seconds = float(cost_seconds.sum())
+        if not rec.verification_due(target_seconds, total_seconds, self._verify_cost_fraction):
+            return None
+        configs = rec.group_configurations(fit.inputs[:, : space.dim], s)
+        mean, _ = _target_posterior(fit, space, configs.X)
+        k = int(mean.argmin())
+        if int(configs.n_target[k]) > 0:
+            return None
+        x = configs.X[k]
+        if pending.shape[0] > 0:
+            at_target = pending[rec.is_target(pending[:, -1]), : space.dim]
+            if bool((at_target == x).all(dim=1).any()):
+                return None
+        return x
 
     def _model_params(
         self,
@@ -374,28 +514,54 @@ class ISBOSampler(BaseSampler):
         has_fidelity = space.fidelity_param is not None
         ask_seed = _ask_seed(self._seed, trial.number)
         generator = torch.Generator().manual_seed(ask_seed)
-        model, inputs = self._fit_objective(study, space, completed)
-        cost_model = self._fit_cost(space, completed, inputs)
-        if self._consider_running_trials and running:
+        fit = self._fit_objective(study, space, completed)
+        model, inputs = fit.model, fit.inputs
+        cost_seconds = torch.tensor(
+            [trial_cost_seconds(t, self._cost_attr) for t in completed], dtype=torch.float64
+        )
+        cost_model = self._fit_cost(space, cost_seconds, inputs)
+        pending = inputs.new_zeros(0, inputs.shape[1])
+        if running:
             encoded = [space.encode_params(_pending_params(t)) for t in running]
             X_pending = torch.stack([x for x, _ in encoded])
             s_pending = torch.tensor([s for _, s in encoded], dtype=torch.float64)
-            model = model.with_pending(_inputs(space, X_pending, s_pending))
+            pending = _inputs(space, X_pending, s_pending)
+
+        startup = torch.tensor(
+            [t.user_attrs.get(ATTR_PREFIX + "phase") == "startup" for t in completed]
+        )
+        x_verify = self._verification(space, fit, cost_seconds, startup, pending)
+        if x_verify is not None:
+            chosen = _inputs(space, x_verify[None], torch.ones(1, dtype=torch.float64))
+            mean, var = model.mean_var(chosen)
+            attrs = {
+                "phase": "verify",
+                "predicted_cost_seconds": float(cost_model.expected_seconds(chosen)[0]),
+                "predicted_value_at_target": fit.value_of(float(mean[0]), study),
+                "predicted_std_at_target": fit.scale * float(var[0].sqrt()),
+            }
+            return space.decode(x_verify, 1.0), attrs
+
+        if self._consider_running_trials and pending.shape[0] > 0:
+            model = model.with_pending(pending)
 
         # Representer points at the target fidelity: Sobol points, the evaluated
         # configurations, and local moves around the best of them.
-        X_seen = torch.unique(inputs[:, : space.dim], dim=0)
+        X_seen = _unique_rows(inputs[:, : space.dim])
         ones = torch.ones(X_seen.shape[0], dtype=torch.float64)
         mean_seen = model.mean(_inputs(space, X_seen, ones))
         seed_points = X_seen[torch.argsort(mean_seen)[:8]]
-        pool_X = torch.cat(
-            [
-                space.sample_sobol(256, seed=ask_seed % (2**31)),
-                X_seen,
-                perturb(seed_points.repeat(8, 1), space, step=0.05, generator=generator),
-            ]
-        )
-        pool_X = torch.unique(pool_X, dim=0)
+        if space.dim > 0:
+            pool_X = torch.cat(
+                [
+                    space.sample_sobol(256, seed=ask_seed % (2**31)),
+                    X_seen,
+                    perturb(seed_points.repeat(8, 1), space, step=0.05, generator=generator),
+                ]
+            )
+            pool_X = torch.unique(pool_X, dim=0)
+        else:
+            pool_X = X_seen
         pool = _inputs(space, pool_X, torch.ones(pool_X.shape[0], dtype=torch.float64))
         representers = acq.select_representer_points(
             model, pool, n_points=50, n_thompson=64, generator=generator
@@ -414,17 +580,49 @@ class ISBOSampler(BaseSampler):
             sobol_seed=(ask_seed + 1) % (2**31),
         )
         chosen = _inputs(space, best.x[None], torch.tensor([best.s], dtype=torch.float64))
+        mean, var = model.mean_var(acq.to_target_fidelity(chosen, has_fidelity))
         attrs = {
             "phase": "model",
             "acquisition": self._acquisition,
             "acquisition_value": best.value,
             "information_gain_nats": float(gain(chosen)[0]),
             "predicted_cost_seconds": float(cost_model.expected_seconds(chosen)[0]),
-            "predicted_value_at_target": float(
-                model.mean(acq.to_target_fidelity(chosen, has_fidelity))[0]
-            ),
+            "predicted_value_at_target": fit.value_of(float(mean[0]), study),
+            "predicted_std_at_target": fit.scale * float(var[0].sqrt()),
         }
         return space.decode(best.x, best.s), attrs
+
+
+@dataclasses.dataclass(frozen=True)
+class _ObjectiveFit:
+    """The objective GP, its inputs ``(n, D)`` and the map back to objective units.
+
+    The GP models ``(sign * value - shift) / scale`` with ``sign = -1`` for a maximized study.
+    """
+
+    model: GPModel
+    inputs: torch.Tensor
+    shift: float
+    scale: float
+
+    def value_of(self, z: float, study: Study) -> float:
+        """Objective value, in the study's units and direction, of a model value ``z``."""
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        return sign * (self.shift + self.scale * z)
+
+
+def _target_posterior(
+    fit: _ObjectiveFit, space: SearchSpace, X: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and standard deviation ``(k,)`` at the target, in minimized units."""
+    inputs = _inputs(space, X, torch.ones(X.shape[0], dtype=torch.float64))
+    mean, var = fit.model.mean_var(inputs)
+    return fit.shift + fit.scale * mean, fit.scale * var.sqrt()
+
+
+def _unique_rows(X: torch.Tensor) -> torch.Tensor:
+    """Distinct rows of ``X (n, d)``; one empty row when ``d = 0``."""
+    return X[:1] if X.shape[1] == 0 else torch.unique(X, dim=0)
 
 
 def _inputs(space: SearchSpace, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -468,26 +666,28 @@ def _usable_completed_trials(
     return usable
 
 
-def _cost_seconds(trial: FrozenTrial, cost_attr: str) -> float:
-    """The trial's cost: the user attribute if valid, else its duration, at least 1 ms."""
-    cost = trial.user_attrs.get(cost_attr)
-    if isinstance(cost, int | float) and math.isfinite(cost) and cost > 0:
-        return float(cost)
-    if trial.duration is not None:
-        seconds = trial.duration.total_seconds()
-        if math.isfinite(seconds) and seconds > 0:
-            return max(seconds, _MIN_COST_SECONDS)
-    return _MIN_COST_SECONDS
-
-
 def _pending_params(trial: FrozenTrial) -> dict[str, Any]:
-    """Parameters of a running trial: those chosen by the sampler, then those set so far."""
-    chunks = []
-    i = 0
-    while (chunk := trial.system_attrs.get(f"{_RELATIVE_PARAMS_KEY}:{i}")) is not None:
-        chunks.append(chunk)
-        i += 1
-    params: dict[str, Any] = json.loads("".join(chunks)) if chunks else {}
+    """Parameters of a running trial: those chosen by the sampler, then those set so far.
+
+    The chosen parameters are stored as JSON in chunks, with the number of chunks written last
+    (see :func:`_write_attrs`): a reader that finds the count finds every chunk. Anything else
+    (a writer killed between its writes, or a study written by an older version) is read as
+    "no chosen parameters", never as an error that would stop every later ``ask``.
+    """
+    params: dict[str, Any] = {}
+    n_chunks = trial.system_attrs.get(f"{_RELATIVE_PARAMS_KEY}:n")
+    chunks = (
+        [trial.system_attrs.get(f"{_RELATIVE_PARAMS_KEY}:{i}") for i in range(n_chunks)]
+        if (isinstance(n_chunks, int) and not isinstance(n_chunks, bool) and 0 < n_chunks < 10_000)
+        else []
+    )
+    if chunks and all(isinstance(c, str) for c in chunks):
+        try:
+            decoded = json.loads("".join(chunks))  # type: ignore[arg-type]
+        except json.JSONDecodeError:
+            decoded = None
+        if isinstance(decoded, dict):
+            params = decoded
     params.update(trial.params)
     return params
 
@@ -499,8 +699,12 @@ def _write_attrs(
     for key, value in attrs.items():
         storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + key, value)
     # Share the chosen parameters with other workers, which see this trial as pending before
-    # the objective has suggested all of them.
+    # the objective has suggested all of them. RDB storages bound an attribute's length, so
+    # the JSON is split into chunks; the count goes last, when every chunk is in place.
     text = json.dumps(params)
-    for i in range(0, max(len(text), 1), _ATTR_MAX_LENGTH):
-        key = f"{_RELATIVE_PARAMS_KEY}:{i // _ATTR_MAX_LENGTH}"
-        storage.set_trial_system_attr(trial._trial_id, key, text[i : i + _ATTR_MAX_LENGTH])
+    chunks = [
+        text[i : i + _ATTR_MAX_LENGTH] for i in range(0, max(len(text), 1), _ATTR_MAX_LENGTH)
+    ]
+    for i, chunk in enumerate(chunks):
+        storage.set_trial_system_attr(trial._trial_id, f"{_RELATIVE_PARAMS_KEY}:{i}", chunk)
+    storage.set_trial_system_attr(trial._trial_id, f"{_RELATIVE_PARAMS_KEY}:n", len(chunks))

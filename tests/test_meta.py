@@ -547,7 +547,7 @@ def test_sampler_with_fidelity_prior_runs(mixed_prior: GPPrior) -> None:
 
     study.optimize(objective, n_trials=3)
     phases = [t.user_attrs.get("isbo:phase") for t in study.trials]
-    assert phases == ["startup", "model", "model"]
+    assert phases[0] == "startup" and set(phases[1:]) <= {"model", "verify"}
     assert set(sampler.recommend(study)) == set(mixed_prior.distributions)
 
 

@@ -28,6 +28,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 FIDELITY = "super_batch_size"
 X_DIST = FloatDistribution(0.0, 1.0)
 B_DIST = IntDistribution(16, 256, log=True)
+MODEL_PHASES = ("model", "verify")
 
 
 # -- Optuna's conformance suite -----------------------------------------------------------------
@@ -162,7 +163,12 @@ def test_fidelity_param_of_any_kind(acquisition: str, fidelity: BaseDistribution
         assert fidelity._contains(fidelity.to_internal_repr(t.params[FIDELITY]))
     for t in study.trials[1:]:
         assert t.user_attrs["isbo:fidelity"] == t.params[FIDELITY]
-    assert [t.user_attrs["isbo:phase"] for t in study.trials[1:]] == ["model"] * 3
+    # The model decides every trial after the first: by the acquisition, or by verifying its
+    # best configuration at the target fidelity.
+    for t in study.trials[1:]:
+        assert t.user_attrs["isbo:phase"] in ("model", "verify")
+        if t.user_attrs["isbo:phase"] == "verify":
+            assert t.params[FIDELITY] == fidelity.high
     assert sampler.recommend(study)[FIDELITY] == fidelity.high
 
 
@@ -178,7 +184,7 @@ def _fidelity_objective(trial: optuna.Trial) -> float:
 def _param_sequence(sampler: ISBOSampler, n_trials: int = 12) -> list[dict[str, Any]]:
     study = optuna.create_study(sampler=sampler)
     study.optimize(_fidelity_objective, n_trials=n_trials)
-    assert study.trials[-1].user_attrs["isbo:phase"] == "model"
+    assert study.trials[-1].user_attrs["isbo:phase"] in MODEL_PHASES
     return [t.params for t in study.trials]
 
 
@@ -318,7 +324,7 @@ def test_degenerate_studies_do_not_crash(acquisition: str) -> None:
         study.enqueue_trial({"x": 0.3, FIDELITY: 32})
     study.optimize(lambda t: _fidelity_objective(t) + 0.01 * t.number, n_trials=7)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert study.trials[-1].user_attrs["isbo:phase"] == "model"
+    assert study.trials[-1].user_attrs["isbo:phase"] in MODEL_PHASES
     assert sampler.recommend(study)[FIDELITY] == 256
 
 
@@ -334,7 +340,7 @@ def test_single_completed_trial() -> None:
     )
     assert sampler.recommend(study) == {"x": 0.4, FIDELITY: 256}
     study.optimize(_fidelity_objective, n_trials=1)
-    assert study.trials[-1].user_attrs["isbo:phase"] == "model"
+    assert study.trials[-1].user_attrs["isbo:phase"] in MODEL_PHASES
 
 
 def test_model_runs_on_the_cpu_whatever_the_default_device() -> None:
@@ -349,7 +355,8 @@ def test_model_runs_on_the_cpu_whatever_the_default_device() -> None:
         recommended = study.sampler.recommend(study)  # type: ignore[attr-defined]
     finally:
         torch.set_default_device(None)
-    assert [t.user_attrs["isbo:phase"] for t in study.trials] == ["startup"] * 3 + ["model"] * 2
+    phases = [t.user_attrs["isbo:phase"] for t in study.trials]
+    assert phases[:3] == ["startup"] * 3 and set(phases[3:]) <= set(MODEL_PHASES)
     assert set(recommended) == {"x", "y", FIDELITY}
 
 
@@ -362,7 +369,8 @@ def test_first_trial_has_user_attrs() -> None:
 
 # -- user attributes and cost ---------------------------------------------------------------------
 def test_user_attrs_of_startup_and_model_trials() -> None:
-    study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=3))
+    sampler = ISBOSampler(seed=0, n_startup_trials=3, verify_cost_fraction=0.0)
+    study = optuna.create_study(sampler=sampler)
     study.optimize(_fidelity_objective, n_trials=5)
     phases = [t.user_attrs["isbo:phase"] for t in study.trials]
     assert phases == ["startup"] * 3 + ["model"] * 2

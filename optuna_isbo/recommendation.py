@@ -1,0 +1,167 @@
+r"""Which configuration to hand back, and the evidence at the target fidelity behind it.
+
+A multi-fidelity study evaluates most configurations at cheap fidelities only, so the posterior
+at the target ``s = 1`` is mostly an extrapolation through the fidelity kernel, and that
+kernel's hyperparameters are themselves fitted to few target-fidelity points. Two rules keep the
+recommendation honest:
+
+* **Recommend what the evidence supports.** Among the evaluated configurations, the
+  recommendation minimizes the upper end of the 80% posterior interval at the target,
+  ``mu(x, 1) + 1.28 sigma(x, 1)`` (:func:`choose_supported`). Target evaluations shrink
+  ``sigma`` where they are; a configuration seen at cheap fidelities only keeps the
+  uncertainty of the extrapolation and wins only when it is better even so.
+  :attr:`Recommendation.n_target_evaluations` says which kind of evidence the result has.
+
+* **Verify what the model believes.** When the configuration with the lowest ``mu(x, 1)``
+  over *all* evaluated configurations has no evaluation at the target, the sampler evaluates
+  it there next, as long as the target fidelity has received less than a fraction ``rho`` of
+  the cost spent so far (:func:`verification_due`; target trials of the random startup design
+  do not count). A cheap fidelity whose bias misleads is
+  then found out by the evaluation itself: the model sees the target value of the
+  configuration the cheap runs favour. With a cheap fidelity that is exact, the verified
+  configuration is the one the cheap runs found, and at most ``rho`` of the cost goes to the
+  target: most trials stay cheap. This is the "screen cheap, then evaluate the best at the
+  target" scheme (Egele et al., "Is One Epoch All You Need For Multi-Fidelity Hyperparameter
+  Optimization?", ESANN 2023), driven by the model's posterior instead of raw cheap values.
+
+The reported value and standard deviation are those of the latent objective at the target,
+``mu(x, 1)`` and ``sqrt(var(x, 1))``, in the study's units and direction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# ``s`` at or above this counts as the target fidelity (``s = 1`` up to round-off).
+_TARGET_S = 1.0 - 1e-9
+# Phi^{-1}(0.9): the upper end of a central 80% interval is mu + Z_80 sigma.
+Z_80 = 1.2815515655446004
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The configuration to retrain, with the model's prediction at the target fidelity.
+
+    Attributes
+    ----------
+    params
+        Parameter name to value, the fidelity parameter set to its target.
+    value
+        Posterior mean of the objective at the target fidelity, in the study's units (a
+        maximized study gets the predicted maximum, not its negation).
+    std
+        Posterior standard deviation of that value (of the noise-free objective). ``nan`` when
+        no model could be fitted (a single completed trial, or a failed fit).
+    trial_number
+        The completed trial whose configuration this is (the first of them, if several share
+        it).
+    n_target_evaluations
+        Completed trials that evaluated this configuration at the target fidelity. 0 means the
+        prediction rests on lower fidelities only.
+    """
+
+    params: dict[str, Any]
+    value: float
+    std: float
+    trial_number: int
+    n_target_evaluations: int
+
+    def interval(self, level: float = 0.8) -> tuple[float, float]:
+        """Central posterior interval ``value -/+ z std`` of probability ``level``."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"`level` must be in (0, 1), got {level}.")
+        z = math.sqrt(2.0) * float(torch.special.erfinv(torch.tensor(level, dtype=torch.float64)))
+        return self.value - z * self.std, self.value + z * self.std
+
+
+@dataclass(frozen=True)
+class Configurations:
+    """The distinct configurations among evaluated inputs.
+
+    Attributes
+    ----------
+    X
+        ``(k, d)`` distinct encoded configurations.
+    first_index
+        ``(k,)`` index into the inputs of the first evaluation of each configuration.
+    n_target
+        ``(k,)`` number of evaluations of each configuration at the target fidelity.
+    """
+
+    X: torch.Tensor
+    first_index: torch.Tensor
+    n_target: torch.Tensor
+
+
+def group_configurations(X: torch.Tensor, s: torch.Tensor) -> Configurations:
+    """Group evaluated inputs by configuration.
+
+    Parameters
+    ----------
+    X
+        ``(n, d)`` encoded hyperparameters of the evaluations (``d`` may be 0: then all
+        evaluations share one configuration).
+    s
+        ``(n,)`` their fidelities; all ones when the space has no fidelity axis.
+    """
+    n = X.shape[0]
+    if X.shape[1] == 0:
+        inverse = torch.zeros(n, dtype=torch.long)
+        configs = X[:1]
+    else:
+        configs, inverse = torch.unique(X, dim=0, return_inverse=True)
+    k = configs.shape[0]
+    order = torch.arange(n)
+    first = torch.full((k,), n, dtype=torch.long).scatter_reduce(0, inverse, order, reduce="amin")
+    at_target = is_target(s).to(torch.long)
+    n_target = torch.zeros(k, dtype=torch.long).scatter_add(0, inverse, at_target)
+    return Configurations(X=configs, first_index=first, n_target=n_target)
+
+
+def choose_supported(
+    mean_at_target: torch.Tensor, std_at_target: torch.Tensor, z: float = Z_80
+) -> int:
+    """Index of the configuration with the lowest upper bound ``mu + z sigma`` at the target.
+
+    A configuration evaluated at the target has a small ``sigma`` there; one known from cheap
+    fidelities only keeps the uncertainty of the extrapolation, and wins only when the model
+    is confident that it is better even so. ``z = 1.28`` is the upper end of the 80% interval
+    that :class:`Recommendation` reports.
+
+    Parameters
+    ----------
+    mean_at_target, std_at_target
+        ``(k,)`` posterior means and standard deviations at the target fidelity
+        (minimization).
+    z
+        Weight of the standard deviation.
+    """
+    return int((mean_at_target + z * std_at_target).argmin())
+
+
+def verification_due(
+    target_cost_seconds: float, total_cost_seconds: float, max_fraction: float
+) -> bool:
+    """Whether the target fidelity may receive another verification trial.
+
+    Parameters
+    ----------
+    target_cost_seconds
+        Cost of the completed trials at the target fidelity, startup trials excepted.
+    total_cost_seconds
+        Cost of all completed trials.
+    max_fraction
+        ``rho``: the share of the cost below which the target is topped up.
+    """
+    if max_fraction <= 0.0 or total_cost_seconds <= 0.0:
+        return False
+    return target_cost_seconds < max_fraction * total_cost_seconds
+
+
+def is_target(s: torch.Tensor) -> torch.Tensor:
+    """Boolean mask ``(n,)`` of fidelities ``s`` that are the target."""
+    return s >= _TARGET_S

@@ -1,0 +1,62 @@
+"""Configurations, the supported choice and the verification budget."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from optuna_isbo import recommendation as rec
+
+
+def test_group_configurations_counts_target_evaluations() -> None:
+    X = torch.tensor(
+        [[0.1, 0.2], [0.5, 0.5], [0.1, 0.2], [0.1, 0.2], [0.9, 0.0]], dtype=torch.float64
+    )
+    s = torch.tensor([0.0, 1.0, 1.0, 1.0 - 1e-12, 0.5], dtype=torch.float64)
+    configs = rec.group_configurations(X, s)
+    rows = {tuple(x.tolist()): i for i, x in enumerate(configs.X)}
+    a, b, c = rows[(0.1, 0.2)], rows[(0.5, 0.5)], rows[(0.9, 0.0)]
+    assert configs.n_target[a] == 2 and configs.n_target[b] == 1 and configs.n_target[c] == 0
+    assert configs.first_index[a] == 0 and configs.first_index[b] == 1
+    assert configs.first_index[c] == 4
+
+
+def test_group_configurations_without_hyperparameters() -> None:
+    s = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    configs = rec.group_configurations(torch.zeros(3, 0, dtype=torch.float64), s)
+    assert configs.X.shape == (1, 0)
+    assert configs.n_target.tolist() == [2] and configs.first_index.tolist() == [0]
+
+
+def test_choose_supported_prefers_target_evidence() -> None:
+    mean = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)
+    # The lowest mean rests on an extrapolation (sigma 1): the supported 0.5 +- 0.1 wins.
+    assert rec.choose_supported(mean, torch.tensor([1.0, 0.1, 0.1], dtype=torch.float64)) == 2
+    # Equally certain: the lowest mean.
+    assert rec.choose_supported(mean, torch.full((3,), 0.1, dtype=torch.float64)) == 0
+    # Uncertain, but better even at the upper end of its interval: 0 + 1.28 * 0.3 < 0.5 + 0.13.
+    assert rec.choose_supported(mean, torch.tensor([0.3, 0.1, 0.1], dtype=torch.float64)) == 0
+
+
+def test_verification_due() -> None:
+    assert rec.verification_due(0.0, 10.0, 0.25)
+    assert rec.verification_due(2.4, 10.0, 0.25)
+    assert not rec.verification_due(2.5, 10.0, 0.25)
+    assert not rec.verification_due(0.0, 10.0, 0.0)
+    assert not rec.verification_due(0.0, 0.0, 0.25)
+
+
+def test_interval_is_the_central_normal_interval() -> None:
+    r = rec.Recommendation(params={}, value=1.0, std=2.0, trial_number=0, n_target_evaluations=1)
+    lo, hi = r.interval(0.8)
+    # Phi^{-1}(0.9) = 1.2815515655...
+    assert lo == pytest.approx(1.0 - 2.0 * 1.2815515655, rel=1e-9)
+    assert hi == pytest.approx(1.0 + 2.0 * 1.2815515655, rel=1e-9)
+    with pytest.raises(ValueError, match="level"):
+        r.interval(1.0)
+    nan = rec.Recommendation(
+        params={}, value=1.0, std=math.nan, trial_number=0, n_target_evaluations=0
+    )
+    assert all(math.isnan(v) for v in nan.interval())

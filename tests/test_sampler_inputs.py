@@ -1,0 +1,233 @@
+"""ISBOSampler on unusual input: clear errors, and no silently wrong answer."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from optuna_isbo import ISBOSampler
+from optuna_isbo.sampler import _RELATIVE_PARAMS_KEY, _pending_params
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FIDELITY = "super_batch_size"
+X_DIST = FloatDistribution(0.0, 1.0)
+B_DIST = IntDistribution(16, 256, log=True)
+
+
+def _objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0.0, 1.0)
+    b = trial.suggest_int(FIDELITY, 16, 256, log=True)
+    trial.set_user_attr("isbo:cost", 1.0 + b / 16)
+    return (x - 0.3) ** 2 + 1.0 / b
+
+
+def test_recommend_keeps_the_fidelity_when_the_last_trial_lacks_it() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=4)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_objective, n_trials=6)
+    # An objective that returned before suggesting the fidelity.
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=1)
+    assert FIDELITY not in study.trials[-1].params
+    assert sampler.recommend(study)[FIDELITY] == 256
+    # The next trials still get a fidelity from the model.
+    study.optimize(_objective, n_trials=1)
+    assert study.trials[-1].user_attrs["isbo:phase"] in ("model", "verify")
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e300, -1e300])
+def test_huge_values_are_standardized_without_overflow(scale: float) -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    xs = [0.1, 0.5, 0.9, 0.3, 0.7]
+    for x in xs:
+        study.add_trial(
+            create_trial(
+                value=scale * (1.0 + (x - 0.5) ** 2),
+                params={"x": x},
+                distributions={"x": X_DIST},
+            )
+        )
+    best_x = 0.5 if scale > 0 else 0.1  # minimizing: the smallest value
+    assert sampler.recommend(study)["x"] == best_x
+    recommendation = sampler.recommendation(study)
+    assert math.isfinite(recommendation.value) and math.isfinite(recommendation.std)
+
+
+def test_values_beyond_the_float_range_get_a_clear_error() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    for x, v in [(0.1, 1.7e308), (0.9, -1.7e308)]:
+        study.add_trial(create_trial(value=v, params={"x": x}, distributions={"x": X_DIST}))
+    with pytest.raises(ValueError, match="float64 range"):
+        sampler.recommend(study)
+
+
+def test_log_float_fidelity_recommends_its_exact_upper_bound() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=3, fidelity_param="n_epochs")
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        epochs = trial.suggest_float("n_epochs", 0.5, 20.0, log=True)
+        return (x - 0.5) ** 2 + 1.0 / epochs
+
+    study.optimize(objective, n_trials=5)
+    assert sampler.recommend(study)["n_epochs"] == 20.0
+    assert any(t.params["n_epochs"] in (0.5, 20.0) for t in study.trials)
+
+
+def test_target_fidelity_at_the_lower_bound_is_an_error() -> None:
+    study = optuna.create_study(sampler=ISBOSampler(seed=0, target_fidelity=16))
+    # Raised by the first suggestion of the fidelity, not silently tuned as a parameter.
+    with pytest.raises(ValueError, match="lowest value"):
+        study.optimize(_objective, n_trials=1, catch=())
+
+
+def test_one_absurd_cost_does_not_set_the_scale_of_all_others() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=0, verify_cost_fraction=0.0)
+    study = optuna.create_study(sampler=sampler)
+    for i in range(8):
+        x = (i + 0.5) / 8
+        study.add_trial(
+            create_trial(
+                value=(x - 0.3) ** 2,
+                params={"x": x, FIDELITY: 64},
+                distributions={"x": X_DIST, FIDELITY: B_DIST},
+                user_attrs={"isbo:cost": 1e308 if i == 7 else 2.0 + x},
+            )
+        )
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.suggest_int(FIDELITY, 16, 256, log=True)
+    predicted = study._storage.get_trial(trial._trial_id).user_attrs["isbo:predicted_cost_seconds"]
+    # The clipped log cost of the outlier is log(median) + log(1e4); away from it the cost GP
+    # returns to the other trials' 2-3 s. Any candidate is within the clipped range.
+    assert 1.0 < predicted < 3.0 * 1e4
+    if trial.params["x"] < 0.8:  # far from the outlier at x = 0.94
+        assert predicted < 30.0
+
+
+def test_sampler_pickles_deep_copies_and_a_restored_one_continues(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    sampler = ISBOSampler(seed=3, n_startup_trials=3)
+    study = optuna.create_study(sampler=sampler, storage=storage, study_name="s")
+    study.optimize(_objective, n_trials=5)
+    restored = pickle.loads(pickle.dumps(sampler))
+    copied = copy.deepcopy(sampler)
+    assert isinstance(copied, ISBOSampler) and copied._lock is not sampler._lock
+    resumed = optuna.load_study(study_name="s", storage=storage, sampler=restored)
+    resumed.optimize(_objective, n_trials=2)
+    trials = resumed.trials
+    assert len(trials) == 7 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert {t.user_attrs["isbo:phase"] for t in trials[5:]} <= {"model", "verify"}
+    # The deep copy proposes what the restored sampler proposed (same seed, same warm starts).
+    replay = optuna.create_study(sampler=copied)
+    for t in trials[:5]:
+        replay.add_trial(t)
+    next_trial = replay.ask()
+    params = {
+        "x": next_trial.suggest_float("x", 0.0, 1.0),
+        FIDELITY: next_trial.suggest_int(FIDELITY, 16, 256, log=True),
+    }
+    assert params == trials[5].params
+
+
+def test_the_fidelity_as_the_only_parameter() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=3)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        b = trial.suggest_int(FIDELITY, 16, 256, log=True)
+        trial.set_user_attr("isbo:cost", float(b))
+        return 1.0 / b
+
+    study.optimize(objective, n_trials=6)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert {t.user_attrs["isbo:phase"] for t in study.trials[3:]} <= {"model", "verify"}
+    assert sampler.recommend(study) == {FIDELITY: 256}
+
+
+@pytest.mark.parametrize(
+    "system_attrs",
+    [
+        {f"{_RELATIVE_PARAMS_KEY}:0": '{"x": 0.'},  # chunks written, count not yet
+        {f"{_RELATIVE_PARAMS_KEY}:0": '{"x": 0.', f"{_RELATIVE_PARAMS_KEY}:n": 1},
+        {f"{_RELATIVE_PARAMS_KEY}:0": '{"x": 0.5}', f"{_RELATIVE_PARAMS_KEY}:n": 2},
+        {f"{_RELATIVE_PARAMS_KEY}:0": "[1, 2]", f"{_RELATIVE_PARAMS_KEY}:n": 1},
+        {f"{_RELATIVE_PARAMS_KEY}:n": "three"},
+    ],
+)
+def test_partial_shared_params_of_a_running_trial_are_tolerated(
+    system_attrs: dict[str, Any],
+) -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    for i in range(4):
+        study.add_trial(
+            create_trial(
+                value=float(i),
+                params={"x": i / 4, FIDELITY: 32},
+                distributions={"x": X_DIST, FIDELITY: B_DIST},
+            )
+        )
+    running = study.ask()
+    for key, value in system_attrs.items():
+        study._storage.set_trial_system_attr(running._trial_id, key, value)
+    frozen = study._storage.get_trial(running._trial_id)
+    assert _pending_params(frozen) == {}
+    study.optimize(_objective, n_trials=2)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 6
+
+
+def test_shared_params_round_trip_across_chunks() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    names = [f"p{i:03d}_" + "x" * 40 for i in range(60)]  # JSON longer than one chunk
+    for i in range(2):
+        study.add_trial(
+            create_trial(
+                value=float(i),
+                params={n: (i + 0.5) / 2 for n in names},
+                distributions=dict.fromkeys(names, X_DIST),
+            )
+        )
+    trial = study.ask()
+    for n in names:
+        trial.suggest_float(n, 0.0, 1.0)
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert frozen.system_attrs[f"{_RELATIVE_PARAMS_KEY}:n"] >= 2
+    assert _pending_params(frozen) == frozen.params
+
+
+def test_recommend_falls_back_when_the_model_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    for x, b, v in [(0.1, 16, -5.0), (0.5, 256, 1.0), (0.9, 256, 0.5)]:
+        study.add_trial(
+            create_trial(
+                value=v,
+                params={"x": x, FIDELITY: b},
+                distributions={"x": X_DIST, FIDELITY: B_DIST},
+            )
+        )
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise torch.linalg.LinAlgError("not positive definite")
+
+    monkeypatch.setattr(ISBOSampler, "_fit_objective", broken)
+    with pytest.warns(RuntimeWarning, match="model failed"):
+        recommendation = sampler.recommendation(study)
+    # The best value at the highest fidelity, not the lucky cheap one.
+    assert recommendation.params == {"x": 0.9, FIDELITY: 256}
+    assert recommendation.value == 0.5 and math.isnan(recommendation.std)
+    assert recommendation.n_target_evaluations == 1
