@@ -56,10 +56,11 @@ Methods
   Recommendation: the configuration of the best observed value, at whatever fidelity it was
   observed (what a user of those would hand back); the best among target-fidelity
   observations is recorded too (``regret_target_obs``).
-- ``screen-topk`` (Egele et al. 2023): random configurations at the lowest fidelity for half the
-  budget, then the best ones, in order, at the target until the budget runs out (``k`` = what
-  the rest of the budget affords). Recommendation: the best target value, before the first
-  target evaluation the best cheap one.
+- ``screen-topk`` (Egele et al. 2023): random configurations at the cheapest fidelity (the
+  lowest one, except under Borehole's ``source`` costs) for half the budget, then the best
+  ones, in order, at the target until the budget runs out (``k`` = what the rest of the budget
+  affords). Recommendation: the best target value, before the first target evaluation the best
+  cheap one.
 - ``botorch-mfkg``, ``botorch-mfmes``: BoTorch's own loop as its multi-fidelity tutorials build
   it: ``SingleTaskMultiFidelityGP(data_fidelities=[s column])`` on inputs in ``[0, 1]`` and
   negated outputs (``Standardize``), ``qMultiFidelityKnowledgeGradient`` (32 fantasies,
@@ -515,7 +516,7 @@ class OptunaDriver(Driver):
 
 
 class ScreenTopK(Driver):
-    """Random ``x`` at the lowest fidelity for ``SCREEN_FRACTION`` of the budget, then the best
+    """Random ``x`` at the cheapest fidelity for ``SCREEN_FRACTION`` of the budget, then the best
     screened configurations, best first, at the target until the budget runs out."""
 
     def __init__(
@@ -532,6 +533,12 @@ class ScreenTopK(Driver):
         target_cost = cost_of(cost_model, problem, 1.0)
         n_verify = math.floor((budget - self.screen_budget) / target_cost)
         self.max_screen = max(max_trials - n_verify, 1)
+        # The cheapest level below the target (the lowest one under ``affine`` and ``steep``;
+        # under Borehole's ``source`` costs the lowest level is not the cheapest).
+        levels = [problem.value_of_unit(s) for s in problem.grid()[:-1]]
+        self.screen_level = min(
+            levels, key=lambda n: (cost_of(cost_model, problem, problem.unit(n)), n)
+        )
         self.spent = 0.0
         self.screened: list[tuple[float, dict[str, Any]]] = []
         self.queue: list[dict[str, Any]] | None = None
@@ -549,7 +556,7 @@ class ScreenTopK(Driver):
             trial = self.study.ask()
             params = self.problem.suggest(trial)
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            n = 1 if screening else self.problem.fidelity_high
+            n = self.screen_level if screening else self.problem.fidelity_high
             phase = "screen" if screening else "verify"
         else:
             params, n, phase = self.queue.pop(0), self.problem.fidelity_high, "verify"
