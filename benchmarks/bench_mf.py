@@ -139,6 +139,7 @@ from optuna_isbo import ISBOSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_synthetic import PROBLEMS as SYNTHETIC  # noqa: E402
+from bench_synthetic import load_runs  # noqa: E402
 
 N_STEPS = "n_steps"
 N_STEPS_HIGH = 128
@@ -903,14 +904,6 @@ def regret_at(run: dict[str, Any], cost: float, key: str = "regret") -> float:
             break
         regret = math.inf if r is None else r
     return regret
-
-
-def load_runs(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    runs = []
-    for path in paths:
-        with path.open() as fh:
-            runs.extend(json.loads(line) for line in fh if line.strip())
-    return runs
 
 
 def _first_cost(grid: np.ndarray, curve: np.ndarray, level: float) -> float:

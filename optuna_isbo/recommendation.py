@@ -24,8 +24,13 @@ recommendation honest:
   target" scheme (Egele et al., "Is One Epoch All You Need For Multi-Fidelity Hyperparameter
   Optimization?", ESANN 2023), driven by the model's posterior instead of raw cheap values.
 
-The reported value and standard deviation are those of the latent objective at the target,
-``mu(x, 1)`` and ``sqrt(var(x, 1))``, in the study's units and direction.
+* **Check the model against what it predicted.** Each verification trial compares the
+  model's prediction at the target with what was then observed. When the predictions missed
+  by more than their stated uncertainty, every target standard deviation is widened by that
+  factor (:func:`calibration_factor`) before the recommendation is chosen and reported.
+
+The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``,
+and the standard deviation ``kappa sqrt(var(x, 1))``, in the study's units and direction.
 """
 
 from __future__ import annotations
@@ -141,6 +146,42 @@ def choose_supported(
         Weight of the standard deviation.
     """
     return int((mean_at_target + z * std_at_target).argmin())
+
+
+def calibration_factor(
+    observed: torch.Tensor, predicted: torch.Tensor, predicted_std: torch.Tensor
+) -> float:
+    r"""How far the model's target predictions have been off, in units of their stated std.
+
+    Every verification trial is a test of the model: before it ran, the model predicted the
+    target value ``m_i`` with standard deviation ``sigma_i`` (``isbo:predicted_value_at_target``
+    and ``isbo:predicted_std_at_target``); then ``y_i`` was observed. For a calibrated model
+    ``z_i = (y_i - m_i) / sigma_i`` has unit variance (a little more, from the observation
+    noise). The factor
+
+    .. math::
+
+        \kappa = \max\left(1, \sqrt{\tfrac{1}{k} \sum_i z_i^2}\right)
+
+    widens the model's target uncertainty by what these checks showed: a fidelity kernel that
+    declared a biased cheap fidelity nearly exact predicts the target with a small ``sigma``
+    and misses by many of them, and its extrapolations should not be trusted as stated.
+
+    Parameters
+    ----------
+    observed, predicted, predicted_std
+        ``(k,)`` observed values, predictions and their standard deviations, in one unit.
+
+    Returns
+    -------
+    float
+        ``kappa`` in ``[1, 1000]``; 1 without checks.
+    """
+    ok = torch.isfinite(observed) & torch.isfinite(predicted) & (predicted_std > 0)
+    if not bool(ok.any()):
+        return 1.0
+    z = (observed[ok] - predicted[ok]) / predicted_std[ok]
+    return float(z.square().mean().sqrt().clamp(1.0, 1000.0))
 
 
 def verification_due(

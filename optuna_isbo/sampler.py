@@ -66,7 +66,8 @@ class ISBOSampler(BaseSampler):
         The fidelity the optimization is about; defaults to the parameter's upper bound.
     cost_attr
         User attribute holding a trial's cost in seconds (written by
-        :meth:`ISSGD.report <optuna_isbo.ISSGD.report>`). Trials without it cost their duration.
+        :meth:`ISSGD.report <optuna_isbo.ISSGD.report>`). A trial costs the larger of this
+        attribute and its duration (:func:`optuna_isbo.cost.trial_cost_seconds`).
     acquisition
         ``"es"`` (entropy search about the minimizer, default) or ``"mes"`` (max-value entropy
         search, cheaper per ``ask``).
@@ -408,6 +409,7 @@ class ISBOSampler(BaseSampler):
             n_target = int(rec.is_target(s[(X == X[best]).all(dim=1)]).sum())
         else:
             mean, sd = posterior
+            sd = sd * _calibration_factor(completed, sign)
             k = rec.choose_supported(mean, sd)
             trial = completed[int(configs.first_index[k])]
             value, std = sign * float(mean[k]), float(sd[k])
@@ -618,6 +620,26 @@ def _target_posterior(
     inputs = _inputs(space, X, torch.ones(X.shape[0], dtype=torch.float64))
     mean, var = fit.model.mean_var(inputs)
     return fit.shift + fit.scale * mean, fit.scale * var.sqrt()
+
+
+def _calibration_factor(completed: list[FrozenTrial], sign: float) -> float:
+    """:func:`~optuna_isbo.recommendation.calibration_factor` over the verification trials.
+
+    Predictions and values are compared in minimized units (``sign = -1`` when maximizing).
+    """
+    checks = []
+    for t in completed:
+        attrs = t.user_attrs
+        if attrs.get(ATTR_PREFIX + "phase") != "verify":
+            continue
+        predicted = attrs.get(ATTR_PREFIX + "predicted_value_at_target")
+        std = attrs.get(ATTR_PREFIX + "predicted_std_at_target")
+        if isinstance(predicted, int | float) and isinstance(std, int | float):
+            checks.append((sign * t.values[0], sign * float(predicted), float(std)))
+    if not checks:
+        return 1.0
+    observed, predicted, std = torch.tensor(checks, dtype=torch.float64).T
+    return rec.calibration_factor(observed, predicted, std)
 
 
 def _unique_rows(X: torch.Tensor) -> torch.Tensor:

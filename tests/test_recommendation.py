@@ -60,3 +60,18 @@ def test_interval_is_the_central_normal_interval() -> None:
         params={}, value=1.0, std=math.nan, trial_number=0, n_target_evaluations=0
     )
     assert all(math.isnan(v) for v in nan.interval())
+
+
+def test_calibration_factor_measures_misses_in_stated_stds() -> None:
+    predicted = torch.tensor([0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    std = torch.tensor([1.0, 1.0, 2.0, 2.0], dtype=torch.float64)
+    # Misses of 3, -3, 6, -6: every z is +-3, so kappa = 3.
+    observed = torch.tensor([3.0, -3.0, 6.0, -6.0], dtype=torch.float64)
+    assert rec.calibration_factor(observed, predicted, std) == pytest.approx(3.0)
+    # Predictions better than stated do not shrink the uncertainty.
+    assert rec.calibration_factor(observed * 0.1, predicted, std) == 1.0
+    # No usable check: no change.
+    nan = torch.full((2,), math.nan, dtype=torch.float64)
+    assert rec.calibration_factor(nan, nan, nan) == 1.0
+    zero = torch.zeros(1, dtype=torch.float64)
+    assert rec.calibration_factor(zero + 1.0, zero, zero) == 1.0

@@ -231,3 +231,38 @@ def test_recommend_falls_back_when_the_model_fails(monkeypatch: pytest.MonkeyPat
     assert recommendation.params == {"x": 0.9, FIDELITY: 256}
     assert recommendation.value == 0.5 and math.isnan(recommendation.std)
     assert recommendation.n_target_evaluations == 1
+
+
+def test_missed_verification_predictions_widen_the_reported_uncertainty() -> None:
+    def study_with(verify_attrs: dict[str, Any]) -> optuna.Study:
+        study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=0))
+        rows = [(0.1, 16, 1.0), (0.3, 16, 0.2), (0.5, 16, 0.6), (0.7, 16, 1.2), (0.3, 256, 0.25)]
+        for i, (x, b, v) in enumerate(rows):
+            study.add_trial(
+                create_trial(
+                    value=v,
+                    params={"x": x, FIDELITY: b},
+                    distributions={"x": X_DIST, FIDELITY: B_DIST},
+                    user_attrs=verify_attrs if i == len(rows) - 1 else {},
+                )
+            )
+        return study
+
+    calibrated = study_with({})
+    sampler = calibrated.sampler
+    assert isinstance(sampler, ISBOSampler)
+    before = sampler.recommendation(calibrated)
+    # The verification trial had been predicted at 0.25 - 8 * 0.01: a miss of 8 stated stds.
+    missed = study_with(
+        {
+            "isbo:phase": "verify",
+            "isbo:predicted_value_at_target": 0.25 - 0.08,
+            "isbo:predicted_std_at_target": 0.01,
+        }
+    )
+    missed_sampler = missed.sampler
+    assert isinstance(missed_sampler, ISBOSampler)
+    after = missed_sampler.recommendation(missed)
+    assert after.params == before.params
+    assert after.value == pytest.approx(before.value)
+    assert after.std == pytest.approx(8.0 * before.std, rel=1e-6)
