@@ -37,7 +37,6 @@ from torch.func import functional_call
 from torch.nn.utils import vector_to_parameters
 from torch.utils.data import TensorDataset
 
-from optuna_isbo.datasets import DigitsSplits, load_digits_splits
 from optuna_isbo.hypergrad import (
     Schedules,
     hypergradient,
@@ -45,7 +44,10 @@ from optuna_isbo.hypergrad import (
     minibatch_indices,
     train_with_schedules,
 )
-from optuna_isbo.networks import mlp, small_cnn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from digits_data import DigitsSplits, load_digits_splits  # noqa: E402  (examples/ helpers)
+from small_nets import mlp, small_cnn  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LR_BOUNDS = (0.0, 0.5)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +35,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from optuna_isbo import ISSGD
-from optuna_isbo.datasets import load_digits_splits
-from optuna_isbo.networks import mlp, small_cnn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from digits_data import load_digits_splits  # noqa: E402  (examples/ helper modules)
+from small_nets import mlp, small_cnn  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -67,11 +67,11 @@ import torch
 from torch import nn
 
 from optuna_isbo import ISBOSampler
-from optuna_isbo.datasets import DigitsSplits, load_digits_splits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import digits_cnn  # noqa: E402  (lives in examples/, shared with quickstart.py)
 from digits_cnn import BATCH_SIZE, FIDELITY, TARGET_SUPER_BATCH  # noqa: E402
+from digits_data import DigitsSplits, load_digits_splits  # noqa: E402
 
 METHODS = ("isbo", "tpe", "gp", "random", "tpe-hyperband", "isbo-b", "isbo-target")
 ISBO_METHODS = ("isbo", "isbo-b", "isbo-target")

@@ -1,7 +1,7 @@
 """The training task shared by ``examples/quickstart.py`` and ``benchmarks/bench_nn_tuning.py``.
 
-A small CNN (:func:`optuna_isbo.networks.small_cnn`, flatten head) trained on real handwritten
-digits (:func:`optuna_isbo.datasets.load_digits_splits`) for a fixed number of steps with
+A small CNN (``small_cnn`` of ``examples/small_nets.py``, flatten head) trained on real handwritten
+digits (``load_digits_splits`` of ``examples/digits_data.py``) for a fixed number of steps with
 :class:`optuna_isbo.ISSGD`, minibatch size ``BATCH_SIZE``. The hyperparameters are the learning
 rate, the SGD momentum, the weight decay and the network width; the super-batch size ``B``
 (from ``BATCH_SIZE``, which is uniform SGD, to ``TARGET_SUPER_BATCH``) is the fidelity. The
@@ -15,12 +15,12 @@ from typing import Any
 
 import optuna
 import torch
+from digits_data import DigitsSplits
+from small_nets import small_cnn
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from optuna_isbo import ISSGD
-from optuna_isbo.datasets import DigitsSplits
-from optuna_isbo.networks import small_cnn
 
 BATCH_SIZE = 32
 N_STEPS = 400

@@ -1,4 +1,9 @@
-"""Small real image-classification data sets that work offline, for examples and benchmarks.
+"""Small real image-classification data sets that work offline: the examples' and benchmarks' data.
+
+A helper module of ``examples/`` (not a script, and not part of the ``optuna_isbo`` package):
+the examples import it from their own directory, the benchmarks after putting ``examples/``
+on ``sys.path``. For a data set to reuse in your own code, see :mod:`optuna_isbo.data`
+(Fashion-MNIST from its IDX files).
 
 :func:`load_digits_splits` returns stratified, seeded train/validation/test splits as
 :class:`torch.utils.data.TensorDataset` objects of ``(images, labels)``:
@@ -16,8 +21,8 @@ Example
 -------
 .. code-block:: python
 
-    from optuna_isbo.datasets import load_digits_splits
-    from optuna_isbo.networks import small_cnn
+    from digits_data import load_digits_splits  # with examples/ on sys.path
+    from small_nets import small_cnn
 
     splits = load_digits_splits(seed=0)
     model = small_cnn(width=16, image_size=splits.image_size)

@@ -27,10 +27,10 @@ from collections.abc import Callable
 
 import optuna
 import torch
+from digits_data import DigitsSplits, load_digits_splits
+from small_nets import mlp
 
-from optuna_isbo.datasets import DigitsSplits, load_digits_splits
 from optuna_isbo.hypergrad import learn_schedules, train_with_schedules
-from optuna_isbo.networks import mlp
 
 
 def error_rate(model: torch.nn.Module, data: torch.utils.data.TensorDataset) -> float:

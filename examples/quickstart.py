@@ -31,9 +31,9 @@ from pathlib import Path
 import optuna
 import torch
 from digits_cnn import error_rate, make_objective, train
+from digits_data import load_digits_splits
 
 from optuna_isbo import ISBOSampler
-from optuna_isbo.datasets import load_digits_splits
 
 
 def plot(study: optuna.Study, out_dir: Path) -> list[Path]:

@@ -1,7 +1,9 @@
-"""Tiny classifiers for examples and benchmarks on the digits of :mod:`optuna_isbo.datasets`.
+"""Tiny classifiers for the examples and benchmarks on the digits of ``examples/digits_data.py``.
 
-Both return a plain :class:`torch.nn.Sequential` whose output is the ``(n, n_classes)`` logits,
-for inputs of shape ``(n, 1, image_size, image_size)``.
+A helper module of ``examples/`` (not a script, and not part of the ``optuna_isbo`` package);
+the benchmarks import it after putting ``examples/`` on ``sys.path``. Both networks are a plain
+:class:`torch.nn.Sequential` whose output is the ``(n, n_classes)`` logits, for inputs of shape
+``(n, 1, image_size, image_size)``.
 """
 
 from __future__ import annotations

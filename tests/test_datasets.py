@@ -1,15 +1,21 @@
+"""The examples' and benchmarks' data and networks: ``examples/digits_data.py`` and
+``examples/small_nets.py``, helper modules of ``examples/`` imported from there."""
+
 from __future__ import annotations
 
 import builtins
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from optuna_isbo import datasets
-from optuna_isbo.datasets import load_digits_splits
-from optuna_isbo.networks import mlp, small_cnn
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import digits_data  # noqa: E402
+from digits_data import load_digits_splits  # noqa: E402
+from small_nets import mlp, small_cnn  # noqa: E402
 
 pytest.importorskip("sklearn")
 
@@ -30,7 +36,7 @@ def test_sklearn_splits_are_a_stratified_seeded_partition() -> None:
         assert (counts - expected).abs().max() <= 1.0
     # a partition: the three splits hold every image of the data set exactly as often as it
     # occurs there (rows compared as multisets)
-    full, _, _ = datasets.load_digits_arrays("sklearn")
+    full, _, _ = digits_data.load_digits_arrays("sklearn")
     joined = torch.cat([part.tensors[0] for part in parts]).flatten(1).numpy()
     rows_split, counts_split = np.unique(joined, axis=0, return_counts=True)
     rows_full, counts_full = np.unique(full.reshape(len(full), -1), axis=0, return_counts=True)
@@ -65,7 +71,7 @@ def test_missing_sklearn_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(builtins, "__import__", no_sklearn)
     with pytest.raises(ImportError, match="examples"):
-        datasets.load_digits_arrays("sklearn")
+        digits_data.load_digits_arrays("sklearn")
 
 
 @pytest.mark.parametrize(
