@@ -186,12 +186,23 @@ def test_variance_reduction_of_equal_scores_is_one() -> None:
 # ----------------------------------------------------------------------------- the switch
 
 
-def test_tau_switches_importance_sampling_on_at_default_threshold() -> None:
+def test_explicit_tau_threshold_switches_importance_sampling_on_and_off() -> None:
+    # The reference implementation's rule, the default before the fidelity switch: IS on while
+    # tau > (B + 3b) / (3b), from the first step, with no warm-up.
     x, y, model = _skewed_data(400, seed=5)
     b, big_b = 8, 16
-    issgd = ISSGD(model, TensorDataset(x, y), batch_size=b, super_batch_size=big_b, seed=0)
+    reference_threshold = (big_b + 3 * b) / (3 * b)
+    issgd = ISSGD(
+        model,
+        TensorDataset(x, y),
+        batch_size=b,
+        super_batch_size=big_b,
+        tau_threshold=reference_threshold,
+        seed=0,
+    )
     assert issgd.tau == 0.0 and not issgd.is_active
-    assert issgd.tau_threshold == pytest.approx((big_b + 3 * b) / (3 * b))
+    assert issgd.tau_threshold == reference_threshold
+    assert issgd.stats["switch"] == "threshold"
     tau_before, is_steps_before, n_steps = 0.0, 0, 60
     for inputs, targets, weights in issgd.batches(n_steps):
         is_step = issgd.stats["is_steps"] == is_steps_before + 1
@@ -593,7 +604,7 @@ def test_all_ignored_super_batch_falls_back_without_crashing() -> None:
         ignore_index=7,
         seed=0,
     )
-    issgd._tau = 1.0  # importance sampling on from the first step
+    issgd.callback.switch._tau = 1.0  # importance sampling on from the first step
     with pytest.warns(RuntimeWarning, match="falls back to uniform"):
         inputs, targets, weights = next(issgd.batches(1))
     assert float(issgd.weighted_loss(model(inputs), targets, weights).detach()) == 0.0
@@ -712,7 +723,10 @@ def test_numpy_integers_are_accepted_as_sizes_and_seed() -> None:
         seed=3,
     )
     assert issgd.stats == reference.stats
-    assert all(type(v) in (int, float) for v in issgd.stats.values())
+    # Plain Python numbers, no NumPy scalars; the switch and its latest rule are named by str.
+    stats = issgd.stats
+    assert {k for k, v in stats.items() if type(v) is str} == {"switch", "switch_rule"}
+    assert all(type(v) in (int, float) for k, v in stats.items() if type(v) is not str)
     first = list(issgd.batches(np.int64(5)))  # type: ignore[arg-type]
     second = list(reference.batches(5))
     assert len(first) == 5
