@@ -41,6 +41,8 @@ def _uniforms(n: int, device: torch.device, generator: torch.Generator | None) -
     where = generator.device if generator is not None else torch.device("cpu")
     dtype = _cdf_dtype(device) if where.type == device.type else torch.float64
     u = torch.rand(n, generator=generator, device=where, dtype=dtype)
+    if where.type == "cpu" and device.type == "cuda":
+        u = u.pin_memory()  # so that the copy below is truly asynchronous
     return u.to(device=device, dtype=_cdf_dtype(device), non_blocking=True)
 
 

@@ -63,7 +63,8 @@ def _closed_form_scores(logits: Tensor, targets: Tensor, ignore_index: int) -> T
     ignored = targets == ignore_index
     classes = torch.where(ignored, 0, targets)
     residual[torch.arange(len(z), device=z.device), classes] -= 1.0
-    residual[ignored] = 0.0
+    # torch.where, not residual[ignored] = 0: a boolean mask would wait for the device
+    residual = torch.where(ignored[:, None], 0.0, residual)
     return torch.linalg.vector_norm(residual, dim=1)
 
 
