@@ -6,6 +6,12 @@ digits (``load_digits_splits`` of ``examples/digits_data.py``) for a fixed numbe
 rate, the SGD momentum, the weight decay and the network width; the super-batch size ``B``
 (from ``BATCH_SIZE``, which is uniform SGD, to ``TARGET_SUPER_BATCH``) is the fidelity. The
 objective is the validation error.
+
+A run whose training loss becomes non-finite is a result, not a missing value: the objective
+completes the trial at ``DIVERGED_ERROR`` (1.0, the worst possible error rate) with the user
+attribute ``isbo:diverged`` set to ``True``, so the sampler's model learns that the region is
+bad instead of sampling it again. A pruned trial would be ignored by ``ISBOSampler``, which
+could then keep proposing a learning rate that always diverges.
 """
 
 from __future__ import annotations
@@ -26,9 +32,50 @@ BATCH_SIZE = 32
 N_STEPS = 400
 TARGET_SUPER_BATCH = 16 * BATCH_SIZE
 FIDELITY = "super_batch_size"
+DIVERGED_ERROR = 1.0
+"""The value of a diverged trial: the worst possible error rate.
+
+Worse than any trained network, even one at chance (0.9 on ten classes), so the model ranks a
+diverging configuration below every one that learns; yet on the scale of the real values, so
+that it does not flatten them when the GP standardizes the observations (as a huge penalty
+would; an infinite one would be dropped by the sampler).
+"""
+DIVERGED_ATTR = "isbo:diverged"
 
 StepCallback = Callable[[int, nn.Module], None]
 """Called as ``callback(step, model)`` after every optimizer step (``step`` counts from 1)."""
+
+
+class TrainingDiverged(optuna.TrialPruned):
+    """The training loss became non-finite at ``step``.
+
+    Raised by :func:`train`, with the run's :class:`~optuna_isbo.ISSGD` so that its cost can
+    still be reported. It subclasses :class:`optuna.TrialPruned` so that an objective that does
+    not handle it prunes the trial, as before; :func:`make_objective` handles it with
+    :func:`report_diverged`.
+    """
+
+    def __init__(self, step: int, issgd: ISSGD) -> None:
+        super().__init__(f"the training loss diverged at step {step}")
+        self.step = step
+        self.issgd = issgd
+
+
+def report_diverged(trial: optuna.Trial, diverged: TrainingDiverged) -> float:
+    """Record a diverged run on ``trial``; return the value to complete it with.
+
+    Writes the run's cost (:meth:`ISSGD.report <optuna_isbo.ISSGD.report>`, the seconds spent
+    until the divergence), ``isbo:diverged = True`` and ``isbo:diverged_step``, and returns
+    ``DIVERGED_ERROR``.
+
+    The cost written is the one actually spent, so a diverged run looks cheap to the sampler's
+    cost model; with ``acquisition="es"`` that can keep the region worth probing per second
+    (``tests/test_diverged.py`` measures it; ``"mes"`` moves away).
+    """
+    diverged.issgd.report(trial)
+    trial.set_user_attr(DIVERGED_ATTR, True)
+    trial.set_user_attr("isbo:diverged_step", diverged.step)
+    return DIVERGED_ERROR
 
 
 def error_rate(model: nn.Module, data: TensorDataset) -> float:
@@ -64,8 +111,9 @@ def train(
 ) -> tuple[nn.Module, ISSGD]:
     """Train ``small_cnn`` with ISSGD under ``params``; returns the model and its ISSGD.
 
-    ``params[FIDELITY] == BATCH_SIZE`` is uniform SGD. A diverged training loss raises
-    :class:`optuna.TrialPruned`; ``callback`` may raise to stop training early.
+    ``params[FIDELITY] == BATCH_SIZE`` is uniform SGD. A non-finite training loss raises
+    :class:`TrainingDiverged` (an :class:`optuna.TrialPruned`); ``callback`` may raise to stop
+    training early.
     """
     torch.manual_seed(seed)
     model = small_cnn(
@@ -90,24 +138,35 @@ def train(
         tau_threshold=1.0,
         seed=seed,
     )
+    diverged_at = None
     for step, (inputs, targets, weights) in enumerate(issgd.batches(n_steps), start=1):
         optimizer.zero_grad()
         loss = issgd.weighted_loss(model(inputs), targets, weights)
         if not torch.isfinite(loss):
-            raise optuna.TrialPruned("the training loss diverged")
+            # Leave the loop first: closing the batch generator books this step's seconds.
+            diverged_at = step
+            break
         loss.backward()
         optimizer.step()
         if callback is not None:
             callback(step, model)
+    if diverged_at is not None:
+        raise TrainingDiverged(diverged_at, issgd)
     return model, issgd
 
 
 def make_objective(splits: DigitsSplits) -> Callable[[optuna.Trial], float]:
-    """The quickstart objective: ISSGD at the suggested fidelity, seeded by the trial number."""
+    """The quickstart objective: ISSGD at the suggested fidelity, seeded by the trial number.
+
+    A diverged run completes the trial at ``DIVERGED_ERROR`` (see :func:`report_diverged`).
+    """
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_hyperparameters(trial)
-        model, issgd = train(params, splits, seed=trial.number)
+        try:
+            model, issgd = train(params, splits, seed=trial.number)
+        except TrainingDiverged as diverged:
+            return report_diverged(trial, diverged)
         issgd.report(trial)
         return error_rate(model, splits.validation)
 
