@@ -68,7 +68,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from optuna_isbo.issgd_callback import ISSGDCallback, model_device
+from optuna_isbo.issgd_callback import ISSGDCallback, ISSGDStats, model_device
 from optuna_isbo.issgd_checks import (
     IGNORE_INDEX,
     as_int,
@@ -89,6 +89,7 @@ __all__ = [
     "IGNORE_INDEX",
     "ISSGD",
     "ISSGDCallback",
+    "ISSGDStats",
     "LossFn",
     "gradient_norm_scores",
     "sample_by_score",
@@ -281,7 +282,7 @@ class ISSGD:
         return self._callback.is_active
 
     @property
-    def stats(self) -> dict[str, float | int | str]:
+    def stats(self) -> ISSGDStats:
         """A snapshot of the statistics so far (see :attr:`ISSGDCallback.stats`).
 
         ``steps`` counts the batches yielded by :meth:`batches`; ``sampling_seconds`` the

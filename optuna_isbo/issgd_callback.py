@@ -70,12 +70,12 @@ from optuna_isbo.issgd_scores import (
     score_samples,
     scores_from_logits,
 )
-from optuna_isbo.issgd_switch import ISSwitch, SwitchMode
+from optuna_isbo.issgd_switch import ISSwitch, SwitchMode, SwitchStats
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["ISSGDCallback"]
+__all__ = ["ISSGDCallback", "ISSGDStats"]
 
 _FORWARD_BATCH_SIZE_CAP = 1024
 
@@ -90,6 +90,21 @@ def _derived_seed(seed: int, stream: int) -> int:
     """An independent 63-bit seed for the ``stream``-th generator of a seeded component."""
     sequence = np.random.SeedSequence([seed % 2**64, stream])
     return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class ISSGDStats(SwitchStats):
+    """:attr:`ISSGDCallback.stats`: counts, seconds and the switch's state, one type per key."""
+
+    steps: int
+    is_steps: int
+    fallback_steps: int
+    samples_scored: int
+    batch_size: int
+    super_batch_size: int
+    scoring_seconds: float
+    sampling_seconds: float
+    training_seconds: float
+    cost_seconds: float
 
 
 class _Clock:
@@ -308,7 +323,7 @@ class ISSGDCallback:
         return self._weights
 
     @property
-    def stats(self) -> dict[str, float | int | str]:
+    def stats(self) -> ISSGDStats:
         """A snapshot of the statistics so far.
 
         Keys
@@ -346,20 +361,19 @@ class ISSGDCallback:
         """
         self._resolve()
         cost_seconds = self._scoring_seconds + self._sampling_seconds + self._training_seconds
-        stats: dict[str, float | int | str] = {
-            "steps": self._steps,
-            "is_steps": self._is_steps,
-            "fallback_steps": self._fallback_steps,
-            "samples_scored": self._samples_scored,
-            "batch_size": self._b,
-            "super_batch_size": self._big_b,
-            "scoring_seconds": self._scoring_seconds,
-            "sampling_seconds": self._sampling_seconds,
-            "training_seconds": self._training_seconds,
-            "cost_seconds": cost_seconds,
-        }
-        stats.update(self._switch.stats)
-        return stats
+        return ISSGDStats(
+            steps=self._steps,
+            is_steps=self._is_steps,
+            fallback_steps=self._fallback_steps,
+            samples_scored=self._samples_scored,
+            batch_size=self._b,
+            super_batch_size=self._big_b,
+            scoring_seconds=self._scoring_seconds,
+            sampling_seconds=self._sampling_seconds,
+            training_seconds=self._training_seconds,
+            cost_seconds=cost_seconds,
+            **self._switch.stats,
+        )
 
     # -------------------------------------------------------------------------------- data
 
@@ -592,7 +606,7 @@ class ISSGDCallback:
             Any object with ``set_user_attr``, typically the :class:`optuna.trial.Trial` passed
             to the objective.
         """
-        stats = self.stats
+        stats: dict[str, Any] = dict(self.stats)
         trial.set_user_attr("isbo:cost", float(stats.pop("cost_seconds")))
         for key, value in stats.items():
             trial.set_user_attr(f"isbo:{key}", value)

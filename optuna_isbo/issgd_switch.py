@@ -86,7 +86,7 @@ The rule behind the latest decision is in :attr:`ISSwitch.rule`: ``"uniform"`` (
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, TypedDict
 
 import torch
 from torch import Tensor
@@ -97,6 +97,7 @@ __all__ = [
     "FIDELITY_VARIANCE_RATIO",
     "ISSwitch",
     "PROBE_STEPS",
+    "SwitchStats",
     "WARMUP_STEPS",
     "fixed_cost_ratio",
     "tau_threshold_for",
@@ -208,6 +209,20 @@ def tau_threshold_for(ratio: float, batch_size: int, super_batch_size: int) -> f
     if big_b <= ratio * b or big_b <= 1:
         return math.inf
     return math.sqrt(ratio * (big_b - 1) / (big_b - ratio * b))
+
+
+class SwitchStats(TypedDict):
+    """:attr:`ISSwitch.stats`: the switch's state, one type per key."""
+
+    tau: float
+    tau_threshold: float
+    variance_ratio: float
+    cost_ratio: float
+    switch: str
+    switch_rule: str
+    uniform_step_seconds: float
+    is_step_seconds: float
+    scoring_seconds_per_sample: float
 
 
 def _smooth(old: float | None, new: float) -> float:
@@ -410,7 +425,7 @@ class ISSwitch:
         return self._rule
 
     @property
-    def stats(self) -> dict[str, float | int | str]:
+    def stats(self) -> SwitchStats:
         """``tau``, ``tau_threshold``, ``variance_ratio``, ``cost_ratio``, timings and rule.
 
         Keys
