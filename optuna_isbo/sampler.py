@@ -116,7 +116,10 @@ class ISBOSampler(BaseSampler):
     Notes
     -----
     - Only ``COMPLETE`` trials with a finite value are data: failed and pruned trials are
-      ignored, and infinite values are ignored with a warning.
+      ignored, and infinite values are ignored with a warning. Report a training run that
+      diverged as a completed trial at the worst value with the user attribute
+      ``isbo:diverged`` set to ``True``: the objective model then learns that the region is
+      bad, and the cost model leaves out its truncated cost.
     - The sampler keeps no state that a second process lacks: the startup design is indexed by
       trial number, the randomness of an ``ask`` is seeded by ``(seed, trial number)``, and the
       parameters chosen for a running trial are stored in the trial's system attributes so that
@@ -127,7 +130,10 @@ class ISBOSampler(BaseSampler):
       ``isbo:predicted_std_at_target``, and for ``model`` trials
       ``isbo:information_gain_nats`` and ``isbo:acquisition_value`` (nats per second).
     - A trial's cost is :func:`optuna_isbo.cost.trial_cost_seconds`: the larger of
-      ``cost_attr`` and the trial's duration, which includes the sampler's own time.
+      ``cost_attr`` and the trial's duration, which includes the sampler's own time. Where
+      durations decide the cost, the sampler's choices depend on measured times, so a rerun
+      with the same seed can differ; with a ``cost_attr`` above the durations (a simulated
+      cost, say) it repeats exactly.
     - Multi-objective studies are not supported.
     """
 
@@ -521,7 +527,14 @@ class ISBOSampler(BaseSampler):
         cost_seconds = torch.tensor(
             [trial_cost_seconds(t, self._cost_attr) for t in completed], dtype=torch.float64
         )
-        cost_model = self._fit_cost(space, cost_seconds, inputs)
+        # A diverged run stopped early: its cost says little about what a run there costs, and
+        # a cheap-looking region that always fails would attract an acquisition per second.
+        full_runs = torch.tensor(
+            [t.user_attrs.get(ATTR_PREFIX + "diverged") is not True for t in completed]
+        )
+        if not bool(full_runs.any()):
+            full_runs[:] = True
+        cost_model = self._fit_cost(space, cost_seconds[full_runs], inputs[full_runs])
         pending = inputs.new_zeros(0, inputs.shape[1])
         if running:
             encoded = [space.encode_params(_pending_params(t)) for t in running]
