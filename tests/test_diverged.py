@@ -98,8 +98,7 @@ def test_diverged_share_of_the_space() -> None:
         pytest.param(
             "es",
             marks=pytest.mark.xfail(
-                reason="ES still probes next to the diverging region (see the module "
-                "docstring)",
+                reason="ES still probes next to the diverging region (see the module docstring)",
                 strict=False,
             ),
         ),
