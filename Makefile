@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test,examples]"
+	$(BIN)/pip install -q -e ".[test,examples,lightning]"
 	touch $@
 
 install: $(BIN)/.installed
