@@ -8,9 +8,10 @@ split into train / validation / test. The objective returns the validation error
 itself (network, search space, training loop) lives in ``examples/digits_cnn.py``, shared with
 ``benchmarks/bench_nn_tuning.py``.
 
-At the end the script prints the recommended configuration (``sampler.recommend``), retrains it
-at the target fidelity, prints its test error, and writes two plots to ``--out-dir``: best
-validation error versus cumulative cost, and the fidelity chosen per trial.
+At the end the script prints the recommended configuration (``sampler.recommendation``) with its
+predicted error and 80% interval, retrains it at the target fidelity, prints its test error,
+and writes two plots to ``--out-dir``: best validation error versus cumulative cost, and the
+fidelity chosen per trial.
 
 Usage::
 
@@ -116,10 +117,21 @@ def main(argv: list[str] | None = None) -> float:
     )
     print(f"{len(study.trials)} trials in the study ({time.perf_counter() - start:.0f} s now)")
 
-    best = sampler.recommend(study)
-    print("recommended configuration (best posterior mean at the target fidelity):")
+    recommendation = sampler.recommendation(study)
+    best = recommendation.params
+    lo, hi = recommendation.interval(0.8)
+    print(
+        f"recommended configuration (trial {recommendation.trial_number}, evaluated "
+        f"{recommendation.n_target_evaluations} time(s) at the target fidelity; predicted "
+        f"validation error {recommendation.value:.4f}, 80% interval [{lo:.4f}, {hi:.4f}]):"
+    )
     for name, value in best.items():
         print(f"  {name} = {value}")
+    phases = [t.user_attrs.get("isbo:phase") for t in study.trials]
+    print(
+        "trials by phase: "
+        + ", ".join(f"{p} {phases.count(p)}" for p in sorted(set(map(str, phases))))
+    )
     model, _ = train(best, splits, seed=args.seed)
     test_error = error_rate(model, splits.test)
     print(f"test error of the recommended configuration, retrained: {test_error:.4f}")

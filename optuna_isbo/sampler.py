@@ -254,9 +254,19 @@ class ISBOSampler(BaseSampler):
                 and t.number != trial.number
                 and search_space.keys() <= _pending_params(t).keys()
             ]
+            # An earlier trial still inside its own ``ask`` (another worker) has not said what
+            # it evaluates; it may be verifying the same configuration, so this one defers.
+            earlier_deciding = any(
+                t.state == TrialState.RUNNING
+                and t.number < trial.number
+                and ATTR_PREFIX + "phase" not in t.user_attrs
+                for t in trials
+            )
             try:
                 with self._lock, _on_cpu():
-                    params, attrs = self._model_params(study, trial, space, completed, running)
+                    params, attrs = self._model_params(
+                        study, trial, space, completed, running, may_verify=not earlier_deciding
+                    )
             except torch.linalg.LinAlgError as err:
                 warnings.warn(
                     f"ISBOSampler's model failed ({err}); trial {trial.number} uses the "
@@ -506,8 +516,10 @@ class ISBOSampler(BaseSampler):
             return None
         x = configs.X[k]
         if pending.shape[0] > 0:
+            # A running trial already verifying it (its parameters went through decode and
+            # encode again, which may move a log-scale value in the last bits).
             at_target = pending[rec.is_target(pending[:, -1]), : space.dim]
-            if bool((at_target == x).all(dim=1).any()):
+            if bool(((at_target - x).abs() <= 1e-9).all(dim=1).any()):
                 return None
         return x
 
@@ -518,6 +530,7 @@ class ISBOSampler(BaseSampler):
         space: SearchSpace,
         completed: list[FrozenTrial],
         running: list[FrozenTrial],
+        may_verify: bool = True,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         has_fidelity = space.fidelity_param is not None
         ask_seed = _ask_seed(self._seed, trial.number)
@@ -545,7 +558,9 @@ class ISBOSampler(BaseSampler):
         startup = torch.tensor(
             [t.user_attrs.get(ATTR_PREFIX + "phase") == "startup" for t in completed]
         )
-        x_verify = self._verification(space, fit, cost_seconds, startup, pending)
+        x_verify = (
+            self._verification(space, fit, cost_seconds, startup, pending) if may_verify else None
+        )
         if x_verify is not None:
             chosen = _inputs(space, x_verify[None], torch.ones(1, dtype=torch.float64))
             mean, var = model.mean_var(chosen)

@@ -412,12 +412,12 @@ def test_fidelity_param_absent_or_single_valued_means_no_axis() -> None:
     assert single.fidelity_param is None and single.dim == 1
     assert single.decode(torch.tensor([0.5], dtype=torch.float64), 0.3)["B"] == 64
 
-    # A target at the lowest value leaves nothing to trade: B is an ordinary hyperparameter.
-    at_low = SearchSpace(
-        {"x": FloatDistribution(0, 1), "B": IntDistribution(64, 128)}, "B", target_fidelity=64
-    )
-    assert at_low.fidelity_param is None
-    assert at_low.names == ["B", "x"] and at_low.dim == 2
+    # A target at the lowest value of a wider distribution is a mistake, not a request to tune
+    # B as an ordinary hyperparameter: it is rejected, not silently reinterpreted.
+    with pytest.raises(ValueError, match="lowest value"):
+        SearchSpace(
+            {"x": FloatDistribution(0, 1), "B": IntDistribution(64, 128)}, "B", target_fidelity=64
+        )
 
 
 @pytest.mark.parametrize(
