@@ -266,3 +266,27 @@ def test_missed_verification_predictions_widen_the_reported_uncertainty() -> Non
     assert after.params == before.params
     assert after.value == pytest.approx(before.value)
     assert after.std == pytest.approx(8.0 * before.std, rel=1e-6)
+
+
+def test_verification_defers_to_an_earlier_trial_still_deciding() -> None:
+    """Two workers deciding at once would both verify the same configuration."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    for i in range(4):
+        study.add_trial(
+            create_trial(
+                value=(i / 4 - 0.3) ** 2,
+                params={"x": i / 4, FIDELITY: 16},
+                distributions={"x": X_DIST, FIDELITY: B_DIST},
+            )
+        )
+    space = {"x": X_DIST, FIDELITY: B_DIST}
+    deciding = study.ask()  # another worker's trial, inside its own ask
+    deferred = study.ask(space)
+    assert study._storage.get_trial(deferred._trial_id).user_attrs["isbo:phase"] == "model"
+    study.tell(deciding, state=TrialState.FAIL)
+    study.tell(deferred, state=TrialState.FAIL)
+    # Nobody else deciding: the best configuration, seen only at B = 16, is verified.
+    verifying = study.ask(space)
+    assert study._storage.get_trial(verifying._trial_id).user_attrs["isbo:phase"] == "verify"
+    assert verifying.params[FIDELITY] == 256
