@@ -5,12 +5,15 @@ at the target ``s = 1`` is mostly an extrapolation through the fidelity kernel, 
 kernel's hyperparameters are themselves fitted to few target-fidelity points. Two rules keep the
 recommendation honest:
 
-* **Recommend what the evidence supports.** Among the evaluated configurations, the
-  recommendation minimizes the upper end of the 80% posterior interval at the target,
-  ``mu(x, 1) + 1.28 sigma(x, 1)`` (:func:`choose_supported`). Target evaluations shrink
-  ``sigma`` where they are; a configuration seen at cheap fidelities only keeps the
-  uncertainty of the extrapolation and wins only when it is better even so.
-  :attr:`Recommendation.n_target_evaluations` says which kind of evidence the result has.
+* **Recommend what the evidence supports.** Once any configuration has been evaluated at the
+  target, the recommendation is the target-evaluated configuration with the lowest upper end
+  of the 80% posterior interval at the target, ``mu(x, 1) + 1.28 sigma(x, 1)``
+  (:func:`choose_supported`). A configuration seen at cheap fidelities only is an
+  extrapolation through the fidelity kernel, and a kernel fitted to biased cheap runs
+  extrapolates with confidence it has not earned; such a configuration becomes a candidate
+  by being verified (below), not by its predicted value. Before the first target evaluation
+  every configuration is a candidate. :attr:`Recommendation.n_target_evaluations` says which
+  kind of evidence the result has.
 
 * **Verify what the model believes.** When the configuration with the lowest ``mu(x, 1)``
   over *all* evaluated configurations has no evaluation at the target, the sampler evaluates
@@ -128,24 +131,32 @@ def group_configurations(X: torch.Tensor, s: torch.Tensor) -> Configurations:
 
 
 def choose_supported(
-    mean_at_target: torch.Tensor, std_at_target: torch.Tensor, z: float = Z_80
+    mean_at_target: torch.Tensor,
+    std_at_target: torch.Tensor,
+    n_target: torch.Tensor | None = None,
+    z: float = Z_80,
 ) -> int:
-    """Index of the configuration with the lowest upper bound ``mu + z sigma`` at the target.
+    """Index of the candidate with the lowest upper bound ``mu + z sigma`` at the target.
 
-    A configuration evaluated at the target has a small ``sigma`` there; one known from cheap
-    fidelities only keeps the uncertainty of the extrapolation, and wins only when the model
-    is confident that it is better even so. ``z = 1.28`` is the upper end of the 80% interval
-    that :class:`Recommendation` reports.
+    The candidates are the configurations with at least one target evaluation, or all of them
+    while none has one (or when ``n_target`` is not given). Among candidates, a small
+    ``sigma`` (many target evaluations, little noise) is preferred to a lucky mean: ``z =
+    1.28`` is the upper end of the 80% interval that :class:`Recommendation` reports.
 
     Parameters
     ----------
     mean_at_target, std_at_target
         ``(k,)`` posterior means and standard deviations at the target fidelity
         (minimization).
+    n_target
+        ``(k,)`` number of target-fidelity evaluations of each configuration.
     z
         Weight of the standard deviation.
     """
-    return int((mean_at_target + z * std_at_target).argmin())
+    bound = mean_at_target + z * std_at_target
+    if n_target is not None and bool((n_target > 0).any()):
+        bound = torch.where(n_target > 0, bound, math.inf)
+    return int(bound.argmin())
 
 
 def calibration_factor(

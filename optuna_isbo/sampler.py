@@ -351,12 +351,12 @@ class ISBOSampler(BaseSampler):
     def recommendation(self, study: Study) -> Recommendation:
         """The configuration to retrain, with its predicted value at the target fidelity.
 
-        Among the configurations evaluated so far, the one whose 80% posterior interval at the
-        target fidelity has the lowest upper end (the highest lower end when maximizing; see
-        :mod:`optuna_isbo.recommendation`). A configuration that looked good at a cheap, noisy
-        fidelity is not recommended on that evidence alone. The sampler evaluates the
-        configuration it believes best at the target as the study goes on
-        (``verify_cost_fraction``), which is what lets the two agree.
+        Among the configurations evaluated at the target fidelity (all evaluated configurations
+        while none is), the one whose 80% posterior interval at the target has the lowest upper
+        end (the highest lower end when maximizing; see :mod:`optuna_isbo.recommendation`). A
+        configuration that looked good at cheap fidelities only is not recommended on that
+        evidence: the sampler evaluates the configuration it believes best at the target as the
+        study goes on (``verify_cost_fraction``), and that evaluation makes it a candidate.
 
         The result is also written to the study's user attributes, for the dashboard:
         ``isbo:recommended_trial``, ``isbo:recommended_value``, ``isbo:recommended_value_std``
@@ -426,7 +426,7 @@ class ISBOSampler(BaseSampler):
         else:
             mean, sd = posterior
             sd = sd * _calibration_factor(completed, sign)
-            k = rec.choose_supported(mean, sd)
+            k = rec.choose_supported(mean, sd, configs.n_target)
             trial = completed[int(configs.first_index[k])]
             value, std = sign * float(mean[k]), float(sd[k])
             n_target = int(configs.n_target[k])

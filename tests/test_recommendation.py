@@ -40,6 +40,17 @@ def test_choose_supported_prefers_target_evidence() -> None:
     assert rec.choose_supported(mean, torch.tensor([0.3, 0.1, 0.1], dtype=torch.float64)) == 0
 
 
+def test_choose_supported_only_among_target_evaluated() -> None:
+    mean = torch.tensor([-5.0, 1.0, 0.5], dtype=torch.float64)
+    std = torch.full((3,), 0.01, dtype=torch.float64)
+    # A confident extrapolation (config 0, never run at the target) is not a candidate once
+    # configurations 1 and 2 have target evaluations.
+    n_target = torch.tensor([0, 1, 2])
+    assert rec.choose_supported(mean, std, n_target) == 2
+    # Without any target evaluation every configuration is a candidate.
+    assert rec.choose_supported(mean, std, torch.zeros(3, dtype=torch.long)) == 0
+
+
 def test_verification_due() -> None:
     assert rec.verification_due(0.0, 10.0, 0.25)
     assert rec.verification_due(2.4, 10.0, 0.25)

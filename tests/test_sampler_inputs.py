@@ -290,3 +290,24 @@ def test_verification_defers_to_an_earlier_trial_still_deciding() -> None:
     verifying = study.ask(space)
     assert study._storage.get_trial(verifying._trial_id).user_attrs["isbo:phase"] == "verify"
     assert verifying.params[FIDELITY] == 256
+
+
+def test_recommendation_needs_target_evidence_once_there_is_some() -> None:
+    # The cheap runs make x near 0.1 look far better than anything run at the target. The
+    # model may extrapolate that to the target, but the recommendation is the best of the
+    # configurations that were evaluated there.
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    rows = [(0.1, 16, -5.0), (0.12, 16, -5.1), (0.3, 16, 0.0), (0.5, 256, 1.0), (0.9, 256, 0.5)]
+    for x, b, v in rows:
+        study.add_trial(
+            create_trial(
+                value=v,
+                params={"x": x, FIDELITY: b},
+                distributions={"x": X_DIST, FIDELITY: B_DIST},
+            )
+        )
+    recommendation = sampler.recommendation(study)
+    assert recommendation.n_target_evaluations >= 1
+    assert recommendation.params["x"] in (0.5, 0.9)
+    assert recommendation.params[FIDELITY] == 256
