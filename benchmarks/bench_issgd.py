@@ -15,6 +15,12 @@ model that sets the default switching threshold.
 
 Run: ``python benchmarks/bench_issgd.py`` (add ``--quick`` for a smoke run). Writes
 ``benchmarks/results/issgd.json`` and PNG plots next to it.
+
+``python benchmarks/bench_issgd.py --loader [options]`` runs the separate DataLoader benchmark
+of ``benchmarks/bench_issgd_loader.py`` instead (every method reads through a DataLoader with
+the ISSGDCallback's batch sampler, the ``"fidelity"`` and ``"speed"`` switches, a Fashion-MNIST
+task with augmentation in the loader's workers; results in
+``benchmarks/results/issgd_loader.json``); ``--loader --help`` lists its options.
 """
 
 from __future__ import annotations
@@ -292,7 +298,18 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    if "--loader" in argv:
+        from bench_issgd_loader import main as loader_main
+
+        loader_main([arg for arg in argv if arg != "--loader"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--loader",
+        action="store_true",
+        help="run the DataLoader benchmark (bench_issgd_loader.py) instead; see --loader --help",
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
