@@ -41,11 +41,23 @@ Both acquisitions score a candidate ``c = (x, s)`` by the information an observa
         \gamma = \frac{\mu_1 - f^\star}{\sigma_1},\quad
         \Psi(y) = P(f_1 > f^\star \mid y),
 
-    where ``f_1 | y`` is Gaussian from the joint posterior of ``(f(x, s), f(x, 1))``. At the
-    target fidelity without noise this is the closed form of Wang & Jegelka, "Max-value Entropy
-    Search for Efficient Bayesian Optimization" (ICML 2017),
-    ``gamma phi(gamma) / (2 Phi(gamma)) - log Phi(gamma)``. One-dimensional quadrature per
-    candidate: much cheaper than ``"es"``.
+    where ``f_1 | y`` is Gaussian from the joint posterior of ``(f(x, s), f(x, 1))``. With
+    ``rho`` the correlation of ``y`` and ``f_1`` and ``z`` the standardized ``y``, ``p(y)``
+    Gaussian gives ``H[p(y)] - H[p(y | f*)] = KL(p(y | f*) || p(y)) + (1 - E[z^2 | f*]) / 2``,
+    and both terms reduce to one-dimensional pieces:
+
+    .. math::
+
+        \mathrm{KL} = \frac{\mathbb{E}_y[\Psi \log \Psi]}{\Phi(\gamma)} - \log \Phi(\gamma),
+        \qquad
+        \mathbb{E}[z^2 \mid f^\star] = 1 - \rho^2 \frac{\gamma \phi(\gamma)}{\Phi(\gamma)},
+
+    the second from the second moment of a truncated normal. Only ``E_y[Psi log Psi]`` needs
+    quadrature (Gauss–Hermite over ``y``); its integrand vanishes where ``Psi`` is 0 or 1, so
+    the quadrature stays accurate when ``Psi`` becomes a step (no noise at the target). There
+    the gain is the closed form of Wang & Jegelka, "Max-value Entropy Search for Efficient
+    Bayesian Optimization" (ICML 2017), ``gamma phi(gamma) / (2 Phi(gamma)) - log Phi(gamma)``.
+    One-dimensional quadrature per candidate: much cheaper than ``"es"``.
 
 All functions are minimization-oriented: the sampler flips the sign for maximized objectives.
 ``D`` is the number of model input columns, ``m`` the number of representer points, ``q`` the
@@ -54,6 +66,7 @@ number of candidates.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -310,13 +323,16 @@ def max_value_entropy_search(
         cond_sd = (var_1 - cross.square() / var_y).clamp_min(1e-12).sqrt()
         cond_mean = mean_1[:, None] + (cross / var_y.sqrt())[:, None] * nodes  # (q, n_quad)
         z = (cond_mean[:, None, :] - f_star) / cond_sd[:, None, None]  # (q, k, n_quad)
-        log_ratio = torch.special.log_ndtr(z) - log_phi_gamma[..., None]
-        ratio = torch.exp(log_ratio)  # p(y | f*) / p(y) at the nodes, (q, k, n_quad)
-        # H[p(y)] - H[p(y | f*)] = KL(p(y | f*) || p(y)) + (1 - E[z^2 | f*]) / 2 for the
-        # Gaussian p(y), y = mu_y + sd_y z.
-        kl = (ratio * log_ratio) @ weights  # (q, k)
-        second_moment = ratio @ (weights * nodes.square())  # (q, k)
-        return (kl + 0.5 * (1.0 - second_moment)).mean(-1).clamp_min(0.0)
+        log_psi = torch.special.log_ndtr(z)
+        # E_y[Psi log Psi] / Phi(gamma), with Psi / Phi(gamma) formed in log space.
+        ratio = torch.exp(log_psi - log_phi_gamma[..., None])  # (q, k, n_quad)
+        kl = (ratio * log_psi) @ weights - log_phi_gamma  # (q, k)
+        # (1 - E[z^2 | f*]) / 2 = rho^2 gamma phi(gamma) / (2 Phi(gamma)), exactly.
+        rho_sq = (cross.square() / (var_y * var_1)).clamp(0.0, 1.0)  # (q,)
+        log_pdf_gamma = -0.5 * gamma.square() - 0.5 * math.log(2.0 * math.pi)
+        mills = torch.exp(log_pdf_gamma - log_phi_gamma)  # phi(gamma) / Phi(gamma)
+        second_moment_term = 0.5 * rho_sq[:, None] * gamma * mills  # (q, k)
+        return (kl + second_moment_term).mean(-1).clamp_min(0.0)
 
     return gain
 

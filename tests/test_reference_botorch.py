@@ -410,22 +410,12 @@ def test_botorch_mes_reduces_to_wang_jegelka_at_noiseless_target(has_fidelity: b
     torch.testing.assert_close(botorch, closed_form, rtol=0.0, atol=BOTORCH_MES_ATOL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "optuna_isbo's 'mes' integrates Psi(y) / Phi(gamma) over y with 32 Gauss-Hermite "
-        "nodes; without noise at s = 1, Psi is a step in y, which that quadrature resolves "
-        "poorly: here off by up to 0.04 / 0.08 nats per f* sample and 6e-3 / 1.3e-2 nats "
-        "(~5%) after averaging 12 samples, instead of the documented Wang & Jegelka form"
-    ),
-)
 @pytest.mark.parametrize("has_fidelity", [False, True])
 def test_mes_matches_wang_jegelka_at_noiseless_target(has_fidelity: bool) -> None:
     """The package's docstring: "At the target fidelity without noise this is the closed form
     of Wang & Jegelka". The closed form is exact here, so the only allowed difference is the
-    package's quadrature error; 32-node Gauss-Hermite on a smooth integrand is accurate far
-    below the 1e-3 nats allowed (see ``test_mes_matches_botorch_when_noisy``)."""
+    package's quadrature of ``E_y[Psi log Psi]``, whose integrand vanishes wherever the step
+    ``Psi`` is 0 or 1: at most 1e-3 nats."""
     pkg, _, C, f_star = _mes_problem(has_fidelity=has_fidelity, noise=0.0, seed=5)
     C = _to_target(C) if has_fidelity else C
     gain = max_value_entropy_search(pkg, f_star)(C)
