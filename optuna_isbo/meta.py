@@ -111,9 +111,7 @@ from optuna_isbo.model import (
     GPModel,
     GPParams,
     _default_priors,
-    _fidelity_basis,
     _kernel,
-    _Matern52,
     _noise_var,
     condition,
     minimize_lbfgsb,
@@ -844,24 +842,6 @@ class _Layout:
         return params, weights
 
 
-def _batched_kernel(A: torch.Tensor, params: GPParams, has_fidelity: bool) -> torch.Tensor:
-    """Prior covariances ``(m, n, n)`` of ``m`` point sets ``A (m, n, D)``.
-
-    The kernel of :mod:`optuna_isbo.model` evaluated for a batch of studies at once.
-    """
-    X = A[..., :-1] if has_fidelity else A
-    if X.shape[-1] == 0:
-        corr = A.new_ones(A.shape[0], A.shape[1], A.shape[1])
-    else:
-        diff = (X.unsqueeze(-2) - X.unsqueeze(-3)) / params.lengthscales
-        corr = _Matern52.apply(diff.square().sum(-1))
-    K = params.outputscale * corr
-    if has_fidelity:
-        phi = _fidelity_basis(A[..., -1], params)
-        K = K * (1.0 + params.fidelity_beta * phi[..., :, None] * phi[..., None, :])
-    return K
-
-
 def _neg_log_ml(
     inputs: torch.Tensor,
     resid: torch.Tensor,
@@ -875,7 +855,7 @@ def _neg_log_ml(
     definite.
     """
     m, n, D = inputs.shape
-    K = _batched_kernel(inputs, params, has_fidelity)
+    K = _kernel(inputs, inputs, params, has_fidelity)
     noise = _noise_var(inputs.reshape(m * n, D), params, heteroscedastic).reshape(m, n)
     K = K + torch.diag_embed(noise + _JITTER)
     chol, info = torch.linalg.cholesky_ex(K)

@@ -92,18 +92,19 @@ def matern52(A: torch.Tensor, B: torch.Tensor, lengthscales: torch.Tensor) -> to
     Parameters
     ----------
     A, B
-        Inputs of shape ``(a, k)`` and ``(b, k)``.
+        Inputs of shape ``(..., a, k)`` and ``(..., b, k)`` with broadcastable batch shapes.
     lengthscales
         Shape ``(k,)``. With ``k = 0`` the correlation is 1 everywhere.
 
     Returns
     -------
     torch.Tensor
-        Shape ``(a, b)``.
+        Shape ``(..., a, b)``.
     """
     if A.shape[-1] == 0:
-        return A.new_ones(A.shape[0], B.shape[0])
-    diff = (A[:, None, :] - B[None, :, :]) / lengthscales
+        batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+        return A.new_ones(*batch, A.shape[-2], B.shape[-2])
+    diff = (A[..., :, None, :] - B[..., None, :, :]) / lengthscales
     r2 = diff.square().sum(-1)
     out: torch.Tensor = _Matern52.apply(r2)
     return out
@@ -354,12 +355,22 @@ def _fidelity_basis(s: torch.Tensor, params: GPParams) -> torch.Tensor:
 def _kernel(
     A: torch.Tensor, B: torch.Tensor, params: GPParams, has_fidelity: bool
 ) -> torch.Tensor:
+    """Prior covariance ``(..., a, b)`` of inputs ``A (..., a, D)`` and ``B (..., b, D)``.
+
+    ``outputscale * k_x(x, x') * (1 + beta phi(s) phi(s'))`` with the Matérn-5/2 ``k_x`` and
+    the fidelity basis ``phi(s) = (1 - s)^p`` when the last column is the fidelity ``s``.
+    Leading batch dimensions (several studies at once, :mod:`optuna_isbo.meta`) broadcast.
+    """
     if not has_fidelity:
         return params.outputscale * matern52(A, B, params.lengthscales)
-    K = matern52(A[:, :-1], B[:, :-1], params.lengthscales)
-    phi_a = _fidelity_basis(A[:, -1], params)
-    phi_b = _fidelity_basis(B[:, -1], params)
-    return params.outputscale * K * (1.0 + params.fidelity_beta * phi_a[:, None] * phi_b[None, :])
+    K = matern52(A[..., :-1], B[..., :-1], params.lengthscales)
+    phi_a = _fidelity_basis(A[..., -1], params)
+    phi_b = _fidelity_basis(B[..., -1], params)
+    return (
+        params.outputscale
+        * K
+        * (1.0 + params.fidelity_beta * phi_a[..., :, None] * phi_b[..., None, :])
+    )
 
 
 def _paired_kernel(

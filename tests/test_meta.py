@@ -552,8 +552,8 @@ def test_sampler_with_fidelity_prior_runs(mixed_prior: GPPrior) -> None:
 
 
 @pytest.mark.parametrize("has_fidelity", [False, True])
-def test_batched_kernel_matches_model_kernel(has_fidelity: bool) -> None:
-    from optuna_isbo.meta import _batched_kernel
+def test_kernel_batches_over_studies(has_fidelity: bool) -> None:
+    # fit_prior evaluates the one kernel of optuna_isbo.model for a batch of studies at once.
     from optuna_isbo.model import _kernel
 
     params = GPParams(
@@ -566,9 +566,14 @@ def test_batched_kernel_matches_model_kernel(has_fidelity: bool) -> None:
         noise_slope=torch.tensor(0.5, dtype=torch.float64),
     )
     A = torch.rand(3, 6, 3 if has_fidelity else 2, dtype=torch.float64)
-    K = _batched_kernel(A, params, has_fidelity)
+    K = _kernel(A, A, params, has_fidelity)
+    assert K.shape == (3, 6, 6)
     for j in range(3):
         torch.testing.assert_close(K[j], _kernel(A[j], A[j], params, has_fidelity))
+    # Cross-covariances broadcast too: one set of points against every study's.
+    K_cross = _kernel(A[0, :2], A, params, has_fidelity)
+    assert K_cross.shape == (3, 2, 6)
+    torch.testing.assert_close(K_cross[2], _kernel(A[0, :2], A[2], params, has_fidelity))
 
 
 # -- robustness of the loader and of the standardization --------------------------------------
