@@ -134,6 +134,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+from optuna.trial import TrialState
 
 from optuna_isbo import ISBOSampler
 
@@ -429,6 +430,14 @@ class Rec:
     params: dict[str, Any]
     value: float | None = None
     std: float | None = None
+    # ISBO: what other recommendation rules pick from the same posterior (``RULES``).
+    alternatives: dict[str, dict[str, Any]] | None = None
+
+
+# ISBO's recommendation under other values of ``max_kappa`` (the calibration factor up to
+# which configurations never run at the target may be recommended): the same trials and the
+# same posterior, so the rules are compared on identical studies.
+RULES = {"extrapolate": math.inf, "kappa<=2": 2.0, "kappa<=3": 3.0, "target-only": 0.0}
 
 
 class Driver:
@@ -514,16 +523,36 @@ class OptunaDriver(Driver):
         if not self.is_isbo:
             assert self.best.best is not None
             return Rec(self.best.best[1])
-        assert isinstance(self.sampler, ISBOSampler)
-        if hasattr(self.sampler, "recommendation"):
-            r = self.sampler.recommendation(self.study)
+        return self._isbo_recommendation()
+
+    def _isbo_recommendation(self) -> Rec:
+        """``ISBOSampler.recommendation``, step by step, with the other rules' picks.
+
+        One posterior (one fit of the objective GP, as ``recommendation`` makes) serves every
+        rule of ``RULES``; the default rule's pick is what ``recommendation`` returns.
+        """
+        from optuna_isbo.recommendation import MAX_TRUSTED_KAPPA
+        from optuna_isbo.sampler import _choose, _usable_completed_trials
+        from optuna_isbo.search_space import SearchSpace
+
+        sampler = self.sampler
+        assert isinstance(sampler, ISBOSampler)
+        search_space = sampler._joint_search_space(self.study)
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        completed = _usable_completed_trials(trials, search_space)
+        space = SearchSpace(search_space, sampler._fidelity_param, sampler._target_fidelity)
+        evidence = sampler._target_evidence(self.study, space, completed)
+        picks = {
+            name: _choose(self.study, space, completed, evidence, max_kappa)
+            for name, max_kappa in {**RULES, "default": MAX_TRUSTED_KAPPA}.items()
+        }
+        alternatives = {}
+        for name, r in picks.items():
             params = dict(r.params)
-            value = float(r.value) if r.value is not None else None
-            std = float(r.std) if r.std is not None else None
-        else:
-            params, value, std = self.sampler.recommend(self.study), None, None
-        params.pop(self.problem.fidelity, None)
-        return Rec(params, value, std)
+            params.pop(self.problem.fidelity, None)
+            alternatives[name] = params
+        r = picks["default"]
+        return Rec(alternatives.pop("default"), float(r.value), float(r.std), alternatives)
 
 
 class ScreenTopK(Driver):
@@ -814,6 +843,7 @@ def run_one(
     best = BestObserved()
     cumulative = 0.0
     rec: Rec | None = None
+    regret_rules: dict[str, list[float]] = {name: [] for name in RULES}
     out: dict[str, list[Any]] = {
         k: []
         for k in (
@@ -854,6 +884,10 @@ def run_one(
                 assert best.best is not None
                 rec = Rec(best.best[1])
             true_value = problem.target(rec.params)
+            if isinstance(driver, OptunaDriver) and driver.is_isbo:
+                for name in RULES:
+                    alt = (rec.alternatives or {}).get(name, rec.params)
+                    regret_rules[name].append(problem.target(alt) - problem.f_min)
             out["cumulative_cost"].append(cumulative)
             out["cost"].append(cost)
             out["fidelity"].append(n)
@@ -888,6 +922,7 @@ def run_one(
         "sampler_seconds": float(sum(out["seconds"])),
         "wall_seconds": time.perf_counter() - wall_start,
         "fallbacks": getattr(driver, "fallbacks", 0),
+        **({"regret_rules": regret_rules} if any(regret_rules.values()) else {}),
     }
 
 

@@ -5,15 +5,15 @@ at the target ``s = 1`` is mostly an extrapolation through the fidelity kernel, 
 kernel's hyperparameters are themselves fitted to few target-fidelity points. Two rules keep the
 recommendation honest:
 
-* **Recommend what the evidence supports.** Once any configuration has been evaluated at the
-  target, the recommendation is the target-evaluated configuration with the lowest upper end
-  of the 80% posterior interval at the target, ``mu(x, 1) + 1.28 sigma(x, 1)``
-  (:func:`choose_supported`). A configuration seen at cheap fidelities only is an
+* **Recommend what the evidence supports.** The recommendation minimizes the upper end of
+  the 80% posterior interval at the target, ``mu(x, 1) + 1.28 sigma(x, 1)``
+  (:func:`choose_supported`), over the candidates. Once any configuration has been evaluated
+  at the target, the candidates are the target-evaluated configurations, unless the model has
+  passed its checks (below): a configuration seen at cheap fidelities only is an
   extrapolation through the fidelity kernel, and a kernel fitted to biased cheap runs
-  extrapolates with confidence it has not earned; such a configuration becomes a candidate
-  by being verified (below), not by its predicted value. Before the first target evaluation
-  every configuration is a candidate. :attr:`Recommendation.n_target_evaluations` says which
-  kind of evidence the result has.
+  extrapolates with confidence it has not earned (:func:`extrapolation_trusted`). Before the
+  first target evaluation every configuration is a candidate.
+  :attr:`Recommendation.n_target_evaluations` says which kind of evidence the result has.
 
 * **Verify what the model believes.** When the configuration with the lowest ``mu(x, 1)``
   over *all* evaluated configurations has no evaluation at the target, the sampler evaluates
@@ -30,7 +30,11 @@ recommendation honest:
 * **Check the model against what it predicted.** Each verification trial compares the
   model's prediction at the target with what was then observed. When the predictions missed
   by more than their stated uncertainty, every target standard deviation is widened by that
-  factor (:func:`calibration_factor`) before the recommendation is chosen and reported.
+  factor ``kappa`` (:func:`calibration_factor`) before the recommendation is chosen and
+  reported. Extrapolations are candidates only while ``kappa <= 2`` after at least one
+  check: for a calibrated model ``kappa^2`` is a mean of ``k`` squared standard normals,
+  which exceeds 4 with probability at most ``P(chi^2_1 > 4) = 0.046`` (``k = 1``) and
+  ``0.007`` (``k = 3``).
 
 The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``,
 and the standard deviation ``kappa sqrt(var(x, 1))``, in the study's units and direction.
@@ -48,6 +52,8 @@ import torch
 _TARGET_S = 1.0 - 1e-9
 # Phi^{-1}(0.9): the upper end of a central 80% interval is mu + Z_80 sigma.
 Z_80 = 1.2815515655446004
+# The calibration factor up to which the model's extrapolations to the target are trusted.
+MAX_TRUSTED_KAPPA = 2.0
 
 
 @dataclass(frozen=True)
@@ -134,14 +140,17 @@ def choose_supported(
     mean_at_target: torch.Tensor,
     std_at_target: torch.Tensor,
     n_target: torch.Tensor | None = None,
+    *,
+    extrapolate: bool = False,
     z: float = Z_80,
 ) -> int:
     """Index of the candidate with the lowest upper bound ``mu + z sigma`` at the target.
 
-    The candidates are the configurations with at least one target evaluation, or all of them
-    while none has one (or when ``n_target`` is not given). Among candidates, a small
-    ``sigma`` (many target evaluations, little noise) is preferred to a lucky mean: ``z =
-    1.28`` is the upper end of the 80% interval that :class:`Recommendation` reports.
+    The candidates are the configurations with at least one target evaluation; all of them
+    while none has one, when ``extrapolate`` is set, or when ``n_target`` is not given. Among
+    candidates, a small ``sigma`` (target evaluations, little noise) is preferred to a lucky
+    mean: ``z = 1.28`` is the upper end of the 80% interval that :class:`Recommendation`
+    reports.
 
     Parameters
     ----------
@@ -150,13 +159,39 @@ def choose_supported(
         (minimization).
     n_target
         ``(k,)`` number of target-fidelity evaluations of each configuration.
+    extrapolate
+        Whether configurations without a target evaluation are candidates too (see
+        :func:`extrapolation_trusted`).
     z
         Weight of the standard deviation.
     """
     bound = mean_at_target + z * std_at_target
-    if n_target is not None and bool((n_target > 0).any()):
+    if not extrapolate and n_target is not None and bool((n_target > 0).any()):
         bound = torch.where(n_target > 0, bound, math.inf)
     return int(bound.argmin())
+
+
+def extrapolation_trusted(
+    kappa: float, n_checks: int, max_kappa: float = MAX_TRUSTED_KAPPA
+) -> bool:
+    """Whether configurations never run at the target may be recommended on the model's word.
+
+    Only when the model has predicted the target well where it was checked: at least one
+    verification trial, and a calibration factor of at most ``max_kappa``.
+
+    Parameters
+    ----------
+    kappa
+        :func:`calibration_factor` of the verification trials.
+    n_checks
+        Number of verification trials behind it.
+    max_kappa
+        Largest trusted factor; ``math.inf`` trusts the model even without checks, ``0``
+        never (once some configuration has target evidence).
+    """
+    if math.isinf(max_kappa):
+        return True
+    return n_checks > 0 and kappa <= max_kappa
 
 
 def calibration_factor(

@@ -397,49 +397,42 @@ class ISBOSampler(BaseSampler):
         return result
 
     def _recommendation(
-        self, study: Study, space: SearchSpace, completed: list[FrozenTrial]
+        self,
+        study: Study,
+        space: SearchSpace,
+        completed: list[FrozenTrial],
+        max_kappa: float = rec.MAX_TRUSTED_KAPPA,
     ) -> Recommendation:
-        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        evidence = self._target_evidence(study, space, completed)
+        return _choose(study, space, completed, evidence, max_kappa)
+
+    def _target_evidence(
+        self, study: Study, space: SearchSpace, completed: list[FrozenTrial]
+    ) -> _TargetEvidence | None:
+        """The model's view of every evaluated configuration at the target, or ``None``.
+
+        ``None`` when there is a single trial or the model fails (with a warning).
+        """
         X, s = space.encode_trials(completed)
         if space.fidelity_param is None:
             s = torch.ones(X.shape[0], dtype=torch.float64)
         configs = rec.group_configurations(X, s)
-        posterior = None
-        if len(completed) > 1:
-            try:
-                fit = self._fit_objective(study, space, completed)
-                posterior = _target_posterior(fit, space, configs.X)
-            except torch.linalg.LinAlgError as err:
-                warnings.warn(
-                    f"ISBOSampler's model failed ({err}); `recommend` returns the best value "
-                    "observed at the highest fidelity instead.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        if posterior is None:
-            # No model: the best value observed at the highest fidelity seen.
-            values = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
-            best = int(torch.where(s >= s.max(), values, math.inf).argmin())
-            trial = completed[best]
-            value, std = float(trial.values[0]), math.nan
-            n_target = int(rec.is_target(s[(X == X[best]).all(dim=1)]).sum())
-        else:
-            mean, sd = posterior
-            sd = sd * _calibration_factor(completed, sign)
-            k = rec.choose_supported(mean, sd, configs.n_target)
-            trial = completed[int(configs.first_index[k])]
-            value, std = sign * float(mean[k]), float(sd[k])
-            n_target = int(configs.n_target[k])
-        params = dict(trial.params)
-        if space.fidelity_param is not None:
-            params[space.fidelity_param] = space.unit_to_fidelity(1.0)
-        return Recommendation(
-            params=params,
-            value=value,
-            std=std,
-            trial_number=trial.number,
-            n_target_evaluations=n_target,
-        )
+        if len(completed) <= 1:
+            return None
+        try:
+            fit = self._fit_objective(study, space, completed)
+            mean, sd = _target_posterior(fit, space, configs.X)
+        except torch.linalg.LinAlgError as err:
+            warnings.warn(
+                f"ISBOSampler's model failed ({err}); `recommend` returns the best value "
+                "observed at the highest fidelity instead.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        kappa, n_checks = _calibration_factor(completed, sign)
+        return _TargetEvidence(configs, mean, sd * kappa, kappa, n_checks)
 
     # -- internals -------------------------------------------------------------------------
     def _startup_fidelity(self, space: SearchSpace, trial_number: int) -> float:
@@ -650,10 +643,11 @@ def _target_posterior(
     return fit.shift + fit.scale * mean, fit.scale * var.sqrt()
 
 
-def _calibration_factor(completed: list[FrozenTrial], sign: float) -> float:
+def _calibration_factor(completed: list[FrozenTrial], sign: float) -> tuple[float, int]:
     """:func:`~optuna_isbo.recommendation.calibration_factor` over the verification trials.
 
     Predictions and values are compared in minimized units (``sign = -1`` when maximizing).
+    Returns the factor and the number of verification trials behind it.
     """
     checks = []
     for t in completed:
@@ -665,9 +659,63 @@ def _calibration_factor(completed: list[FrozenTrial], sign: float) -> float:
         if isinstance(predicted, int | float) and isinstance(std, int | float):
             checks.append((sign * t.values[0], sign * float(predicted), float(std)))
     if not checks:
-        return 1.0
+        return 1.0, 0
     observed, predicted, std = torch.tensor(checks, dtype=torch.float64).T
-    return rec.calibration_factor(observed, predicted, std)
+    return rec.calibration_factor(observed, predicted, std), len(checks)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TargetEvidence:
+    """Posterior at the target of the evaluated configurations, calibrated.
+
+    ``std`` is already widened by ``kappa``; ``n_checks`` verification trials measured it.
+    """
+
+    configs: rec.Configurations
+    mean: torch.Tensor
+    std: torch.Tensor
+    kappa: float
+    n_checks: int
+
+
+def _choose(
+    study: Study,
+    space: SearchSpace,
+    completed: list[FrozenTrial],
+    evidence: _TargetEvidence | None,
+    max_kappa: float,
+) -> Recommendation:
+    """The recommendation from the model's evidence, or without a model the best value
+    observed at the highest fidelity."""
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    if evidence is None:
+        X, s = space.encode_trials(completed)
+        if space.fidelity_param is None:
+            s = torch.ones(X.shape[0], dtype=torch.float64)
+        values = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
+        best = int(torch.where(s >= s.max(), values, math.inf).argmin())
+        trial = completed[best]
+        value, std = float(trial.values[0]), math.nan
+        n_target = int(rec.is_target(s[(X == X[best]).all(dim=1)]).sum())
+    else:
+        configs = evidence.configs
+        extrapolate = rec.extrapolation_trusted(evidence.kappa, evidence.n_checks, max_kappa)
+        k = rec.choose_supported(
+            evidence.mean, evidence.std, configs.n_target, extrapolate=extrapolate
+        )
+        trial = completed[int(configs.first_index[k])]
+        value, std = sign * float(evidence.mean[k]), float(evidence.std[k])
+        n_target = int(configs.n_target[k])
+    params = dict(trial.params)
+    if space.fidelity_param is not None:
+        params[space.fidelity_param] = space.unit_to_fidelity(1.0)
+    return Recommendation(
+        params=params,
+        value=value,
+        std=std,
+        trial_number=trial.number,
+        n_target_evaluations=n_target,
+    )
 
 
 def _unique_rows(X: torch.Tensor) -> torch.Tensor:

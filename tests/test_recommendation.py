@@ -49,6 +49,17 @@ def test_choose_supported_only_among_target_evaluated() -> None:
     assert rec.choose_supported(mean, std, n_target) == 2
     # Without any target evaluation every configuration is a candidate.
     assert rec.choose_supported(mean, std, torch.zeros(3, dtype=torch.long)) == 0
+    # A model that passed its checks may recommend its extrapolation.
+    assert rec.choose_supported(mean, std, n_target, extrapolate=True) == 0
+
+
+def test_extrapolation_trusted_after_passed_checks_only() -> None:
+    assert not rec.extrapolation_trusted(1.0, 0)  # never checked
+    assert rec.extrapolation_trusted(1.0, 1)
+    assert rec.extrapolation_trusted(rec.MAX_TRUSTED_KAPPA, 3)
+    assert not rec.extrapolation_trusted(2.5, 3)  # predictions missed by 2.5 stated stds
+    assert rec.extrapolation_trusted(50.0, 0, max_kappa=math.inf)
+    assert not rec.extrapolation_trusted(1.0, 5, max_kappa=0.0)
 
 
 def test_verification_due() -> None:
