@@ -20,6 +20,10 @@ included) and the same number of startup trials (``--startup-trials``):
 - ``isbo-target``: ISBOSampler with ``fidelity_param=None`` and ``B = target``: importance
   sampling without choosing the fidelity.
 
+A run whose training loss diverges completes its trial at error 1.0 with ``isbo:diverged``
+(``examples/diverged.py``), for every method; the results recorded in
+``results/nn_tuning.jsonl`` predate this and pruned such runs instead.
+
 The budget is the study's wall clock from its start: ``study.optimize(timeout=...)`` stops
 asking, and a trial still training when the budget runs out is abandoned (it counts as failed);
 only trials that finished within the budget count. At each fraction of the budget
@@ -171,13 +175,17 @@ def make_objective(
 
         if time.perf_counter() > deadline:
             raise BudgetExhausted
-        model, issgd = digits_cnn.train(
-            params,
-            data,
-            seed=SEED_STRIDE * seed + trial.number,
-            n_steps=settings.steps,
-            callback=callback,
-        )
+        try:
+            model, issgd = digits_cnn.train(
+                params,
+                data,
+                seed=SEED_STRIDE * seed + trial.number,
+                n_steps=settings.steps,
+                callback=callback,
+            )
+        except digits_cnn.TrainingDiverged as diverged:
+            # A completed trial at the worst error, so that the sampler learns the region.
+            return digits_cnn.report_diverged(trial, diverged)
         issgd.report(trial)
         value = reported.get(settings.steps)
         return digits_cnn.error_rate(model, data.validation) if value is None else value
