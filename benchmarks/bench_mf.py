@@ -1055,6 +1055,7 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         _report_cost_to_reach(entry, methods, grid, medians)
         _report_spending(entry, methods, by_method)
         _report_coverage(entry, methods, by_method)
+        _report_rules(entry, methods, by_method, fractions)
         summary[key] = entry
         ax = axes[problems.index(problem)][costs.index(cost_model)]
         ax.set_visible(True)
@@ -1203,6 +1204,44 @@ def _report_coverage(
             "its true target value; z = (true - value) / std:\n"
         )
         print("| method | covered | fraction | median z |\n|---|---|---|---|")
+        print("\n".join(rows))
+
+
+def _report_rules(
+    entry: dict[str, Any],
+    methods: list[str],
+    by_method: dict[str, list[dict[str, Any]]],
+    fractions: Sequence[float],
+) -> None:
+    """ISBO's regret under each recommendation rule of ``RULES``, on the same studies."""
+    rows = []
+    entry["rules"] = {}
+    for m in methods:
+        rs = by_method[m]
+        if not rs or any("regret_rules" not in r for r in rs):
+            continue
+        entry["rules"][m] = {}
+        for name in RULES:
+            cells = []
+            for fraction in fractions:
+                values = []
+                for r in rs:
+                    curve = {
+                        "cumulative_cost": r["cumulative_cost"],
+                        "regret": r["regret_rules"][name],
+                    }
+                    values.append(regret_at(curve, fraction * r["budget_cost"]))
+                med, p90 = float(np.median(values)), float(_percentile(values, 90))
+                entry["rules"][m].setdefault(name, {})[str(fraction)] = [med, p90]
+                cells.append(f"{_fmt(med)} [{_fmt(p90)}]")
+            rows.append(f"| {m} | {name} | " + " | ".join(cells) + " |")
+    if rows:
+        print(
+            "\nISBO's recommendation under each rule for configurations never run at the target "
+            "(same studies): regret median [90th]\n"
+        )
+        header = " | ".join(f"{f:.0%} budget" for f in fractions)
+        print(f"| method | rule | {header} |\n|---|---|" + "---|" * len(fractions))
         print("\n".join(rows))
 
 

@@ -8,7 +8,7 @@ Both acquisitions score a candidate ``c = (x, s)`` by the information an observa
 
     \alpha(c) = \frac{I(y; \, \cdot^\star)}{\mathbb{E}[\mathrm{cost}(c)]}.
 
-``"es"`` (entropy search, the default)
+``"es"`` (entropy search)
     Information about the *location* of the minimizer, ``x* = argmin_x f(x, 1)``, discretized
     over representer points ``Z`` (Hennig & Schuler, "Entropy Search for Information-Efficient
     Global Optimization", JMLR 2012; per unit cost and across fidelities as in Swersky et al.,
@@ -29,7 +29,7 @@ Both acquisitions score a candidate ``c = (x, s)`` by the information an observa
     every candidate and quadrature node, so a candidate that carries no information about
     ``f(Z)`` gets a gain of zero up to round-off.
 
-``"mes"`` (max-value entropy search)
+``"mes"`` (max-value entropy search, the default)
     Information about the *minimum value* ``f* = min_x f(x, 1)``: the multi-fidelity max-value
     entropy search of Takeno et al., "Multi-fidelity Bayesian Optimization with Max-value Entropy
     Search and its Parallelization", ICML 2020. With ``f_1 = f(x, 1)`` and samples of ``f*``,

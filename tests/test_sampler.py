@@ -378,7 +378,7 @@ def test_user_attrs_of_startup_and_model_trials() -> None:
         assert t.user_attrs["isbo:fidelity"] == t.params[FIDELITY]
     for t in study.trials[3:]:
         attrs = t.user_attrs
-        assert attrs["isbo:acquisition"] == "es"
+        assert attrs["isbo:acquisition"] == "mes"  # the default
         assert attrs["isbo:predicted_cost_seconds"] > 0
         assert attrs["isbo:information_gain_nats"] >= 0
         assert math.isfinite(attrs["isbo:acquisition_value"])
