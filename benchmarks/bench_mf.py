@@ -434,10 +434,10 @@ class Rec:
     alternatives: dict[str, dict[str, Any]] | None = None
 
 
-# ISBO's recommendation under other values of ``max_kappa`` (the calibration factor up to
-# which configurations never run at the target may be recommended): the same trials and the
-# same posterior, so the rules are compared on identical studies.
-RULES = {"extrapolate": math.inf, "kappa<=2": 2.0, "kappa<=3": 3.0, "target-only": 0.0}
+# ISBO's recommendation under each fixed rule of ``optuna_isbo.recommendation.Rule``, next to
+# the default, which picks the rule from the verification checks: the same trials and the same
+# posterior, so the rules are compared on identical studies.
+RULES = ("extrapolate", "supported", "observed")
 
 
 class Driver:
@@ -495,6 +495,9 @@ class OptunaDriver(Driver):
             raise ValueError(f"Unknown Optuna method {method!r}.")
         self.study = optuna.create_study(sampler=self.sampler)
         self.best = BestObserved()
+        # ISBO: calibration factor and rule of the latest recommendation.
+        self.kappa: float | None = None
+        self.rule: str | None = None
         self._trial: optuna.Trial | None = None
         self._params: dict[str, Any] = {}
         self._n = 0
@@ -531,7 +534,7 @@ class OptunaDriver(Driver):
         One posterior (one fit of the objective GP, as ``recommendation`` makes) serves every
         rule of ``RULES``; the default rule's pick is what ``recommendation`` returns.
         """
-        from optuna_isbo.recommendation import MAX_TRUSTED_KAPPA
+        from optuna_isbo.recommendation import recommendation_rule
         from optuna_isbo.sampler import _choose, _usable_completed_trials
         from optuna_isbo.search_space import SearchSpace
 
@@ -542,9 +545,15 @@ class OptunaDriver(Driver):
         completed = _usable_completed_trials(trials, search_space)
         space = SearchSpace(search_space, sampler._fidelity_param, sampler._target_fidelity)
         evidence = sampler._target_evidence(self.study, space, completed)
+        default = None
+        if evidence is not None:
+            default = recommendation_rule(evidence.kappa, evidence.n_checks)
+        self.kappa = None if evidence is None else evidence.kappa
+        self.rule = default
+        rules: dict[str, Any] = {name: name for name in RULES}
         picks = {
-            name: _choose(self.study, space, completed, evidence, max_kappa)
-            for name, max_kappa in {**RULES, "default": MAX_TRUSTED_KAPPA}.items()
+            name: _choose(self.study, space, completed, evidence, rule)
+            for name, rule in {**rules, "default": default}.items()
         }
         alternatives = {}
         for name, r in picks.items():
@@ -844,6 +853,7 @@ def run_one(
     cumulative = 0.0
     rec: Rec | None = None
     regret_rules: dict[str, list[float]] = {name: [] for name in RULES}
+    isbo_state: dict[str, list[Any]] = {"kappa": [], "rule": []}
     out: dict[str, list[Any]] = {
         k: []
         for k in (
@@ -885,6 +895,8 @@ def run_one(
                 rec = Rec(best.best[1])
             true_value = problem.target(rec.params)
             if isinstance(driver, OptunaDriver) and driver.is_isbo:
+                isbo_state["kappa"].append(driver.kappa)
+                isbo_state["rule"].append(driver.rule)
                 for name in RULES:
                     alt = (rec.alternatives or {}).get(name, rec.params)
                     regret_rules[name].append(problem.target(alt) - problem.f_min)
@@ -922,7 +934,7 @@ def run_one(
         "sampler_seconds": float(sum(out["seconds"])),
         "wall_seconds": time.perf_counter() - wall_start,
         "fallbacks": getattr(driver, "fallbacks", 0),
-        **({"regret_rules": regret_rules} if any(regret_rules.values()) else {}),
+        **({"regret_rules": regret_rules, **isbo_state} if any(regret_rules.values()) else {}),
     }
 
 

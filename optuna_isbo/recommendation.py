@@ -11,8 +11,10 @@ recommendation honest:
   at the target, the candidates are the target-evaluated configurations, unless the model has
   passed its checks (below): a configuration seen at cheap fidelities only is an
   extrapolation through the fidelity kernel, and a kernel fitted to biased cheap runs
-  extrapolates with confidence it has not earned (:func:`extrapolation_trusted`). Before the
-  first target evaluation every configuration is a candidate.
+  extrapolates with confidence it has not earned. A model that failed its checks is not used
+  to rank at all: the recommendation is then the configuration with the best observed target
+  value (:func:`recommendation_rule`). Before the first target evaluation every configuration
+  is a candidate.
   :attr:`Recommendation.n_target_evaluations` says which kind of evidence the result has.
 
 * **Verify what the model believes.** When the configuration with the lowest ``mu(x, 1)``
@@ -31,20 +33,21 @@ recommendation honest:
   model's prediction at the target with what was then observed. When the predictions missed
   by more than their stated uncertainty, every target standard deviation is widened by that
   factor ``kappa`` (:func:`calibration_factor`) before the recommendation is chosen and
-  reported. Extrapolations are candidates only while ``kappa <= 2`` after at least one
-  check: for a calibrated model ``kappa^2`` is a mean of ``k`` squared standard normals,
-  which exceeds 4 with probability at most ``P(chi^2_1 > 4) = 0.046`` (``k = 1``) and
-  ``0.007`` (``k = 3``).
+  reported. The model's word counts (extrapolations are candidates) while ``kappa <= 2``
+  after at least one check; beyond, the observed target values decide. For a calibrated
+  model ``kappa^2`` is a mean of ``k`` squared standard normals, which exceeds 4 with
+  probability at most ``P(chi^2_1 > 4) = 0.046`` (``k = 1``) and ``0.007`` (``k = 3``).
 
-The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``,
-and the standard deviation ``kappa sqrt(var(x, 1))``, in the study's units and direction.
+The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``
+(the mean observed target value under the ``"observed"`` rule), and the standard deviation
+``kappa sqrt(var(x, 1))``, in the study's units and direction.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -104,11 +107,14 @@ class Configurations:
         ``(k,)`` index into the inputs of the first evaluation of each configuration.
     n_target
         ``(k,)`` number of evaluations of each configuration at the target fidelity.
+    index
+        ``(n,)`` the configuration of each evaluation.
     """
 
     X: torch.Tensor
     first_index: torch.Tensor
     n_target: torch.Tensor
+    index: torch.Tensor
 
 
 def group_configurations(X: torch.Tensor, s: torch.Tensor) -> Configurations:
@@ -133,7 +139,7 @@ def group_configurations(X: torch.Tensor, s: torch.Tensor) -> Configurations:
     first = torch.full((k,), n, dtype=torch.long).scatter_reduce(0, inverse, order, reduce="amin")
     at_target = is_target(s).to(torch.long)
     n_target = torch.zeros(k, dtype=torch.long).scatter_add(0, inverse, at_target)
-    return Configurations(X=configs, first_index=first, n_target=n_target)
+    return Configurations(X=configs, first_index=first, n_target=n_target, index=inverse)
 
 
 def choose_supported(
@@ -161,7 +167,7 @@ def choose_supported(
         ``(k,)`` number of target-fidelity evaluations of each configuration.
     extrapolate
         Whether configurations without a target evaluation are candidates too (see
-        :func:`extrapolation_trusted`).
+        :func:`recommendation_rule`).
     z
         Weight of the standard deviation.
     """
@@ -171,13 +177,21 @@ def choose_supported(
     return int(bound.argmin())
 
 
-def extrapolation_trusted(
-    kappa: float, n_checks: int, max_kappa: float = MAX_TRUSTED_KAPPA
-) -> bool:
-    """Whether configurations never run at the target may be recommended on the model's word.
+Rule = Literal["extrapolate", "supported", "observed"]
 
-    Only when the model has predicted the target well where it was checked: at least one
-    verification trial, and a calibration factor of at most ``max_kappa``.
+
+def recommendation_rule(kappa: float, n_checks: int, max_kappa: float = MAX_TRUSTED_KAPPA) -> Rule:
+    """How far the model's word is taken, from how its target predictions fared.
+
+    * ``"extrapolate"``: the model passed its checks (at least one verification trial and a
+      calibration factor of at most ``max_kappa``); every evaluated configuration is a
+      candidate, ranked by the model.
+    * ``"supported"``: not checked yet; only configurations with target evaluations are
+      candidates, ranked by the model.
+    * ``"observed"``: the model failed its checks (``kappa > max_kappa``). A model that
+      mispredicted the target where it was checked also misfits the target observations it has
+      (it reconciles them with biased cheap ones), so its ranking is not used: the candidate is
+      the configuration with the best mean observed value at the target.
 
     Parameters
     ----------
@@ -186,12 +200,37 @@ def extrapolation_trusted(
     n_checks
         Number of verification trials behind it.
     max_kappa
-        Largest trusted factor; ``math.inf`` trusts the model even without checks, ``0``
-        never (once some configuration has target evidence).
+        Largest trusted factor.
     """
-    if math.isinf(max_kappa):
-        return True
-    return n_checks > 0 and kappa <= max_kappa
+    if n_checks == 0:
+        return "supported"
+    return "extrapolate" if kappa <= max_kappa else "observed"
+
+
+def best_observed_at_target(configs: Configurations, s: torch.Tensor, y: torch.Tensor) -> int:
+    """Index of the configuration with the lowest mean observed value at the target.
+
+    Parameters
+    ----------
+    configs
+        :func:`group_configurations` of the evaluations.
+    s, y
+        ``(n,)`` fidelities and values (minimization) of the evaluations.
+
+    Raises
+    ------
+    ValueError
+        If no evaluation is at the target.
+    """
+    at_target = is_target(s)
+    if not bool(at_target.any()):
+        raise ValueError("No evaluation at the target fidelity.")
+    k = configs.X.shape[0]
+    total = torch.zeros(k, dtype=y.dtype).scatter_add(
+        0, configs.index, torch.where(at_target, y, 0)
+    )
+    mean = torch.where(configs.n_target > 0, total / configs.n_target.clamp_min(1), math.inf)
+    return int(mean.argmin())
 
 
 def calibration_factor(

@@ -403,10 +403,14 @@ class ISBOSampler(BaseSampler):
         study: Study,
         space: SearchSpace,
         completed: list[FrozenTrial],
-        max_kappa: float = rec.MAX_TRUSTED_KAPPA,
     ) -> Recommendation:
         evidence = self._target_evidence(study, space, completed)
-        return _choose(study, space, completed, evidence, max_kappa)
+        rule = (
+            None
+            if evidence is None
+            else rec.recommendation_rule(evidence.kappa, evidence.n_checks)
+        )
+        return _choose(study, space, completed, evidence, rule)
 
     def _target_evidence(
         self, study: Study, space: SearchSpace, completed: list[FrozenTrial]
@@ -685,28 +689,35 @@ def _choose(
     space: SearchSpace,
     completed: list[FrozenTrial],
     evidence: _TargetEvidence | None,
-    max_kappa: float,
+    rule: rec.Rule | None,
 ) -> Recommendation:
-    """The recommendation from the model's evidence, or without a model the best value
-    observed at the highest fidelity."""
+    """The recommendation under ``rule`` (:func:`~optuna_isbo.recommendation.recommendation_rule`).
+
+    Without a model (``evidence`` is ``None``), the best value observed at the highest fidelity.
+    """
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    X, s = space.encode_trials(completed)
+    if space.fidelity_param is None:
+        s = torch.ones(X.shape[0], dtype=torch.float64)
+    y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
     if evidence is None:
-        X, s = space.encode_trials(completed)
-        if space.fidelity_param is None:
-            s = torch.ones(X.shape[0], dtype=torch.float64)
-        values = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
-        best = int(torch.where(s >= s.max(), values, math.inf).argmin())
+        best = int(torch.where(s >= s.max(), y, math.inf).argmin())
         trial = completed[best]
         value, std = float(trial.values[0]), math.nan
         n_target = int(rec.is_target(s[(X == X[best]).all(dim=1)]).sum())
     else:
         configs = evidence.configs
-        extrapolate = rec.extrapolation_trusted(evidence.kappa, evidence.n_checks, max_kappa)
-        k = rec.choose_supported(
-            evidence.mean, evidence.std, configs.n_target, extrapolate=extrapolate
-        )
+        if rule == "observed" and bool(rec.is_target(s).any()):
+            k = rec.best_observed_at_target(configs, s, y)
+            at_k = rec.is_target(s) & (configs.index == k)
+            value = sign * float(y[at_k].mean())
+        else:
+            k = rec.choose_supported(
+                evidence.mean, evidence.std, configs.n_target, extrapolate=rule == "extrapolate"
+            )
+            value = sign * float(evidence.mean[k])
         trial = completed[int(configs.first_index[k])]
-        value, std = sign * float(evidence.mean[k]), float(evidence.std[k])
+        std = float(evidence.std[k])
         n_target = int(configs.n_target[k])
     params = dict(trial.params)
     if space.fidelity_param is not None:

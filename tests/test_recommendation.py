@@ -53,13 +53,26 @@ def test_choose_supported_only_among_target_evaluated() -> None:
     assert rec.choose_supported(mean, std, n_target, extrapolate=True) == 0
 
 
-def test_extrapolation_trusted_after_passed_checks_only() -> None:
-    assert not rec.extrapolation_trusted(1.0, 0)  # never checked
-    assert rec.extrapolation_trusted(1.0, 1)
-    assert rec.extrapolation_trusted(rec.MAX_TRUSTED_KAPPA, 3)
-    assert not rec.extrapolation_trusted(2.5, 3)  # predictions missed by 2.5 stated stds
-    assert rec.extrapolation_trusted(50.0, 0, max_kappa=math.inf)
-    assert not rec.extrapolation_trusted(1.0, 5, max_kappa=0.0)
+def test_recommendation_rule_follows_the_checks() -> None:
+    assert rec.recommendation_rule(1.0, 0) == "supported"  # never checked
+    assert rec.recommendation_rule(50.0, 0) == "supported"
+    assert rec.recommendation_rule(1.0, 1) == "extrapolate"
+    assert rec.recommendation_rule(rec.MAX_TRUSTED_KAPPA, 3) == "extrapolate"
+    assert rec.recommendation_rule(2.5, 3) == "observed"  # missed by 2.5 stated stds
+    assert rec.recommendation_rule(1.5, 3, max_kappa=1.0) == "observed"
+
+
+def test_best_observed_at_target_averages_each_configuration() -> None:
+    X = torch.tensor([[0.1], [0.1], [0.5], [0.5], [0.9]], dtype=torch.float64)
+    s = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    y = torch.tensor([0.0, 2.0, 1.5, -9.0, -9.0], dtype=torch.float64)
+    configs = rec.group_configurations(X, s)
+    # Config 0.1: mean 1.0 over its two target runs; 0.5: 1.5 (its cheap -9 does not count);
+    # 0.9 was never run at the target.
+    k = rec.best_observed_at_target(configs, s, y)
+    assert configs.X[k].tolist() == [0.1]
+    with pytest.raises(ValueError, match="target"):
+        rec.best_observed_at_target(configs, torch.zeros(5, dtype=torch.float64), y)
 
 
 def test_verification_due() -> None:
