@@ -130,7 +130,15 @@ class ISBOSampler(BaseSampler):
       (``startup``, ``model``, ``verify`` or ``fallback``), ``isbo:fidelity``, and after
       startup ``isbo:predicted_cost_seconds``, ``isbo:predicted_value_at_target`` with
       ``isbo:predicted_std_at_target``, and for ``model`` trials
-      ``isbo:information_gain_nats`` and ``isbo:acquisition_value`` (nats per second).
+      ``isbo:information_gain_nats``, ``isbo:acquisition_value`` (nats per second),
+      ``isbo:calibration_factor`` and ``isbo:n_target_checks``.
+    - The model is checked against the target: every verification trial, and every
+      model-chosen trial at the target, compares the prediction made before it ran with what
+      was observed (:func:`optuna_isbo.recommendation.calibration_factor`). When the
+      predictions missed by more than twice their stated standard deviation (root mean square),
+      the cheaper fidelities misled the model: the acquisition then chooses among target
+      evaluations only, and :meth:`recommendation` goes by observed target values, until the
+      checks recover (:func:`optuna_isbo.recommendation.recommendation_rule`).
     - A trial's cost is :func:`optuna_isbo.cost.trial_cost_seconds`: the larger of
       ``cost_attr`` and the trial's duration, which includes the sampler's own time. Where
       durations decide the cost, the sampler's choices depend on measured times, so a rerun
@@ -437,7 +445,7 @@ class ISBOSampler(BaseSampler):
             )
             return None
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-        kappa, n_checks = _calibration_factor(completed, sign)
+        kappa, n_checks = _calibration_factor(completed, sign, rec.is_target(s))
         return _TargetEvidence(configs, mean, sd * kappa, kappa, n_checks)
 
     # -- internals -------------------------------------------------------------------------
@@ -574,6 +582,16 @@ class ISBOSampler(BaseSampler):
         if self._consider_running_trials and pending.shape[0] > 0:
             model = model.with_pending(pending)
 
+        # A model that mispredicted the target where it was checked has been misled by the
+        # cheaper fidelities: until its checks recover, it is asked about the target only.
+        fidelity_grid = space.fidelity_grid(self._n_fidelities)
+        kappa, n_checks = 1.0, 0
+        if has_fidelity:
+            sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+            kappa, n_checks = _calibration_factor(completed, sign, rec.is_target(inputs[:, -1]))
+            if rec.recommendation_rule(kappa, n_checks) == "observed":
+                fidelity_grid = fidelity_grid[-1:]
+
         # Representer points at the target fidelity: Sobol points, the evaluated
         # configurations, and local moves around the best of them.
         X_seen = _unique_rows(inputs[:, : space.dim])
@@ -603,7 +621,7 @@ class ISBOSampler(BaseSampler):
         best = maximize_acquisition(
             value,
             space,
-            fidelity_grid=space.fidelity_grid(self._n_fidelities),
+            fidelity_grid=fidelity_grid,
             seed_points=seed_points,
             generator=generator,
             sobol_seed=(ask_seed + 1) % (2**31),
@@ -618,6 +636,8 @@ class ISBOSampler(BaseSampler):
             "predicted_cost_seconds": float(cost_model.expected_seconds(chosen)[0]),
             "predicted_value_at_target": fit.value_of(float(mean[0]), study),
             "predicted_std_at_target": fit.scale * float(var[0].sqrt()),
+            "calibration_factor": kappa,
+            "n_target_checks": n_checks,
         }
         return space.decode(best.x, best.s), attrs
 
@@ -649,16 +669,21 @@ def _target_posterior(
     return fit.shift + fit.scale * mean, fit.scale * var.sqrt()
 
 
-def _calibration_factor(completed: list[FrozenTrial], sign: float) -> tuple[float, int]:
-    """:func:`~optuna_isbo.recommendation.calibration_factor` over the verification trials.
+def _calibration_factor(
+    completed: list[FrozenTrial], sign: float, at_target: torch.Tensor
+) -> tuple[float, int]:
+    """:func:`~optuna_isbo.recommendation.calibration_factor` over the model's target checks.
 
+    A check is a trial run at the target whose value the model predicted before it ran: every
+    verification trial, and every model-chosen trial at the target (``at_target``, ``(n,)``).
     Predictions and values are compared in minimized units (``sign = -1`` when maximizing).
-    Returns the factor and the number of verification trials behind it.
+    Returns the factor and the number of checks behind it.
     """
     checks = []
-    for t in completed:
+    for t, target in zip(completed, at_target.tolist(), strict=True):
         attrs = t.user_attrs
-        if attrs.get(ATTR_PREFIX + "phase") != "verify":
+        phase = attrs.get(ATTR_PREFIX + "phase")
+        if not (phase == "verify" or (phase == "model" and target)):
             continue
         predicted = attrs.get(ATTR_PREFIX + "predicted_value_at_target")
         std = attrs.get(ATTR_PREFIX + "predicted_std_at_target")

@@ -328,3 +328,46 @@ def test_recommendation_needs_target_evidence_once_there_is_some() -> None:
     assert recommendation.n_target_evaluations >= 1
     assert recommendation.params["x"] in (0.5, 0.9)
     assert recommendation.params[FIDELITY] == 256
+
+
+def test_failed_checks_send_the_model_to_the_target_fidelity() -> None:
+    def next_trial(verify_attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
+        sampler = ISBOSampler(seed=0, n_startup_trials=0, verify_cost_fraction=0.0)
+        study = optuna.create_study(sampler=sampler)
+        rows = [(0.1, 16, 1.0), (0.3, 16, 0.2), (0.5, 16, 0.6), (0.7, 16, 1.2), (0.3, 256, 0.25)]
+        for i, (x, b, v) in enumerate(rows):
+            study.add_trial(
+                create_trial(
+                    value=v,
+                    params={"x": x, FIDELITY: b},
+                    distributions={"x": X_DIST, FIDELITY: B_DIST},
+                    user_attrs={"isbo:cost": 1.0 if b == 16 else 20.0}
+                    | (verify_attrs if i == len(rows) - 1 else {}),
+                )
+            )
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        trial.suggest_int(FIDELITY, 16, 256, log=True)
+        return study._storage.get_trial(trial._trial_id)
+
+    # The verification had been predicted at 0.25 - 8 * 0.01: the cheap runs misled the model.
+    missed = next_trial(
+        {
+            "isbo:phase": "verify",
+            "isbo:predicted_value_at_target": 0.25 - 0.08,
+            "isbo:predicted_std_at_target": 0.01,
+        }
+    )
+    assert missed.user_attrs["isbo:phase"] == "model"
+    assert missed.user_attrs["isbo:calibration_factor"] == pytest.approx(8.0)
+    assert missed.params[FIDELITY] == 256
+    # A check the model passed leaves the cheap fidelities open (20x cheaper here).
+    passed = next_trial(
+        {
+            "isbo:phase": "verify",
+            "isbo:predicted_value_at_target": 0.25,
+            "isbo:predicted_std_at_target": 0.01,
+        }
+    )
+    assert passed.user_attrs["isbo:calibration_factor"] == 1.0
+    assert passed.params[FIDELITY] < 256
