@@ -199,45 +199,48 @@ class SearchSpace:
     fidelity parameter, if any, to a scalar ``s`` in ``[0, 1]`` on a log scale; see the module
     docstring for the exact maps.
 
-    Args:
-        distributions:
-            Parameter name to distribution, e.g. the relative search space of a sampler. Float,
-            int (both with or without ``log`` and ``step``) and categorical distributions are
-            supported.
-        fidelity_param:
-            Name of the fidelity parameter, an int or float distribution with ``low > 0``
-            (linear or log: the fidelity is always encoded on a log scale). When ``None``, when
-            the name is not in ``distributions``, or when its lowest value equals the target
-            fidelity, the space has no fidelity axis: :attr:`fidelity_param` is ``None``, the
-            parameter (if present) is encoded like any other hyperparameter, and every point is
-            at ``s = 1``.
-        target_fidelity:
-            The fidelity that the optimization is about (``s = 1``). Defaults to the
-            distribution's ``high``; must be one of the distribution's values.
+    Parameters
+    ----------
+    distributions
+        Parameter name to distribution, e.g. the relative search space of a sampler. Float,
+        int (both with or without ``log`` and ``step``) and categorical distributions are
+        supported.
+    fidelity_param
+        Name of the fidelity parameter, an int or float distribution with ``low > 0``
+        (linear or log: the fidelity is always encoded on a log scale). When ``None``, when
+        the name is not in ``distributions``, or when its lowest value equals the target
+        fidelity, the space has no fidelity axis: :attr:`fidelity_param` is ``None``, the
+        parameter (if present) is encoded like any other hyperparameter, and every point is
+        at ``s = 1``.
+    target_fidelity
+        The fidelity that the optimization is about (``s = 1``). Defaults to the
+        distribution's ``high``; must be one of the distribution's values.
 
-    Raises:
-        ValueError:
-            If ``fidelity_param`` names a categorical distribution, if its ``low`` is not
-            positive, or if ``target_fidelity`` is not a value of its distribution.
+    Raises
+    ------
+    ValueError
+        If ``fidelity_param`` names a categorical distribution, if its ``low`` is not
+        positive, or if ``target_fidelity`` is not a value of its distribution.
 
-    Attributes:
-        names:
-            Hyperparameter names in the order of their columns in ``x`` (sorted), the fidelity
-            parameter excluded. Parameters with a single possible value are included but own
-            no column.
-        fidelity_param:
-            Name of the fidelity parameter, or ``None`` when there is no fidelity axis.
-        dim:
-            Number of columns of ``x``.
-        fidelity_low, target_fidelity:
-            Lowest and target fidelity values (``nan`` when there is no fidelity axis).
-        continuous_mask:
-            Tensor of shape ``(dim,)``, bool: the columns of float parameters without a step,
-            which may be refined continuously.
-        categorical_slices:
-            One slice of columns per categorical parameter (its one-hot block).
-        param_columns:
-            Parameter name to its slice of columns (empty for single-valued parameters).
+    Attributes
+    ----------
+    names
+        Hyperparameter names in the order of their columns in ``x`` (sorted), the fidelity
+        parameter excluded. Parameters with a single possible value are included but own
+        no column.
+    fidelity_param
+        Name of the fidelity parameter, or ``None`` when there is no fidelity axis.
+    dim
+        Number of columns of ``x``.
+    fidelity_low, target_fidelity
+        Lowest and target fidelity values (``nan`` when there is no fidelity axis).
+    continuous_mask
+        Tensor of shape ``(dim,)``, bool: the columns of float parameters without a step,
+        which may be refined continuously.
+    categorical_slices
+        One slice of columns per categorical parameter (its one-hot block).
+    param_columns
+        Parameter name to its slice of columns (empty for single-valued parameters).
     """
 
     def __init__(
@@ -317,8 +320,10 @@ class SearchSpace:
 
         Values are clipped to ``[fidelity_low, target_fidelity]`` first.
 
-        Raises:
-            ValueError: If the space has no fidelity axis.
+        Raises
+        ------
+        ValueError
+            If the space has no fidelity axis.
         """
         self._check_has_fidelity()
         value = min(max(float(value), self.fidelity_low), self.target_fidelity)
@@ -331,8 +336,10 @@ class SearchSpace:
         ``s`` is clipped to ``[0, 1]``; the value is rounded to the distribution's grid (nearest
         int, or nearest step) when it has one.
 
-        Raises:
-            ValueError: If the space has no fidelity axis.
+        Raises
+        ------
+        ValueError
+            If the space has no fidelity axis.
         """
         distribution = self._check_has_fidelity()
         s = min(max(float(s), 0.0), 1.0)
@@ -354,10 +361,14 @@ class SearchSpace:
     def fidelity_grid(self, n_max: int) -> torch.Tensor:
         """Candidate fidelities, as ``s`` values.
 
-        Args:
-            n_max: Largest number of values to return.
+        Parameters
+        ----------
+        n_max
+            Largest number of values to return.
 
-        Returns:
+        Returns
+        -------
+        torch.Tensor
             Tensor of shape ``(m,)`` with ``1 <= m <= n_max``, increasing, ending at ``1.0``,
             whose entries decode to distinct valid fidelity values. When the distribution has at
             most ``n_max`` values up to the target, all of them; otherwise ``n_max`` values
@@ -388,11 +399,15 @@ class SearchSpace:
     def encode_params(self, params: dict[str, Any]) -> tuple[torch.Tensor, float]:
         """Encode one parameter dictionary.
 
-        Args:
-            params: Parameter values (external representation); must contain every name in
-                :attr:`names` and the fidelity parameter, if any. Other keys are ignored.
+        Parameters
+        ----------
+        params
+            Parameter values (external representation); must contain every name in
+            :attr:`names` and the fidelity parameter, if any. Other keys are ignored.
 
-        Returns:
+        Returns
+        -------
+        tuple
             ``x`` of shape ``(dim,)`` and the fidelity ``s`` (``1.0`` without a fidelity axis).
         """
         x = torch.empty(self.dim, dtype=_DTYPE)
@@ -425,11 +440,15 @@ class SearchSpace:
     def encode_trials(self, trials: Sequence[FrozenTrial]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the parameters of trials.
 
-        Args:
-            trials: Trials whose ``params`` contain every name in :attr:`names` and the
-                fidelity parameter, if any.
+        Parameters
+        ----------
+        trials
+            Trials whose ``params`` contain every name in :attr:`names` and the
+            fidelity parameter, if any.
 
-        Returns:
+        Returns
+        -------
+        tuple
             ``X`` of shape ``(n, dim)`` and ``s`` of shape ``(n,)``, ``n = len(trials)``.
         """
         X = torch.empty(len(trials), self.dim, dtype=_DTYPE)
@@ -449,11 +468,16 @@ class SearchSpace:
     def decode(self, x: torch.Tensor, s: float) -> dict[str, Any]:
         """Decode a point to valid parameter values.
 
-        Args:
-            x: Tensor of shape ``(dim,)``; need not be snapped.
-            s: Fidelity in ``[0, 1]``; ignored without a fidelity axis.
+        Parameters
+        ----------
+        x
+            Tensor of shape ``(dim,)``; need not be snapped.
+        s
+            Fidelity in ``[0, 1]``; ignored without a fidelity axis.
 
-        Returns:
+        Returns
+        -------
+        dict
             Parameter name to a value that its distribution contains, for every name in
             :attr:`names` and for the fidelity parameter, if any.
         """
@@ -488,10 +512,14 @@ class SearchSpace:
         their grid value, and each one-hot block becomes the one-hot vector of its argmax.
         ``snap`` is idempotent, and ``decode(snap(X)[i], s) == decode(X[i], s)``.
 
-        Args:
-            X: Tensor of shape ``(n, dim)``.
+        Parameters
+        ----------
+        X
+            Tensor of shape ``(n, dim)``.
 
-        Returns:
+        Returns
+        -------
+        torch.Tensor
             Tensor of shape ``(n, dim)``, float64.
         """
         if X.dim() != 2 or X.shape[1] != self.dim:
@@ -519,11 +547,16 @@ class SearchSpace:
         parameter with ``C`` choices takes choice ``floor(C u)``, so that every choice is equally
         likely.
 
-        Args:
-            n: Number of points.
-            seed: Seed of the scrambling.
+        Parameters
+        ----------
+        n
+            Number of points.
+        seed
+            Seed of the scrambling.
 
-        Returns:
+        Returns
+        -------
+        torch.Tensor
             Tensor of shape ``(n, dim)``, each row a snapped point.
         """
         active = [param for param in self._params if param.kind != _Kind.SINGLE]

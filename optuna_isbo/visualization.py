@@ -202,41 +202,45 @@ def plot_cost_history(
     trials without the fidelity parameter are grey. A step line shows the best value so far,
     respecting the study direction.
 
-    Example:
+    Example
+    -------
+    .. code::
 
-        .. code::
+        import optuna
+        from optuna_isbo import ISBOSampler
+        from optuna_isbo.visualization import plot_cost_history
 
-            import optuna
-            from optuna_isbo import ISBOSampler
-            from optuna_isbo.visualization import plot_cost_history
+        study = optuna.create_study(sampler=ISBOSampler())
+        study.optimize(objective, n_trials=30)
+        plot_cost_history(study).show()
 
-            study = optuna.create_study(sampler=ISBOSampler())
-            study.optimize(objective, n_trials=30)
-            plot_cost_history(study).show()
+    Parameters
+    ----------
+    study
+        A single-objective :class:`~optuna.study.Study`.
+    cost_attr
+        User attribute holding each trial's cost in seconds. Trials without it count their
+        duration (``datetime_complete - datetime_start``) instead.
+    fidelity_param
+        Name of the fidelity parameter that colours the markers.
+    target_name
+        Label of the objective on the y axis and in the legend.
 
-    Args:
-        study:
-            A single-objective :class:`~optuna.study.Study`.
-        cost_attr:
-            User attribute holding each trial's cost in seconds. Trials without it count their
-            duration (``datetime_complete - datetime_start``) instead.
-        fidelity_param:
-            Name of the fidelity parameter that colours the markers.
-        target_name:
-            Label of the objective on the y axis and in the legend.
-
-    Returns:
+    Returns
+    -------
+    plotly.graph_objects.Figure
         A :class:`plotly.graph_objects.Figure`. Its first trace holds the markers of trials with
         the fidelity parameter, an optional grey trace those without it, and the last trace the
         best-value line. A study without completed trials gives a figure without traces and a
         logged warning.
 
-    Raises:
-        ValueError:
-            If ``study`` is multi-objective, if a cost attribute is not a finite non-negative
-            number, or if a fidelity value is not numeric.
-        ImportError:
-            If plotly is not installed.
+    Raises
+    ------
+    ValueError
+        If ``study`` is multi-objective, if a cost attribute is not a finite non-negative
+        number, or if a fidelity value is not numeric.
+    ImportError
+        If plotly is not installed.
     """
     _import_plotly()
     info = _get_cost_history_info(study, cost_attr, fidelity_param)
