@@ -211,10 +211,10 @@ class ScheduleScheduler:
 
     Parameters
     ----------
-    optimizer:
+    optimizer
         A :class:`torch.optim.SGD` with ``dampening=0``, ``nesterov=False`` and
         ``maximize=False``; every parameter group receives the same values.
-    schedules:
+    schedules
         The schedules to replay.
 
     Examples
