@@ -106,13 +106,13 @@ class Schedules:
 
     Parameters
     ----------
-    lr:
+    lr
         Learning rate of each block, length ``n_blocks``.
-    momentum:
+    momentum
         Momentum of each block, length ``n_blocks``, each in ``[0, 1)``.
-    weight_decay:
+    weight_decay
         Coupled (L2) weight decay of each block, length ``n_blocks``.
-    n_steps:
+    n_steps
         Number of optimizer steps the schedules cover; a multiple of ``n_blocks``.
     """
 
@@ -277,22 +277,22 @@ class HypergradientResult:
 
     Attributes
     ----------
-    hypergradient:
+    hypergradient
         ``(3, n_blocks)`` derivative of the validation loss at the end of the run with respect
         to the schedules, rows ordered as ``HYPERPARAMETER_NAMES``; rows of hyperparameters
         that were not differentiated are zero. NaN where the run diverged.
-    val_loss:
+    val_loss
         Validation loss at the final parameters (``nan`` when the run diverged).
-    train_loss:
+    train_loss
         Minibatch loss of the last step taken.
-    params:
+    params
         ``(n_params,)`` final trainable parameters (``requires_grad=True``), flattened in
         ``model.named_parameters()`` order; frozen parameters are not included.
-    velocity:
+    velocity
         ``(n_params,)`` final momentum buffer of the trainable parameters.
-    tangents:
+    tangents
         ``(3, n_blocks, n_params)`` final :math:`Z_T = d\\theta_T / d h`.
-    diverged:
+    diverged
         Whether a training loss, the validation loss or the hypergradient was not finite.
     """
 
@@ -311,17 +311,17 @@ class OuterStep:
 
     Attributes
     ----------
-    index:
+    index
         0-based outer step.
-    schedules:
+    schedules
         Schedules evaluated at this outer step.
-    val_loss:
+    val_loss
         Validation loss they reached (``nan`` when the run diverged).
-    hypergradient:
+    hypergradient
         ``(3, n_blocks)`` hypergradient, NaN when the run diverged.
-    accepted:
+    accepted
         Whether the step was accepted (finite loss and hypergradient).
-    elapsed_seconds:
+    elapsed_seconds
         Wall-clock seconds since :func:`learn_schedules` started.
     """
 
@@ -414,32 +414,32 @@ def hypergradient(
 
     Parameters
     ----------
-    model:
+    model
         Network holding the initial parameters :math:`\\theta_0`; it needs at least one
         trainable parameter.
     train_data, val_data:
         ``(inputs, targets)`` tensors or a two-tensor :class:`~torch.utils.data.TensorDataset`.
-    schedules:
+    schedules
         Schedules of the run; ``schedules.n_steps`` steps are taken.
-    batch_size:
+    batch_size
         Minibatch size of the training steps.
-    seed:
+    seed
         Seed of :func:`minibatch_indices`.
-    loss_fn:
+    loss_fn
         ``loss_fn(outputs, targets)`` returning the mean loss, used for training and validation.
         It must support forward-mode differentiation of its gradient (``torch.func.jvp`` of
         ``torch.func.grad``); in torch 2.13 :func:`torch.nn.functional.cross_entropy` does,
         while :func:`torch.nn.functional.mse_loss` does not (write
         ``((outputs - targets) ** 2).mean()`` instead).
-    differentiate:
+    differentiate
         Hyperparameter types to differentiate, a subset of ``HYPERPARAMETER_NAMES``; fewer
         types propagate fewer tangents.
-    velocity:
+    velocity
         ``(n_params,)`` initial momentum buffer of the trainable parameters (zero when
         ``None``), to continue a run.
-    start_step:
+    start_step
         Position of the first step in the minibatch stream, to continue a run.
-    val_batch_size:
+    val_batch_size
         Chunk size for the validation loss and gradient (the whole set when ``None``).
 
     Returns
@@ -604,7 +604,7 @@ def learn_schedules(
 
     Parameters
     ----------
-    model_fn:
+    model_fn
         Builds the network. It is called once, under ``torch.manual_seed(seed)`` in a forked
         RNG state, and every outer step starts from the parameters it returned; build a model
         the same way to replay the schedules. Parameters with ``requires_grad=False`` stay
@@ -613,30 +613,30 @@ def learn_schedules(
         batch normalization.
     train_data, val_data:
         ``(inputs, targets)`` tensors or a two-tensor :class:`~torch.utils.data.TensorDataset`.
-    n_steps:
+    n_steps
         Horizon: optimizer steps of each training run; a multiple of ``n_blocks``.
-    n_blocks:
+    n_blocks
         Number of contiguous blocks of steps sharing one value of each hyperparameter.
-    batch_size:
+    batch_size
         Minibatch size.
-    n_outer_steps:
+    n_outer_steps
         Number of training runs (hypergradient evaluations).
     lr_init, momentum_init, weight_decay_init:
         Initial value of every block.
     lr_bounds, momentum_bounds, weight_decay_bounds:
         Inclusive ``(low, high)`` bounds; lows are non-negative and momentum stays below 1.
-    outer_step_sizes:
+    outer_step_sizes
         Initial step sizes of the ``(lr, momentum, weight_decay)`` updates; by default a tenth
         of the width of each bound.
-    learn:
+    learn
         Hyperparameter types to learn; the others keep their initial values.
-    loss_fn:
+    loss_fn
         ``loss_fn(outputs, targets)`` returning the mean loss (see :func:`hypergradient`).
-    seed:
+    seed
         Seed of the model initialization and of the minibatch order (the same every run).
-    val_batch_size:
+    val_batch_size
         Chunk size for the validation loss and gradient (the whole set when ``None``).
-    callback:
+    callback
         Called with an :class:`OuterStep` after every outer step, e.g. to show progress; the
         same information is logged at INFO level.
 
