@@ -269,7 +269,7 @@ class ISBOSampler(BaseSampler):
             earlier_deciding = any(
                 t.state == TrialState.RUNNING
                 and t.number < trial.number
-                and ATTR_PREFIX + "phase" not in t.user_attrs
+                and not search_space.keys() <= _pending_params(t).keys()
                 for t in trials
             )
             try:
@@ -832,11 +832,11 @@ def _write_attrs(
     study: Study, trial: FrozenTrial, attrs: dict[str, Any], params: dict[str, Any]
 ) -> None:
     storage = study._storage
-    for key, value in attrs.items():
-        storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + key, value)
     # Share the chosen parameters with other workers, which see this trial as pending before
     # the objective has suggested all of them. RDB storages bound an attribute's length, so
-    # the JSON is split into chunks; the count goes last, when every chunk is in place.
+    # the JSON is split into chunks; the count goes last, when every chunk is in place. They go
+    # before the user attributes, so that a trial another worker sees with an ``isbo:phase``
+    # has its parameters readable too.
     text = json.dumps(params)
     chunks = [
         text[i : i + _ATTR_MAX_LENGTH] for i in range(0, max(len(text), 1), _ATTR_MAX_LENGTH)
@@ -844,3 +844,5 @@ def _write_attrs(
     for i, chunk in enumerate(chunks):
         storage.set_trial_system_attr(trial._trial_id, f"{_RELATIVE_PARAMS_KEY}:{i}", chunk)
     storage.set_trial_system_attr(trial._trial_id, f"{_RELATIVE_PARAMS_KEY}:n", len(chunks))
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + key, value)

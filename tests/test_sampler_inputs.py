@@ -309,6 +309,25 @@ def test_verification_defers_to_an_earlier_trial_still_deciding() -> None:
     assert verifying.params[FIDELITY] == 256
 
 
+def test_verification_defers_while_an_earlier_trial_has_no_readable_params() -> None:
+    """A worker may see another's ``isbo:phase`` before its chosen parameters: it defers."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    for i in range(4):
+        study.add_trial(
+            create_trial(
+                value=(i / 4 - 0.3) ** 2,
+                params={"x": i / 4, FIDELITY: 16},
+                distributions={"x": X_DIST, FIDELITY: B_DIST},
+            )
+        )
+    space = {"x": X_DIST, FIDELITY: B_DIST}
+    other = study.ask()
+    study._storage.set_trial_user_attr(other._trial_id, "isbo:phase", "verify")
+    later = study.ask(space)
+    assert study._storage.get_trial(later._trial_id).user_attrs["isbo:phase"] == "model"
+
+
 def test_recommendation_needs_target_evidence_once_there_is_some() -> None:
     # The cheap runs make x near 0.1 look far better than anything run at the target. The
     # model may extrapolate that to the target, but the recommendation is the best of the
