@@ -1233,7 +1233,8 @@ def _report_rules(
         if not rs or any("regret_rules" not in r for r in rs):
             continue
         entry["rules"][m] = {}
-        for name in RULES:
+        names = [n for n in rs[0]["regret_rules"] if all(n in r["regret_rules"] for r in rs)]
+        for name in names:
             cells = []
             for fraction in fractions:
                 values = []

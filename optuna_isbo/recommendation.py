@@ -29,16 +29,15 @@ recommendation honest:
   target" scheme (Egele et al., "Is One Epoch All You Need For Multi-Fidelity Hyperparameter
   Optimization?", ESANN 2023), driven by the model's posterior instead of raw cheap values.
 
-* **Check the model against what it predicted.** Each verification trial, and each
-  model-chosen trial at the target, compares the model's prediction at the target with what
-  was then observed. When the predictions missed by more than their stated uncertainty,
-  every target standard deviation is widened by that factor ``kappa``
-  (:func:`calibration_factor`) before the recommendation is chosen and reported. The model's
-  word counts (extrapolations are candidates) while ``kappa <= 2`` after at least one check;
-  beyond, the observed target values decide, and the sampler asks at the target fidelity
-  only until the checks recover. For a calibrated model ``kappa^2`` is a mean of ``k``
-  squared standard normals, which exceeds 4 with probability at most
-  ``P(chi^2_1 > 4) = 0.046`` (``k = 1``) and ``0.007`` (``k = 3``).
+* **Check the model against what it predicted.** Each verification trial compares the
+  model's prediction at the target with what was then observed. When the predictions missed
+  by more than their stated uncertainty, every target standard deviation is widened by that
+  factor ``kappa`` (:func:`calibration_factor`) before the recommendation is chosen and
+  reported. The model's word counts (extrapolations are candidates) while ``kappa <= 2``
+  after at least one check; beyond, the observed target values decide, and the sampler asks
+  at the target fidelity only (until later verifications bring the factor back). For a
+  calibrated model ``kappa^2`` is a mean of ``k`` squared standard normals, which exceeds 4
+  with probability at most ``P(chi^2_1 > 4) = 0.046`` (``k = 1``) and ``0.007`` (``k = 3``).
 
 The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``
 (the mean observed target value under the ``"observed"`` rule), and the standard deviation

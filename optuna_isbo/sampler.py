@@ -132,13 +132,13 @@ class ISBOSampler(BaseSampler):
       ``isbo:predicted_std_at_target``, and for ``model`` trials
       ``isbo:information_gain_nats``, ``isbo:acquisition_value`` (nats per second),
       ``isbo:calibration_factor`` and ``isbo:n_target_checks``.
-    - The model is checked against the target: every verification trial, and every
-      model-chosen trial at the target, compares the prediction made before it ran with what
-      was observed (:func:`optuna_isbo.recommendation.calibration_factor`). When the
-      predictions missed by more than twice their stated standard deviation (root mean square),
-      the cheaper fidelities misled the model: the acquisition then chooses among target
-      evaluations only, and :meth:`recommendation` goes by observed target values, until the
-      checks recover (:func:`optuna_isbo.recommendation.recommendation_rule`).
+    - The model is checked against the target: every verification trial compares the
+      prediction made before it ran with what was observed
+      (:func:`optuna_isbo.recommendation.calibration_factor`). When the predictions missed by
+      more than twice their stated standard deviation (root mean square), the cheaper
+      fidelities misled the model: the acquisition then chooses among target evaluations
+      only, and :meth:`recommendation` goes by observed target values
+      (:func:`optuna_isbo.recommendation.recommendation_rule`).
     - A trial's cost is :func:`optuna_isbo.cost.trial_cost_seconds`: the larger of
       ``cost_attr`` and the trial's duration, which includes the sampler's own time. Where
       durations decide the cost, the sampler's choices depend on measured times, so a rerun
@@ -445,7 +445,7 @@ class ISBOSampler(BaseSampler):
             )
             return None
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-        kappa, n_checks = _calibration_factor(completed, sign, rec.is_target(s))
+        kappa, n_checks = _calibration_factor(completed, sign)
         return _TargetEvidence(configs, mean, sd * kappa, kappa, n_checks)
 
     # -- internals -------------------------------------------------------------------------
@@ -582,13 +582,14 @@ class ISBOSampler(BaseSampler):
         if self._consider_running_trials and pending.shape[0] > 0:
             model = model.with_pending(pending)
 
-        # A model that mispredicted the target where it was checked has been misled by the
-        # cheaper fidelities: until its checks recover, it is asked about the target only.
+        # A model whose verifications missed has been misled by the cheaper fidelities: it is
+        # asked about the target only, until further verifications (of configurations it
+        # still believes best from cheap runs) bring the factor back.
         fidelity_grid = space.fidelity_grid(self._n_fidelities)
         kappa, n_checks = 1.0, 0
         if has_fidelity:
             sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-            kappa, n_checks = _calibration_factor(completed, sign, rec.is_target(inputs[:, -1]))
+            kappa, n_checks = _calibration_factor(completed, sign)
             if rec.recommendation_rule(kappa, n_checks) == "observed":
                 fidelity_grid = fidelity_grid[-1:]
 
@@ -669,21 +670,20 @@ def _target_posterior(
     return fit.shift + fit.scale * mean, fit.scale * var.sqrt()
 
 
-def _calibration_factor(
-    completed: list[FrozenTrial], sign: float, at_target: torch.Tensor
-) -> tuple[float, int]:
-    """:func:`~optuna_isbo.recommendation.calibration_factor` over the model's target checks.
+def _calibration_factor(completed: list[FrozenTrial], sign: float) -> tuple[float, int]:
+    """:func:`~optuna_isbo.recommendation.calibration_factor` over the verification trials.
 
-    A check is a trial run at the target whose value the model predicted before it ran: every
-    verification trial, and every model-chosen trial at the target (``at_target``, ``(n,)``).
-    Predictions and values are compared in minimized units (``sign = -1`` when maximizing).
-    Returns the factor and the number of checks behind it.
+    A verification evaluates at the target a configuration the model knew from cheaper
+    fidelities only, so its prediction tests exactly the extrapolation from cheap to target
+    runs. (A model-chosen trial at the target is not counted: near other target evaluations the
+    model can predict well while its extrapolations stay wrong.) Predictions and values are
+    compared in minimized units (``sign = -1`` when maximizing). Returns the factor and the
+    number of verification trials behind it.
     """
     checks = []
-    for t, target in zip(completed, at_target.tolist(), strict=True):
+    for t in completed:
         attrs = t.user_attrs
-        phase = attrs.get(ATTR_PREFIX + "phase")
-        if not (phase == "verify" or (phase == "model" and target)):
+        if attrs.get(ATTR_PREFIX + "phase") != "verify":
             continue
         predicted = attrs.get(ATTR_PREFIX + "predicted_value_at_target")
         std = attrs.get(ATTR_PREFIX + "predicted_std_at_target")
