@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def ratios(rows: dict[str, Any], label: str, view: str, key: str) -> list[float]:
+    """Per-seed ``key`` of ``label`` over that of uniform, in ``view``."""
     return [
         run[key] / base[key]
         for run, base in zip(rows[label][view], rows["uniform"][view], strict=True)

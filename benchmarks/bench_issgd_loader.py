@@ -66,6 +66,7 @@ from optuna_isbo import ISSGDCallback
 from optuna_isbo.issgd_switch import SwitchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from bench_issgd import ratios  # noqa: E402  (the same per-seed ratios as the step benchmark)
 from digits_data import load_digits_splits  # noqa: E402  (examples/ helper modules)
 from small_nets import mlp, small_cnn  # noqa: E402
 
@@ -450,15 +451,6 @@ def run(
 
 
 # ----------------------------------------------------------------------------------- report
-
-
-def ratios(rows: dict[str, Any], label: str, view: str, key: str) -> list[float]:
-    """Per-seed ``key`` of ``label`` over that of uniform, in ``view``."""
-    return [
-        run[key] / base[key]
-        for run, base in zip(rows[label][view], rows["uniform"][view], strict=True)
-        if base[key] > 0
-    ]
 
 
 def quantiles(values: list[float]) -> tuple[float, float]:

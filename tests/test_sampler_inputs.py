@@ -285,18 +285,23 @@ def test_missed_verification_predictions_widen_the_reported_uncertainty() -> Non
     assert after.value == 0.25
 
 
+def _add_cheap_trials(study: optuna.Study, n: int) -> None:
+    """``n`` completed trials at the cheapest fidelity, best near ``x = 0.3``."""
+    for i in range(n):
+        study.add_trial(
+            create_trial(
+                value=(i / n - 0.3) ** 2,
+                params={"x": i / n, FIDELITY: 16},
+                distributions={"x": X_DIST, FIDELITY: B_DIST},
+            )
+        )
+
+
 def test_verification_defers_to_an_earlier_trial_still_deciding() -> None:
     """Two workers deciding at once would both verify the same configuration."""
     sampler = ISBOSampler(seed=0, n_startup_trials=0)
     study = optuna.create_study(sampler=sampler)
-    for i in range(4):
-        study.add_trial(
-            create_trial(
-                value=(i / 4 - 0.3) ** 2,
-                params={"x": i / 4, FIDELITY: 16},
-                distributions={"x": X_DIST, FIDELITY: B_DIST},
-            )
-        )
+    _add_cheap_trials(study, 4)
     space = {"x": X_DIST, FIDELITY: B_DIST}
     deciding = study.ask()  # another worker's trial, inside its own ask
     deferred = study.ask(space)
@@ -313,14 +318,7 @@ def test_verification_defers_while_an_earlier_trial_has_no_readable_params() -> 
     """A worker may see another's ``isbo:phase`` before its chosen parameters: it defers."""
     sampler = ISBOSampler(seed=0, n_startup_trials=0)
     study = optuna.create_study(sampler=sampler)
-    for i in range(4):
-        study.add_trial(
-            create_trial(
-                value=(i / 4 - 0.3) ** 2,
-                params={"x": i / 4, FIDELITY: 16},
-                distributions={"x": X_DIST, FIDELITY: B_DIST},
-            )
-        )
+    _add_cheap_trials(study, 4)
     space = {"x": X_DIST, FIDELITY: B_DIST}
     other = study.ask()
     study._storage.set_trial_user_attr(other._trial_id, "isbo:phase", "verify")
