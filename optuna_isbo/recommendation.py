@@ -34,10 +34,11 @@ recommendation honest:
   by more than their stated uncertainty, every target standard deviation is widened by that
   factor ``kappa`` (:func:`calibration_factor`) before the recommendation is chosen and
   reported. The model's word counts (extrapolations are candidates) while ``kappa <= 2``
-  after at least one check; beyond, the observed target values decide, and the sampler asks
-  at the target fidelity only (until later verifications bring the factor back). For a
-  calibrated model ``kappa^2`` is a mean of ``k`` squared standard normals, which exceeds 4
-  with probability at most ``P(chi^2_1 > 4) = 0.046`` (``k = 1``) and ``0.007`` (``k = 3``).
+  after at least one check; when at least two checks give ``kappa > 2``, the observed target
+  values decide, and the sampler asks at the target fidelity only (until later
+  verifications bring the factor back). For a calibrated model ``kappa^2`` is a mean of
+  ``k`` squared standard normals, which exceeds 4 with probability ``0.046`` (``k = 1``),
+  ``0.018`` (``k = 2``) and ``0.007`` (``k = 3``).
 
 The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``
 (the mean observed target value under the ``"observed"`` rule), and the standard deviation
@@ -58,6 +59,8 @@ _TARGET_S = 1.0 - 1e-9
 Z_80 = 1.2815515655446004
 # The calibration factor up to which the model's extrapolations to the target are trusted.
 MAX_TRUSTED_KAPPA = 2.0
+# Verification trials needed before a model that failed them is overruled by observations.
+MIN_FAILING_CHECKS = 2
 
 
 @dataclass(frozen=True)
@@ -187,12 +190,15 @@ def recommendation_rule(kappa: float, n_checks: int, max_kappa: float = MAX_TRUS
     * ``"extrapolate"``: the model passed its checks (at least one verification trial and a
       calibration factor of at most ``max_kappa``); every evaluated configuration is a
       candidate, ranked by the model.
-    * ``"supported"``: not checked yet; only configurations with target evaluations are
-      candidates, ranked by the model.
-    * ``"observed"``: the model failed its checks (``kappa > max_kappa``). A model that
-      mispredicted the target where it was checked also misfits the target observations it has
-      (it reconciles them with biased cheap ones), so its ranking is not used: the candidate is
-      the configuration with the best mean observed value at the target.
+    * ``"supported"``: not checked yet, or one check failed; only configurations with target
+      evaluations are candidates, ranked by the model.
+    * ``"observed"``: the model failed at least ``MIN_FAILING_CHECKS`` (2) checks
+      (``kappa > max_kappa``). A model that mispredicted the target where it was checked also
+      misfits the target observations it has (it reconciles them with biased cheap ones), so
+      its ranking is not used: the candidate is the configuration with the best mean observed
+      value at the target. One check is weak evidence for a decision this strong (the sampler
+      then leaves the cheap fidelities): a calibrated model fails one with probability
+      ``P(chi^2_1 > 4) = 0.046``, two with ``P(chi^2_2 > 8) = 0.018``.
 
     Parameters
     ----------
@@ -205,7 +211,9 @@ def recommendation_rule(kappa: float, n_checks: int, max_kappa: float = MAX_TRUS
     """
     if n_checks == 0:
         return "supported"
-    return "extrapolate" if kappa <= max_kappa else "observed"
+    if kappa <= max_kappa:
+        return "extrapolate"
+    return "observed" if n_checks >= MIN_FAILING_CHECKS else "supported"
 
 
 def best_observed_at_target(configs: Configurations, s: torch.Tensor, y: torch.Tensor) -> int:

@@ -134,8 +134,8 @@ class ISBOSampler(BaseSampler):
       ``isbo:calibration_factor`` and ``isbo:n_target_checks``.
     - The model is checked against the target: every verification trial compares the
       prediction made before it ran with what was observed
-      (:func:`optuna_isbo.recommendation.calibration_factor`). When the predictions missed by
-      more than twice their stated standard deviation (root mean square), the cheaper
+      (:func:`optuna_isbo.recommendation.calibration_factor`). When at least two predictions
+      missed by more than twice their stated standard deviation (root mean square), the cheaper
       fidelities misled the model: the acquisition then chooses among target evaluations
       only, and :meth:`recommendation` goes by observed target values
       (:func:`optuna_isbo.recommendation.recommendation_rule`).

@@ -59,6 +59,8 @@ def test_recommendation_rule_follows_the_checks() -> None:
     assert rec.recommendation_rule(1.0, 1) == "extrapolate"
     assert rec.recommendation_rule(rec.MAX_TRUSTED_KAPPA, 3) == "extrapolate"
     assert rec.recommendation_rule(2.5, 3) == "observed"  # missed by 2.5 stated stds
+    assert rec.recommendation_rule(2.5, 2) == "observed"
+    assert rec.recommendation_rule(2.5, 1) == "supported"  # one miss is weak evidence
     assert rec.recommendation_rule(1.5, 3, max_kappa=1.0) == "observed"
 
 

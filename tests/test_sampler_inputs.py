@@ -16,6 +16,7 @@ from optuna.trial import TrialState, create_trial
 
 from optuna_isbo import ISBOSampler
 from optuna_isbo.cost import trial_cost_seconds
+from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.sampler import _RELATIVE_PARAMS_KEY, _pending_params
 from optuna_isbo.search_space import SearchSpace
 
@@ -247,42 +248,63 @@ def test_recommend_falls_back_when_the_model_fails(monkeypatch: pytest.MonkeyPat
     assert recommendation.n_target_evaluations == 1
 
 
-def test_missed_verification_predictions_widen_the_reported_uncertainty() -> None:
-    def study_with(verify_attrs: dict[str, Any]) -> optuna.Study:
-        study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=0))
-        rows = [(0.1, 16, 1.0), (0.3, 16, 0.2), (0.5, 16, 0.6), (0.7, 16, 1.2), (0.3, 256, 0.25)]
-        for i, (x, b, v) in enumerate(rows):
-            study.add_trial(
-                create_trial(
-                    value=v,
-                    params={"x": x, FIDELITY: b},
-                    distributions={"x": X_DIST, FIDELITY: B_DIST},
-                    user_attrs=verify_attrs if i == len(rows) - 1 else {},
-                )
-            )
-        return study
+def _verified_study(misses: list[float | None], **sampler_kwargs: Any) -> optuna.Study:
+    """Four cheap trials and two target trials, best near ``x = 0.3``.
 
-    calibrated = study_with({})
-    sampler = calibrated.sampler
+    ``misses[j]``: the ``j``-th target trial is a verification whose prediction was off by that
+    many stated standard deviations (0.01), or ``None`` for an ordinary trial.
+    """
+    sampler = ISBOSampler(seed=0, n_startup_trials=0, **sampler_kwargs)
+    study = optuna.create_study(sampler=sampler)
+    cheap = [(0.1, 1.0), (0.3, 0.2), (0.5, 0.6), (0.7, 1.2)]
+    for x, v in cheap:
+        study.add_trial(
+            create_trial(
+                value=v,
+                params={"x": x, FIDELITY: 16},
+                distributions={"x": X_DIST, FIDELITY: B_DIST},
+                user_attrs={"isbo:cost": 1.0},
+            )
+        )
+    for (x, v), miss in zip([(0.3, 0.25), (0.7, 1.15)], misses, strict=True):
+        attrs: dict[str, Any] = {"isbo:cost": 20.0}
+        if miss is not None:
+            attrs |= {
+                "isbo:phase": "verify",
+                "isbo:predicted_value_at_target": v - 0.01 * miss,
+                "isbo:predicted_std_at_target": 0.01,
+            }
+        study.add_trial(
+            create_trial(
+                value=v,
+                params={"x": x, FIDELITY: 256},
+                distributions={"x": X_DIST, FIDELITY: B_DIST},
+                user_attrs=attrs,
+            )
+        )
+    return study
+
+
+def _recommendation(study: optuna.Study) -> Recommendation:
+    sampler = study.sampler
     assert isinstance(sampler, ISBOSampler)
-    before = sampler.recommendation(calibrated)
-    # The verification trial had been predicted at 0.25 - 8 * 0.01: a miss of 8 stated stds.
-    missed = study_with(
-        {
-            "isbo:phase": "verify",
-            "isbo:predicted_value_at_target": 0.25 - 0.08,
-            "isbo:predicted_std_at_target": 0.01,
-        }
-    )
-    missed_sampler = missed.sampler
-    assert isinstance(missed_sampler, ISBOSampler)
-    after = missed_sampler.recommendation(missed)
+    return sampler.recommendation(study)
+
+
+def test_missed_verification_predictions_widen_the_reported_uncertainty() -> None:
+    before = _recommendation(_verified_study([None, None]))
+    # Both verifications missed by 8 stated stds.
+    after = _recommendation(_verified_study([8.0, 8.0]))
     assert after.params == before.params
     assert after.std == pytest.approx(8.0 * before.std, rel=1e-6)
-    # A model that failed its check no longer ranks or values the configurations: the value
+    # A model that failed its checks no longer ranks or values the configurations: the value
     # is the one observed at the target.
     assert before.value != pytest.approx(0.25, abs=1e-4)  # the posterior mean, shrunk
     assert after.value == 0.25
+    # One failed check widens the uncertainty but does not overrule the model.
+    one = _recommendation(_verified_study([8.0, None]))
+    assert one.std == pytest.approx(8.0 * before.std, rel=1e-6)
+    assert one.value == pytest.approx(before.value)
 
 
 def _add_cheap_trials(study: optuna.Study, n: int) -> None:
@@ -348,43 +370,20 @@ def test_recommendation_needs_target_evidence_once_there_is_some() -> None:
 
 
 def test_failed_checks_send_the_model_to_the_target_fidelity() -> None:
-    def next_trial(verify_attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
-        sampler = ISBOSampler(seed=0, n_startup_trials=0, verify_cost_fraction=0.0)
-        study = optuna.create_study(sampler=sampler)
-        rows = [(0.1, 16, 1.0), (0.3, 16, 0.2), (0.5, 16, 0.6), (0.7, 16, 1.2), (0.3, 256, 0.25)]
-        for i, (x, b, v) in enumerate(rows):
-            study.add_trial(
-                create_trial(
-                    value=v,
-                    params={"x": x, FIDELITY: b},
-                    distributions={"x": X_DIST, FIDELITY: B_DIST},
-                    user_attrs={"isbo:cost": 1.0 if b == 16 else 20.0}
-                    | (verify_attrs if i == len(rows) - 1 else {}),
-                )
-            )
+    def next_trial(misses: list[float | None]) -> optuna.trial.FrozenTrial:
+        study = _verified_study(misses, verify_cost_fraction=0.0)
         trial = study.ask()
         trial.suggest_float("x", 0.0, 1.0)
         trial.suggest_int(FIDELITY, 16, 256, log=True)
         return study._storage.get_trial(trial._trial_id)
 
-    # The verification had been predicted at 0.25 - 8 * 0.01: the cheap runs misled the model.
-    missed = next_trial(
-        {
-            "isbo:phase": "verify",
-            "isbo:predicted_value_at_target": 0.25 - 0.08,
-            "isbo:predicted_std_at_target": 0.01,
-        }
-    )
+    # Both verifications missed by 8 stated stds: the cheap runs misled the model.
+    missed = next_trial([8.0, 8.0])
     assert missed.user_attrs["isbo:phase"] == "model"
     assert missed.user_attrs["isbo:calibration_factor"] == pytest.approx(8.0)
     assert missed.params[FIDELITY] == 256
-    # A check the model passed leaves the cheap fidelities open (20x cheaper here).
-    passed = next_trial(
-        {
-            "isbo:phase": "verify",
-            "isbo:predicted_value_at_target": 0.25,
-            "isbo:predicted_std_at_target": 0.01,
-        }
-    )
-    assert passed.user_attrs["isbo:calibration_factor"] == 1.0
-    assert passed.params[FIDELITY] < 256
+    # Checks the model passed leave the cheap fidelities open (20x cheaper here), and so does
+    # a single failed one.
+    for misses in ([0.0, 0.0], [8.0, None]):
+        trial = next_trial(misses)
+        assert trial.params[FIDELITY] < 256
