@@ -11,35 +11,11 @@ import optuna
 import pytest
 import torch
 import torch.nn.functional as F
+from issgd_data import N_CLASSES, N_FEATURES, skewed_data  # noqa: E402  (tests/ helper)
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from optuna_isbo.issgd import ISSGD, gradient_norm_scores, sample_by_score, variance_reduction
-
-N_FEATURES = 5
-N_CLASSES = 3
-
-
-def _skewed_data(n: int, seed: int) -> tuple[Tensor, Tensor, nn.Linear]:
-    """Unit-norm inputs and a linear model that fits most samples well and a few badly.
-
-    For a linear layer, the gradient of sample i's loss with respect to (W, bias) is
-    delta_i (x_i, 1) with delta_i the logit gradient, so its norm is ||delta_i|| sqrt(|x_i|^2 + 1)
-    = sqrt(2) * score_i for unit-norm inputs: the scores are exactly proportional to the
-    per-sample parameter-gradient norms, which makes the variance formulas below exact.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, N_FEATURES, generator=generator)
-    x = x / x.norm(dim=1, keepdim=True)
-    model = nn.Linear(N_FEATURES, N_CLASSES)
-    with torch.no_grad():
-        model.weight.copy_(10.0 * torch.randn(N_CLASSES, N_FEATURES, generator=generator))
-        model.bias.zero_()
-        predicted = model(x).argmax(dim=1)
-    y = predicted.clone()
-    flipped = torch.rand(n, generator=generator) < 0.1
-    y[flipped] = (predicted[flipped] + 1) % N_CLASSES
-    return x, y, model
 
 
 def _per_sample_gradients(model: nn.Linear, x: Tensor, y: Tensor) -> Tensor:
@@ -70,7 +46,7 @@ def test_closed_form_cross_entropy_score_equals_autograd() -> None:
 
 
 def test_scores_in_float32_under_autocast() -> None:
-    x, y, model = _skewed_data(32, seed=1)
+    x, y, model = skewed_data(32, seed=1)
     issgd = ISSGD(model, TensorDataset(x, y), batch_size=4, super_batch_size=8)
     reference = issgd.scores(x, y)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -108,7 +84,7 @@ def test_scoring_uses_eval_mode_and_keeps_batchnorm_statistics() -> None:
 
 
 def test_importance_estimator_is_unbiased() -> None:
-    x, y, model = _skewed_data(40, seed=2)
+    x, y, model = skewed_data(40, seed=2)
     grads = _per_sample_gradients(model, x, y)
     scores = gradient_norm_scores(model(x), y)
     n_draws, b = 20_000, 4
@@ -126,7 +102,7 @@ def test_importance_estimator_is_unbiased() -> None:
 
 
 def test_issgd_steps_are_unbiased_end_to_end() -> None:
-    x, y, model = _skewed_data(30, seed=3)
+    x, y, model = skewed_data(30, seed=3)
     # threshold 0: the first step is uniform (tau starts at 0), every later one by importance
     issgd = ISSGD(
         model, TensorDataset(x, y), batch_size=2, super_batch_size=6, tau_threshold=0.0, seed=0
@@ -147,7 +123,7 @@ def test_issgd_steps_are_unbiased_end_to_end() -> None:
 
 
 def test_variance_reduction_matches_tau() -> None:
-    x, y, model = _skewed_data(200, seed=4)
+    x, y, model = skewed_data(200, seed=4)
     grads = _per_sample_gradients(model, x, y).double()
     scores = gradient_norm_scores(model(x), y)
     target = grads.mean(0)
@@ -189,7 +165,7 @@ def test_variance_reduction_of_equal_scores_is_one() -> None:
 def test_explicit_tau_threshold_switches_importance_sampling_on_and_off() -> None:
     # The reference implementation's rule, the default before the fidelity switch: IS on while
     # tau > (B + 3b) / (3b), from the first step, with no warm-up.
-    x, y, model = _skewed_data(400, seed=5)
+    x, y, model = skewed_data(400, seed=5)
     b, big_b = 8, 16
     reference_threshold = (big_b + 3 * b) / (3 * b)
     issgd = ISSGD(
@@ -223,7 +199,7 @@ def test_explicit_tau_threshold_switches_importance_sampling_on_and_off() -> Non
 
 
 def test_equal_batch_sizes_are_uniform_sgd() -> None:
-    x, y, model = _skewed_data(200, seed=7)
+    x, y, model = skewed_data(200, seed=7)
     issgd = ISSGD(
         model, TensorDataset(x, y), batch_size=8, super_batch_size=8, tau_threshold=0.0, seed=0
     )
@@ -242,7 +218,7 @@ def test_equal_batch_sizes_are_uniform_sgd() -> None:
 
 @pytest.mark.parametrize("corruption", [0.0, float("nan"), float("inf"), -1.0])
 def test_unusable_scores_fall_back_to_uniform_with_warning(corruption: float) -> None:
-    x, y, model = _skewed_data(100, seed=8)
+    x, y, model = skewed_data(100, seed=8)
     corrupt = {"on": False}
 
     def loss_fn(logits: Tensor, targets: Tensor) -> Tensor:
@@ -306,7 +282,7 @@ def _run(model: nn.Module, dataset: Dataset, seed: int) -> list[tuple[Tensor, Te
 
 
 def test_determinism_under_seed_and_generic_dataset_path() -> None:
-    x, y, model = _skewed_data(100, seed=10)
+    x, y, model = skewed_data(100, seed=10)
     first = _run(copy.deepcopy(model), TensorDataset(x, y), seed=3)
     second = _run(copy.deepcopy(model), TensorDataset(x, y), seed=3)
     generic = _run(copy.deepcopy(model), _ListDataset(x, y), seed=3)
@@ -318,7 +294,7 @@ def test_determinism_under_seed_and_generic_dataset_path() -> None:
 
 
 def test_report_writes_user_attrs_to_a_real_study() -> None:
-    x, y, model = _skewed_data(100, seed=11)
+    x, y, model = skewed_data(100, seed=11)
 
     def objective(trial: optuna.Trial) -> float:
         issgd = ISSGD(model, TensorDataset(x, y), batch_size=4, super_batch_size=16, seed=0)
@@ -339,7 +315,7 @@ def test_report_writes_user_attrs_to_a_real_study() -> None:
 
 
 def test_training_seconds_count_the_loop_body() -> None:
-    x, y, model = _skewed_data(50, seed=12)
+    x, y, model = skewed_data(50, seed=12)
     issgd = ISSGD(model, TensorDataset(x, y), batch_size=4, super_batch_size=4)
     for _ in issgd.batches(3):
         time.sleep(0.02)
@@ -351,7 +327,7 @@ def test_training_seconds_count_the_loop_body() -> None:
 
 
 def _args(**overrides: object) -> dict[str, object]:
-    x, y, model = _skewed_data(20, seed=13)
+    x, y, model = skewed_data(20, seed=13)
     args: dict[str, object] = dict(
         model=model, dataset=TensorDataset(x, y), batch_size=4, super_batch_size=8
     )
@@ -426,7 +402,7 @@ class _OneLogitModel(nn.Module):
 def test_cross_entropy_scoring_rejects_logits_that_are_not_n_by_c(
     model: nn.Module, shape: str
 ) -> None:
-    x, y, _ = _skewed_data(20, seed=20)
+    x, y, _ = skewed_data(20, seed=20)
     issgd = ISSGD(
         model, TensorDataset(x, y), batch_size=4, super_batch_size=8, forward_batch_size=20
     )
@@ -502,7 +478,7 @@ def test_float_targets_of_a_square_batch_are_not_taken_for_probabilities() -> No
 def test_dataset_targets_unfit_for_cross_entropy_raise_up_front(
     targets: Tensor, match: str
 ) -> None:
-    x, _, model = _skewed_data(20, seed=22)
+    x, _, model = skewed_data(20, seed=22)
     with pytest.raises(ValueError, match=match):
         ISSGD(model, TensorDataset(x, targets), batch_size=4, super_batch_size=8)
     # A custom loss decides for itself what targets it takes.
@@ -516,7 +492,7 @@ def test_dataset_targets_unfit_for_cross_entropy_raise_up_front(
 
 
 def test_int32_targets_give_the_int64_loss() -> None:
-    x, y, model = _skewed_data(20, seed=23)
+    x, y, model = skewed_data(20, seed=23)
     issgd = ISSGD(model, TensorDataset(x, y.int()), batch_size=4, super_batch_size=8)
     weights = torch.ones(20)
     torch.testing.assert_close(
@@ -529,14 +505,14 @@ def test_model_returning_a_tuple_raises() -> None:
         def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
             return super().forward(x), x
 
-    x, y, _ = _skewed_data(20, seed=24)
+    x, y, _ = skewed_data(20, seed=24)
     issgd = ISSGD(TupleModel(N_FEATURES, N_CLASSES), TensorDataset(x, y), **_sizes())
     with pytest.raises(ValueError, match="tensor of logits, got tuple"):
         issgd.scores(x, y)
 
 
 def test_rows_of_logits_must_match_targets() -> None:
-    x, y, model = _skewed_data(20, seed=25)
+    x, y, model = skewed_data(20, seed=25)
     issgd = ISSGD(model, TensorDataset(x, y), **_sizes(), loss_fn=_per_sample_ce)
     with pytest.raises(ValueError, match=r"shape \(19, 3\) and targets shape \(20,\)"):
         issgd.weighted_loss(model(x)[:19], y, torch.ones(20))
@@ -572,7 +548,7 @@ def test_ignored_targets_score_zero_and_match_torch() -> None:
 
 
 def test_issgd_with_ignored_targets_never_draws_them_by_importance() -> None:
-    x, y, model = _skewed_data(60, seed=27)
+    x, y, model = skewed_data(60, seed=27)
     y = y.clone()
     y[:30] = -100
     issgd = ISSGD(
@@ -594,7 +570,7 @@ def test_issgd_with_ignored_targets_never_draws_them_by_importance() -> None:
 
 
 def test_all_ignored_super_batch_falls_back_without_crashing() -> None:
-    x, y, model = _skewed_data(40, seed=28)
+    x, y, model = skewed_data(40, seed=28)
     issgd = ISSGD(
         model,
         TensorDataset(x, torch.full_like(y, 7)),
@@ -672,7 +648,7 @@ def test_items_of_unequal_or_unconvertible_parts_raise() -> None:
 
 
 def test_list_items_are_pairs_too() -> None:
-    x, y, model = _skewed_data(20, seed=29)
+    x, y, model = skewed_data(20, seed=29)
     issgd = ISSGD(model, _ItemDataset(lambda i: [x[i], int(y[i])]), **_sizes(), seed=0)
     reference = ISSGD(model, TensorDataset(x, y), **_sizes(), seed=0)
     for a, b in zip(issgd.batches(3), reference.batches(3), strict=True):
@@ -680,7 +656,7 @@ def test_list_items_are_pairs_too() -> None:
 
 
 def test_a_data_loader_or_iterable_dataset_is_a_type_error() -> None:
-    x, y, model = _skewed_data(20, seed=30)
+    x, y, model = skewed_data(20, seed=30)
     loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=4)
     with pytest.raises(TypeError, match=r"got a DataLoader; pass its dataset \(loader.dataset\)"):
         ISSGD(model, loader, **_sizes())  # type: ignore[arg-type]
@@ -700,7 +676,7 @@ def test_a_data_loader_or_iterable_dataset_is_a_type_error() -> None:
 
 
 def test_numpy_integers_are_accepted_as_sizes_and_seed() -> None:
-    x, y, model = _skewed_data(20, seed=31)
+    x, y, model = skewed_data(20, seed=31)
     issgd = ISSGD(
         model,
         TensorDataset(x, y),

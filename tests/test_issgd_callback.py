@@ -10,29 +10,13 @@ import optuna
 import pytest
 import torch
 import torch.nn.functional as F
+from issgd_data import N_CLASSES, N_FEATURES, skewed_data  # noqa: E402  (tests/ helper)
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from optuna_isbo.issgd import ISSGD
 from optuna_isbo.issgd_callback import ISSGDCallback
 from optuna_isbo.issgd_sampling import draw_by_score, importance_weights, sample_by_score
-
-N_FEATURES, N_CLASSES = 5, 3
-
-
-def _skewed_data(n: int, seed: int) -> tuple[Tensor, Tensor, nn.Linear]:
-    """Unit-norm inputs and a linear model that fits most samples well and a few badly."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, N_FEATURES, generator=generator)
-    x = x / x.norm(dim=1, keepdim=True)
-    model = nn.Linear(N_FEATURES, N_CLASSES)
-    with torch.no_grad():
-        model.weight.copy_(10.0 * torch.randn(N_CLASSES, N_FEATURES, generator=generator))
-        model.bias.zero_()
-        y = model(x).argmax(dim=1)
-    flipped = torch.rand(n, generator=generator) < 0.1
-    y[flipped] = (y[flipped] + 1) % N_CLASSES
-    return x, y, model
 
 
 class _CountingDataset(Dataset[tuple[Tensor, Tensor]]):
@@ -74,7 +58,7 @@ def _train(
 
 
 def test_uniform_steps_load_b_samples_and_importance_steps_load_b_large() -> None:
-    x, y, model = _skewed_data(300, seed=0)
+    x, y, model = skewed_data(300, seed=0)
     data = _CountingDataset(x, y)
     issgd = ISSGDCallback(model, batch_size=4, super_batch_size=32, tau_threshold=1.0, seed=0)
     loader = DataLoader(data, batch_sampler=issgd.batch_sampler(data, n_steps=40))
@@ -92,7 +76,7 @@ def test_uniform_steps_load_b_samples_and_importance_steps_load_b_large() -> Non
 
 
 def test_workers_and_augmentation_work_unchanged() -> None:
-    x, y, model = _skewed_data(200, seed=1)
+    x, y, model = skewed_data(200, seed=1)
     data = _CountingDataset(x, y, noise=0.01)
     issgd = ISSGDCallback(model, batch_size=4, super_batch_size=16, tau_threshold=1.0, seed=1)
     loader = DataLoader(
@@ -108,7 +92,7 @@ def test_workers_and_augmentation_work_unchanged() -> None:
 
 
 def test_the_score_is_that_of_the_augmented_sample_trained_on() -> None:
-    x, y, model = _skewed_data(64, seed=2)
+    x, y, model = skewed_data(64, seed=2)
     augmented = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     super_inputs, super_targets = augmented[:16], y[:16]
     issgd = ISSGDCallback(model, batch_size=4, super_batch_size=16, seed=0)
@@ -122,7 +106,7 @@ def test_the_score_is_that_of_the_augmented_sample_trained_on() -> None:
 
 
 def test_a_minibatch_passes_through_with_weights_one_and_feeds_tau() -> None:
-    x, y, model = _skewed_data(32, seed=3)
+    x, y, model = skewed_data(32, seed=3)
     issgd = ISSGDCallback(model, batch_size=8, super_batch_size=16, seed=0)
     given = x[:8]
     inputs, targets, weights = issgd.before_step(given, y[:8])
@@ -135,7 +119,7 @@ def test_a_minibatch_passes_through_with_weights_one_and_feeds_tau() -> None:
 
 
 def test_dict_inputs_are_selected_together() -> None:
-    x, y, linear = _skewed_data(16, seed=4)
+    x, y, linear = skewed_data(16, seed=4)
 
     class DictModel(nn.Module):
         def __init__(self) -> None:
@@ -155,7 +139,7 @@ def test_dict_inputs_are_selected_together() -> None:
 
 
 def test_issgd_batches_equal_a_user_loop_over_a_data_loader() -> None:
-    x, y, model = _skewed_data(120, seed=5)
+    x, y, model = skewed_data(120, seed=5)
     data = TensorDataset(x, y)
     kwargs: dict[str, Any] = dict(batch_size=4, super_batch_size=16, tau_threshold=1.0, seed=7)
     simple_model, loop_model = copy.deepcopy(model), copy.deepcopy(model)
@@ -185,7 +169,7 @@ def test_issgd_batches_equal_a_user_loop_over_a_data_loader() -> None:
 
 
 def test_report_writes_the_rule_to_a_real_study() -> None:
-    x, y, model = _skewed_data(100, seed=6)
+    x, y, model = skewed_data(100, seed=6)
 
     def objective(trial: optuna.Trial) -> float:
         issgd = ISSGDCallback(model, batch_size=4, super_batch_size=16, seed=0)
@@ -228,7 +212,7 @@ class _Priced(nn.Module):
 def test_speed_switch_decides_from_measured_seconds(
     train_seconds: float, score_seconds: float, forward_batch_size: int, pays: bool
 ) -> None:
-    x, y, linear = _skewed_data(200, seed=8)
+    x, y, linear = skewed_data(200, seed=8)
     model = _Priced(linear, train_seconds, score_seconds)
     b, big_b = 4, 16
     issgd = ISSGD(
@@ -263,7 +247,7 @@ def test_speed_switch_decides_from_measured_seconds(
 
 
 def test_scoring_under_autocast_dtype_is_float32_and_close() -> None:
-    x, y, model = _skewed_data(64, seed=9)
+    x, y, model = skewed_data(64, seed=9)
     seen = []
     model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     exact = ISSGDCallback(model, batch_size=4, super_batch_size=16).scores(x, y)
@@ -288,7 +272,7 @@ def test_scores_are_ordinary_tensors_and_inference_mode_can_be_turned_off() -> N
                 self.cache = torch.full((N_CLASSES,), 2.0)
             return super().forward(x) * self.cache
 
-    x, y, _ = _skewed_data(32, seed=10)
+    x, y, _ = skewed_data(32, seed=10)
     scores = ISSGDCallback(nn.Linear(N_FEATURES, N_CLASSES), batch_size=4, super_batch_size=16)
     assert not scores.scores(x, y).is_inference()
 
@@ -323,7 +307,7 @@ def test_selection_stays_on_the_scores_device_and_falls_back_without_raising() -
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_step_has_no_host_synchronization() -> None:
-    x, y, model = _skewed_data(64, seed=11)
+    x, y, model = skewed_data(64, seed=11)
     device = torch.device("cuda")
     model = model.to(device)
     issgd = ISSGDCallback(model, batch_size=4, super_batch_size=16, tau_threshold=0.0, seed=0)
@@ -347,7 +331,7 @@ def test_cuda_step_has_no_host_synchronization() -> None:
 
 
 def test_batches_of_another_size_or_shape_raise_clearly() -> None:
-    x, y, model = _skewed_data(32, seed=12)
+    x, y, model = skewed_data(32, seed=12)
     issgd = ISSGDCallback(model, batch_size=4, super_batch_size=16)
     with pytest.raises(ValueError, match=r"batch_size=4 or super_batch_size=16 rows, got 8"):
         issgd.before_step(x[:8], y[:8])
@@ -364,7 +348,7 @@ def test_batches_of_another_size_or_shape_raise_clearly() -> None:
 
 
 def test_batch_sampler_wants_a_dataset_that_holds_the_super_batch() -> None:
-    x, y, model = _skewed_data(20, seed=13)
+    x, y, model = skewed_data(20, seed=13)
     issgd = ISSGDCallback(model, batch_size=4, super_batch_size=16)
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
     with pytest.raises(TypeError, match=r"got a DataLoader; pass its dataset"):

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 pytest.importorskip("lightning", reason="PyTorch Lightning is not installed (extra 'lightning')")
 
 import lightning.pytorch as pl  # noqa: E402
+from issgd_data import skewed_data  # noqa: E402  (tests/ helper)
 
 from optuna_isbo.integration.lightning import ISSGDLightningCallback  # noqa: E402
 from optuna_isbo.issgd_callback import ISSGDCallback  # noqa: E402
@@ -20,21 +21,7 @@ from optuna_isbo.issgd_callback import ISSGDCallback  # noqa: E402
 # Lightning's own pytree helper uses an API that torch deprecates; nothing of ours.
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*")
 
-N_FEATURES, N_CLASSES, B_SMALL, B_LARGE = 5, 3, 4, 16
-
-
-def _skewed(n: int, seed: int) -> tuple[Tensor, Tensor, nn.Linear]:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, N_FEATURES, generator=generator)
-    x = x / x.norm(dim=1, keepdim=True)
-    body = nn.Linear(N_FEATURES, N_CLASSES)
-    with torch.no_grad():
-        body.weight.copy_(10.0 * torch.randn(N_CLASSES, N_FEATURES, generator=generator))
-        body.bias.zero_()
-        y = body(x).argmax(dim=1)
-    flipped = torch.rand(n, generator=generator) < 0.1
-    y[flipped] = (y[flipped] + 1) % N_CLASSES
-    return x, y, body
+B_SMALL, B_LARGE = 4, 16
 
 
 class _Net(pl.LightningModule):
@@ -77,7 +64,7 @@ def _trainer(callback: pl.Callback, max_steps: int, **kwargs: Any) -> pl.Trainer
 
 
 def test_trainer_fit_trains_on_importance_sampled_minibatches_and_reports() -> None:
-    x, y, body = _skewed(200, seed=0)
+    x, y, body = skewed_data(200, seed=0)
     net = _Net(
         body,
         TensorDataset(x, y),
@@ -107,7 +94,7 @@ def test_trainer_fit_trains_on_importance_sampled_minibatches_and_reports() -> N
 
 
 def test_bf16_mixed_precision_scores_under_the_trainers_autocast() -> None:
-    x, y, body = _skewed(200, seed=1)
+    x, y, body = skewed_data(200, seed=1)
     net = _Net(
         body, TensorDataset(x, y), batch_size=B_SMALL, super_batch_size=B_LARGE, tau_threshold=1.0
     )
@@ -126,7 +113,7 @@ def test_bf16_mixed_precision_scores_under_the_trainers_autocast() -> None:
 
 
 def test_a_tuple_batch_is_a_clear_type_error() -> None:
-    x, y, body = _skewed(40, seed=2)
+    x, y, body = skewed_data(40, seed=2)
 
     class TupleNet(_Net):
         def train_dataloader(self) -> DataLoader:
