@@ -134,7 +134,6 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.trial import TrialState
 
 from optuna_isbo import ISBOSampler
 
@@ -535,15 +534,11 @@ class OptunaDriver(Driver):
         rule of ``RULES``; the default rule's pick is what ``recommendation`` returns.
         """
         from optuna_isbo.recommendation import recommendation_rule
-        from optuna_isbo.sampler import _choose, _usable_completed_trials
-        from optuna_isbo.search_space import SearchSpace
+        from optuna_isbo.sampler import _choose
 
         sampler = self.sampler
         assert isinstance(sampler, ISBOSampler)
-        search_space = sampler._joint_search_space(self.study)
-        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        completed = _usable_completed_trials(trials, search_space)
-        space = SearchSpace(search_space, sampler._fidelity_param, sampler._target_fidelity)
+        space, completed = sampler._recommendation_data(self.study)
         evidence = sampler._target_evidence(self.study, space, completed)
         default = None
         if evidence is not None:

@@ -389,12 +389,7 @@ class ISBOSampler(BaseSampler):
             If the study has no completed trial with a finite value.
         """
         self._raise_error_if_multi_objective(study)
-        search_space = self._joint_search_space(study)
-        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        completed = _usable_completed_trials(trials, search_space)
-        if not completed:
-            raise ValueError("`recommend` needs at least one completed trial with a finite value.")
-        space = SearchSpace(search_space, self._fidelity_param, self._target_fidelity)
+        space, completed = self._recommendation_data(study)
         with self._lock, _on_cpu():
             result = self._recommendation(study, space, completed)
         for key, attr in (
@@ -405,6 +400,15 @@ class ISBOSampler(BaseSampler):
         ):
             study._storage.set_study_user_attr(study._study_id, ATTR_PREFIX + key, attr)
         return result
+
+    def _recommendation_data(self, study: Study) -> tuple[SearchSpace, list[FrozenTrial]]:
+        """The joint search space and the completed trials a recommendation is made from."""
+        search_space = self._joint_search_space(study)
+        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        completed = _usable_completed_trials(trials, search_space)
+        if not completed:
+            raise ValueError("`recommend` needs at least one completed trial with a finite value.")
+        return SearchSpace(search_space, self._fidelity_param, self._target_fidelity), completed
 
     def _recommendation(
         self,
