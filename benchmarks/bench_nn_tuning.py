@@ -548,6 +548,8 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     summary["fractions"] = fractions
     summary["time_to_reach"] = print_time_to_reach(methods, medians, times)
     summary["goal"] = print_goal(methods, medians, p90, fractions, summary["time_to_reach"])
+    summary["fidelity_shares"] = print_fidelity_shares(by_method)
+    summary["coverage"] = print_coverage(by_method, fractions)
     plot(by_method, medians, p90, times, budget, out_dir)
     (out_dir / "nn_tuning.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -611,6 +613,119 @@ def print_goal(
             f"({shown})"
         )
     return goal
+
+
+FIDELITY_LEVELS = ("lowest", "between", "target")
+
+
+def fidelity_level(trial: dict[str, Any], run: dict[str, Any]) -> str | None:
+    """Where a trial's fidelity lies for a method that chooses one; ``None`` for the others."""
+    if run["method"] == "isbo":
+        value, lowest, target = trial["params"][FIDELITY], BATCH_SIZE, TARGET_SUPER_BATCH
+    elif run["method"] == "isbo-steps":
+        value, lowest, target = trial["params"][STEPS_PARAM], run["min_steps"], run["steps"]
+    else:
+        return None
+    return "lowest" if value <= lowest else "target" if value >= target else "between"
+
+
+def trial_seconds(trial: dict[str, Any]) -> float:
+    """A trial's training cost: ``isbo:cost`` where written, else its wall clock."""
+    if trial["cost_seconds"] is not None:
+        return float(trial["cost_seconds"])
+    return float(trial["end_seconds"] - trial["start_seconds"])
+
+
+def print_fidelity_shares(by_method: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median share of completed trials and of training cost at each fidelity level."""
+    table: dict[str, Any] = {}
+    rows = []
+    for m, rs in by_method.items():
+        if m not in ("isbo", "isbo-steps"):
+            continue
+        shares: dict[str, list[tuple[float, float]]] = {level: [] for level in FIDELITY_LEVELS}
+        for run in rs:
+            done = [t for t in run["trials"] if t["state"] == "COMPLETE"]
+            total_cost = sum(trial_seconds(t) for t in done) or 1.0
+            for level in FIDELITY_LEVELS:
+                members = [t for t in done if fidelity_level(t, run) == level]
+                shares[level].append(
+                    (
+                        len(members) / max(len(done), 1),
+                        sum(trial_seconds(t) for t in members) / total_cost,
+                    )
+                )
+        table[m] = {
+            level: {
+                "trials": float(np.median([a for a, _ in v])),
+                "cost": float(np.median([b for _, b in v])),
+            }
+            for level, v in shares.items()
+        }
+        rows.append(
+            f"| {m} | "
+            + " | ".join(
+                f"{table[m][level]['trials']:.0%} / {table[m][level]['cost']:.0%}"
+                for level in FIDELITY_LEVELS
+            )
+            + " |"
+        )
+    if rows:
+        print(
+            "\nWhere the methods that choose a fidelity spent it (median over seeds of the share "
+            "of completed trials / of training cost; isbo: B = 32, 32 < B < 512, B = 512; "
+            "isbo-steps: the fewest steps, between, all steps):\n"
+        )
+        print("| method | " + " | ".join(FIDELITY_LEVELS) + " |")
+        print("|---|" + "---|" * len(FIDELITY_LEVELS))
+        print("\n".join(rows))
+    return table
+
+
+def print_coverage(
+    by_method: dict[str, list[dict[str, Any]]], fractions: Sequence[float]
+) -> dict[str, Any]:
+    """How often ISBO's 80 % interval covers the retrained choice's mean validation error."""
+    table: dict[str, Any] = {}
+    rows = []
+    for m, rs in by_method.items():
+        cells, row = [], {}
+        for f in fractions:
+            hits, gaps = [], []
+            for run in rs:
+                for rec in run["recommendations"]:
+                    prediction = rec.get("prediction") or {}
+                    if rec["fraction"] != f or "interval80" not in prediction:
+                        continue
+                    if not rec.get("validation_errors"):
+                        continue
+                    truth = float(np.mean(rec["validation_errors"]))
+                    lo, hi = prediction["interval80"]
+                    if math.isfinite(lo) and math.isfinite(hi):
+                        hits.append(lo <= truth <= hi)
+                        gaps.append(abs(prediction["value"] - truth))
+            if hits:
+                row[f] = {
+                    "coverage": float(np.mean(hits)),
+                    "n": len(hits),
+                    "median_abs_error": float(np.median(gaps)),
+                }
+                cells.append(f"{np.mean(hits):.0%} ({len(hits)}; {np.median(gaps):.3f})")
+            else:
+                cells.append("-")
+        if row:
+            table[m] = row
+            rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    if rows:
+        print(
+            "\nCoverage of ISBO's 80 % interval for the recommendation's validation error at the "
+            "target (true value: the mean validation error of its retraining runs); cells: "
+            "share covered (runs with an interval; median |predicted - true|):\n"
+        )
+        print("| method | " + " | ".join(f"{f:.0%}" for f in fractions) + " |")
+        print("|---|" + "---|" * len(fractions))
+        print("\n".join(rows))
+    return table
 
 
 def plot(
