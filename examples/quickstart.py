@@ -15,8 +15,9 @@ objective is the validation error; a diverged run completes its trial at 1.0 wit
 At the end the script prints the recommended configuration (``sampler.recommendation``) with
 its predicted validation error, 80% interval and number of target-fidelity evaluations,
 retrains it at the target fidelity with 3 seeds and prints the test errors and their median,
-prints the share of trials and of training cost at each fidelity, and writes two plots to
-``--out-dir``: best validation error versus cumulative cost, and the fidelity chosen per trial.
+prints the share of trials and of cost at each fidelity (the cost the sampler models,
+:func:`optuna_isbo.cost.trial_cost_seconds`), and writes two plots to ``--out-dir``: best
+validation error versus cumulative cost, and the fidelity chosen per trial.
 
 Usage::
 
@@ -49,6 +50,7 @@ from fashion_task import (
 )
 
 from optuna_isbo import ISBOSampler
+from optuna_isbo.cost import trial_cost_seconds
 
 RETRAIN_SEEDS = (0, 1, 2)
 
@@ -64,15 +66,14 @@ def plot(study: optuna.Study, out_dir: Path) -> list[Path]:
     costs, best, best_so_far = [], [], math.inf
     total = 0.0
     for t in trials:
-        cost = t.user_attrs.get("isbo:cost")
-        total += float(cost) if cost else (t.duration.total_seconds() if t.duration else 0.0)
+        total += trial_cost_seconds(t)
         best_so_far = min(best_so_far, float(t.values[0]))
         costs.append(total)
         best.append(best_so_far)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.step(costs, best, where="post")
-    ax.set_xlabel("cumulative training cost (s)")
+    ax.set_xlabel("cumulative cost (s): training, validation and the sampler's ask")
     ax.set_ylabel("best validation error")
     ax.set_title("ISBOSampler + ISSGD on Fashion-MNIST")
     cost_path = out_dir / "best_vs_cost.png"
@@ -118,11 +119,11 @@ def fidelity_bins() -> list[tuple[int, int]]:
 def fidelity_shares(study: optuna.Study) -> list[tuple[str, int, float, float, float]]:
     """Per fidelity range: label, trials, share of trials, cost seconds, share of cost."""
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    total_cost = sum(float(t.user_attrs.get("isbo:cost", 0.0)) for t in trials) or 1.0
+    total_cost = sum(trial_cost_seconds(t) for t in trials) or 1.0
     rows = []
     for lo, hi in fidelity_bins():
         members = [t for t in trials if lo <= t.params.get(FIDELITY, -1) < hi]
-        cost = sum(float(t.user_attrs.get("isbo:cost", 0.0)) for t in members)
+        cost = sum(trial_cost_seconds(t) for t in members)
         label = f"B = {lo} (target)" if hi == lo + 1 else f"B in [{lo}, {hi})"
         rows.append(
             (label, len(members), len(members) / max(len(trials), 1), cost, cost / total_cost)
@@ -139,7 +140,7 @@ def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     note = "  diverged" if attrs.get(DIVERGED_ATTR) else ""
     print(
         f"trial {trial.number:3d} {attrs.get('isbo:phase', '?'):8s} B={trial.params[FIDELITY]:4d}"
-        f"  val error {trial.values[0]:.4f}  cost {float(attrs.get('isbo:cost', 0.0)):5.1f} s"
+        f"  val error {trial.values[0]:.4f}  cost {trial_cost_seconds(trial):5.1f} s"
         f"  best {study.best_value:.4f}{note}",
         flush=True,
     )
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> float:
         "trials by phase: "
         + ", ".join(f"{p} {phases.count(p)}" for p in sorted(set(map(str, phases))))
     )
-    print("trials and training cost by fidelity:")
+    print("trials and cost by fidelity:")
     for label, n, n_share, cost, cost_share in fidelity_shares(study):
         print(f"  {label:18s} {n:4d} trials ({n_share:6.1%})  {cost:7.1f} s ({cost_share:6.1%})")
     test_errors = retrain_test_error(best, data, RETRAIN_SEEDS)
