@@ -279,22 +279,22 @@ def calibration_factor(
 
 
 def verification_due(
-    target_cost_seconds: float, total_cost_seconds: float, max_fraction: float
+    verify_cost_seconds: float, total_cost_seconds: float, max_fraction: float
 ) -> bool:
-    """Whether the target fidelity may receive another verification trial.
+    """Whether the budget of verification trials allows another one.
 
     Parameters
     ----------
-    target_cost_seconds
-        Cost of the completed trials at the target fidelity, startup trials excepted.
+    verify_cost_seconds
+        Cost of the completed verification trials.
     total_cost_seconds
         Cost of all completed trials.
     max_fraction
-        ``rho``: the share of the cost below which the target is topped up.
+        ``rho``: the share of the cost that verification trials may take.
     """
     if max_fraction <= 0.0 or total_cost_seconds <= 0.0:
         return False
-    return target_cost_seconds < max_fraction * total_cost_seconds
+    return verify_cost_seconds < max_fraction * total_cost_seconds
 
 
 def is_target(s: torch.Tensor) -> torch.Tensor:

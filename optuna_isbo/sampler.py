@@ -107,13 +107,16 @@ class ISBOSampler(BaseSampler):
         (:meth:`~optuna_isbo.meta.GPPrior.adapt`). 0 holds every pre-trained hyperparameter
         fixed, as HyperBO does. Unused without a prior.
     verify_cost_fraction
-        Share ``rho`` of the cost below which the target fidelity is topped up by verification
-        trials. When the configuration with the best posterior mean at the target has not been
-        evaluated there, and the target fidelity has received less than ``rho`` of the cost
-        spent so far, the next trial evaluates that configuration at the target
-        (``isbo:phase`` is ``"verify"``). Target evaluations are what :meth:`recommendation`
-        rests on and what reveals a misleading cheap fidelity; ``rho`` bounds what they take
-        from the cheap exploration. 0 turns verification off. Unused without a fidelity.
+        Share ``rho`` of the cost that verification trials may take. When the configuration
+        with the best posterior mean at the target has not been evaluated there, and the
+        verification trials so far have cost less than ``rho`` of the cost spent, the next
+        trial evaluates that configuration at the target (``isbo:phase`` is ``"verify"``).
+        Target evaluations of the leading configuration are what :meth:`recommendation` rests
+        on and what reveals a misleading cheap fidelity; ``rho`` bounds what they take from the
+        exploration. Target trials that the acquisition chose do not count against ``rho``:
+        they test other configurations, and a study that spends most of its cost at the target
+        on them would otherwise never check the one it recommends. 0 turns verification off.
+        Unused without a fidelity.
 
     Notes
     -----
@@ -503,22 +506,22 @@ class ISBOSampler(BaseSampler):
         space: SearchSpace,
         fit: _ObjectiveFit,
         cost_seconds: torch.Tensor,
-        startup: torch.Tensor,
+        verifying: torch.Tensor,
         pending: torch.Tensor,
     ) -> torch.Tensor | None:
         """The configuration to evaluate at the target next, or ``None``.
 
         The configuration with the lowest posterior mean at the target among those evaluated,
-        when it has no target evaluation (completed or pending) and the target has received
-        less than ``verify_cost_fraction`` of the cost so far. Target trials of the startup
-        design do not count: they are random configurations, not evidence for a good one.
+        when it has no target evaluation (completed or pending) and the verification trials
+        (mask ``verifying``, ``(n,)``) have cost less than ``verify_cost_fraction`` of the cost
+        so far.
         """
         if space.fidelity_param is None or self._verify_cost_fraction <= 0.0:
             return None
         s = fit.inputs[:, -1]
-        target_seconds = float(cost_seconds[rec.is_target(s) & ~startup].sum())
+        verify_seconds = float(cost_seconds[verifying].sum())
         total_seconds = float(cost_seconds.sum())
-        if not rec.verification_due(target_seconds, total_seconds, self._verify_cost_fraction):
+        if not rec.verification_due(verify_seconds, total_seconds, self._verify_cost_fraction):
             return None
         configs = rec.group_configurations(fit.inputs[:, : space.dim], s)
         mean, _ = _target_posterior(fit, space, configs.X)
@@ -566,11 +569,13 @@ class ISBOSampler(BaseSampler):
             s_pending = torch.tensor([s for _, s in encoded], dtype=torch.float64)
             pending = _inputs(space, X_pending, s_pending)
 
-        startup = torch.tensor(
-            [t.user_attrs.get(ATTR_PREFIX + "phase") == "startup" for t in completed]
+        verifying = torch.tensor(
+            [t.user_attrs.get(ATTR_PREFIX + "phase") == "verify" for t in completed]
         )
         x_verify = (
-            self._verification(space, fit, cost_seconds, startup, pending) if may_verify else None
+            self._verification(space, fit, cost_seconds, verifying, pending)
+            if may_verify
+            else None
         )
         if x_verify is not None:
             chosen = _inputs(space, x_verify[None], torch.ones(1, dtype=torch.float64))

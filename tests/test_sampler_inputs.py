@@ -336,6 +336,45 @@ def test_verification_defers_to_an_earlier_trial_still_deciding() -> None:
     assert verifying.params[FIDELITY] == 256
 
 
+def test_target_trials_of_the_acquisition_do_not_use_up_the_verification_budget() -> None:
+    """Most of the cost went to target trials far from the best configuration, seen only at
+    ``B = 16``: those trials do not test it, so it is verified; a spent budget stops that."""
+    space = {"x": X_DIST, FIDELITY: B_DIST}
+
+    def study_with(verify_cost: float | None) -> optuna.Study:
+        study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=0))
+        _add_cheap_trials(study, 4)  # 4 trials without a cost attribute: 1 ms each
+        for x in (0.7, 0.8, 0.9):
+            study.add_trial(
+                create_trial(
+                    value=(x - 0.3) ** 2,
+                    params={"x": x, FIDELITY: 256},
+                    distributions=space,
+                    user_attrs={"isbo:cost": 20.0, "isbo:phase": "model"},
+                )
+            )
+        if verify_cost is not None:  # an earlier verification elsewhere, with this cost
+            study.add_trial(
+                create_trial(
+                    value=(0.6 - 0.3) ** 2,
+                    params={"x": 0.6, FIDELITY: 256},
+                    distributions=space,
+                    user_attrs={"isbo:cost": verify_cost, "isbo:phase": "verify"},
+                )
+            )
+        return study
+
+    study = study_with(None)
+    trial = study.ask(space)
+    assert study._storage.get_trial(trial._trial_id).user_attrs["isbo:phase"] == "verify"
+    assert trial.params[FIDELITY] == 256
+    assert trial.params["x"] == pytest.approx(0.25)  # the best cheap trial
+    # Verification trials that took 25 / 85 > 1/4 of the cost: the budget is spent.
+    study = study_with(25.0)
+    trial = study.ask(space)
+    assert study._storage.get_trial(trial._trial_id).user_attrs["isbo:phase"] == "model"
+
+
 def test_verification_defers_while_an_earlier_trial_has_no_readable_params() -> None:
     """A worker may see another's ``isbo:phase`` before its chosen parameters: it defers."""
     sampler = ISBOSampler(seed=0, n_startup_trials=0)
