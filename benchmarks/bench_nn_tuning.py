@@ -516,19 +516,20 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     steps = sorted({r["steps"] for r in runs})
     print(
         f"\n### Test error of the recommended configuration ({len(seeds)} seeds: {seeds}; "
-        f"budget {budget:.0f} s per study; steps {steps})\n"
+        f"budget {budget:.0f} s per study; steps {steps})"
     )
-    print(
-        "Cells: median / 90th percentile over seeds; trials = median completed trials "
-        "(pruned); sampler = median seconds per study spent outside training (suggest calls, "
-        "storage, pruning; runs recorded without suggest timings: outside the objective only).\n"
+    print_table_head(
+        "Cells: median / 90th percentile over seeds of the test error of each study's choice "
+        "(the median over its retraining seeds); trials = median completed trials (pruned); "
+        "sampler = median seconds per study spent outside training (suggest calls, storage, "
+        "pruning; runs recorded without suggest timings: outside the objective only).",
+        [
+            "method",
+            *(f"{f:.0%} ({f * budget:.0f} s)" for f in fractions),
+            "trials",
+            "sampler s",
+        ],
     )
-    print(
-        "| method | "
-        + " | ".join(f"{f:.0%} ({f * budget:.0f} s)" for f in fractions)
-        + " | trials | sampler s |"
-    )
-    print("|---|" + "---|" * (len(fractions) + 2))
     summary: dict[str, Any] = {"seeds": seeds, "budget_seconds": budget, "methods": {}}
     for m in methods:
         rs = by_method[m]
@@ -555,17 +556,23 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def print_table_head(intro: str, columns: Sequence[str]) -> None:
+    """Print ``intro`` as a paragraph, then a markdown table's header row and rule."""
+    print(f"\n{intro}\n")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
 def print_time_to_reach(
     methods: list[str], medians: dict[str, np.ndarray], times: np.ndarray
 ) -> dict[str, Any]:
     """Rows: peers; columns: methods; cell: time to reach the peer's final median / peer's."""
-    print(
-        "\nTime each method's median curve needs to reach the peer's final median test error, "
+    print_table_head(
+        "Time each method's median curve needs to reach the peer's final median test error, "
         "as a fraction of the time the peer's own median curve needs (resolution: the budget "
-        "points above; '-' = not reached within the budget):\n"
+        "points above; '-' = not reached within the budget):",
+        ["peer", "final median", "peer time (s)", *methods],
     )
-    print("| peer | final median | peer time (s) | " + " | ".join(methods) + " |")
-    print("|---|---|---|" + "---|" * len(methods))
     table: dict[str, Any] = {}
     for peer in methods:
         level = float(medians[peer][-1])
@@ -671,13 +678,12 @@ def print_fidelity_shares(by_method: dict[str, list[dict[str, Any]]]) -> dict[st
             + " |"
         )
     if rows:
-        print(
-            "\nWhere the methods that choose a fidelity spent it (median over seeds of the share "
+        print_table_head(
+            "Where the methods that choose a fidelity spent it (median over seeds of the share "
             "of completed trials / of training cost; isbo: B = 32, 32 < B < 512, B = 512; "
-            "isbo-steps: the fewest steps, between, all steps):\n"
+            "isbo-steps: the fewest steps, between, all steps):",
+            ["method", *FIDELITY_LEVELS],
         )
-        print("| method | " + " | ".join(FIDELITY_LEVELS) + " |")
-        print("|---|" + "---|" * len(FIDELITY_LEVELS))
         print("\n".join(rows))
     return table
 
@@ -717,13 +723,12 @@ def print_coverage(
             table[m] = row
             rows.append(f"| {m} | " + " | ".join(cells) + " |")
     if rows:
-        print(
-            "\nCoverage of ISBO's 80 % interval for the recommendation's validation error at the "
+        print_table_head(
+            "Coverage of ISBO's 80 % interval for the recommendation's validation error at the "
             "target (true value: the mean validation error of its retraining runs); cells: "
-            "share covered (runs with an interval; median |predicted - true|):\n"
+            "share covered (runs with an interval; median |predicted - true|):",
+            ["method", *(f"{f:.0%}" for f in fractions)],
         )
-        print("| method | " + " | ".join(f"{f:.0%}" for f in fractions) + " |")
-        print("|---|" + "---|" * len(fractions))
         print("\n".join(rows))
     return table
 
