@@ -49,7 +49,8 @@ early still leaves complete runs behind, and runs of several invocations (``--se
 at each budget fraction; the time each method's median anytime curve needs to reach each peer's
 final median, as a fraction of that peer's time; the share of trials and of training cost at
 each fidelity; the coverage of ISBO's 80 % intervals; a check of the goal) and writes
-``benchmarks/results/nn_tuning.png`` and ``nn_tuning.json``.
+``<name>.png`` and ``<name>.json`` in ``--out-dir``, ``<name>`` being the stem of the first
+JSONL file (``benchmarks/results/nn_tuning_fashion.png`` for the command below).
 
 Usage::
 
@@ -498,7 +499,8 @@ def best_validation_curve(run: dict[str, Any], grid: np.ndarray) -> np.ndarray:
     return np.array(curve)
 
 
-def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+def report(runs: list[dict[str, Any]], out_dir: Path, name: str) -> dict[str, Any]:
+    """Print the report's tables; write ``<name>.json`` (the numbers) and ``<name>.png``."""
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
     seeds = complete_seeds(runs, methods)
     runs = [r for r in runs if r["seed"] in seeds]
@@ -551,8 +553,8 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     summary["goal"] = print_goal(methods, medians, p90, fractions, summary["time_to_reach"])
     summary["fidelity_shares"] = print_fidelity_shares(by_method)
     summary["coverage"] = print_coverage(by_method, fractions)
-    plot(by_method, medians, p90, times, budget, out_dir)
-    (out_dir / "nn_tuning.json").write_text(json.dumps(summary, indent=1))
+    plot(by_method, medians, p90, times, budget, out_dir / f"{name}.png")
+    (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -739,8 +741,9 @@ def plot(
     p90: dict[str, np.ndarray],
     times: np.ndarray,
     budget: float,
-    out_dir: Path,
+    path: Path,
 ) -> Path:
+    """Test error of the choices (median, 90th percentile) and best validation error, by time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -758,12 +761,11 @@ def plot(
     ax_test.set_title("median (solid) and 90th percentile (dashed) over seeds")
     ax_test.legend(fontsize=7)
     ax_val.set_xlabel("study wall clock (s)")
-    ax_val.set_ylabel("best validation error so far (at the trial's own B)")
+    ax_val.set_ylabel("best validation error so far (at the trial's own fidelity)")
     ax_val.set_title("median over seeds of the best observed value")
     ax_val.legend(fontsize=7)
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "nn_tuning.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"\nwrote {path}")
@@ -808,7 +810,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.report:
-        report(load_runs(args.report), args.out_dir)
+        report(load_runs(args.report), args.out_dir, args.report[0].stem)
         return
     settings = Settings(
         budget_seconds=args.budget_seconds,
