@@ -136,6 +136,7 @@ from optuna.distributions import (
 )
 
 from optuna_isbo import ISBOSampler
+from optuna_isbo.recommendation import Recommendation, Rule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_synthetic import PROBLEMS as SYNTHETIC  # noqa: E402
@@ -436,7 +437,7 @@ class Rec:
 # ISBO's recommendation under each fixed rule of ``optuna_isbo.recommendation.Rule``, next to
 # the default, which picks the rule from the verification checks: the same trials and the same
 # posterior, so the rules are compared on identical studies.
-RULES = ("extrapolate", "supported", "observed")
+RULES: tuple[Rule, ...] = ("extrapolate", "supported", "observed")
 
 
 class Driver:
@@ -532,24 +533,25 @@ class OptunaDriver(Driver):
 
         One posterior (one fit of the objective GP, as ``recommendation`` makes) serves every
         rule of ``RULES``; the default rule's pick is what ``recommendation`` returns.
+        Under the rule ``"observed"`` the default's uncertainty comes from a GP of the target
+        trials alone; the fixed rules are all applied to the GP of every trial.
         """
-        from optuna_isbo.recommendation import recommendation_rule
         from optuna_isbo.sampler import _choose
 
         sampler = self.sampler
         assert isinstance(sampler, ISBOSampler)
         space, completed = sampler._recommendation_data(self.study)
         evidence = sampler._target_evidence(self.study, space, completed)
-        default = None
-        if evidence is not None:
-            default = recommendation_rule(evidence.kappa, evidence.n_checks)
+        default = None if evidence is None else evidence.rule
+        every_trial = evidence
+        if evidence is not None and evidence.rule == "observed":
+            every_trial = sampler._target_evidence(self.study, space, completed, target_only=False)
         self.kappa = None if evidence is None else evidence.kappa
         self.rule = default
-        rules: dict[str, Any] = {name: name for name in RULES}
-        picks = {
-            name: _choose(self.study, space, completed, evidence, rule)
-            for name, rule in {**rules, "default": default}.items()
+        picks: dict[str, Recommendation] = {
+            name: _choose(self.study, space, completed, every_trial, name) for name in RULES
         }
+        picks["default"] = _choose(self.study, space, completed, evidence, default)
         alternatives = {}
         for name, r in picks.items():
             params = dict(r.params)

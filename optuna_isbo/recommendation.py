@@ -13,7 +13,8 @@ recommendation honest:
   extrapolation through the fidelity kernel, and a kernel fitted to biased cheap runs
   extrapolates with confidence it has not earned. A model that failed its checks is not used
   to rank at all: the recommendation is then the configuration with the best observed target
-  value (:func:`recommendation_rule`). Before the first target evaluation every configuration
+  value (:func:`recommendation_rule`), and its uncertainty comes from a GP fitted to the
+  target-fidelity trials alone. Before the first target evaluation every configuration
   is a candidate.
   :attr:`Recommendation.n_target_evaluations` says which kind of evidence the result has.
 
@@ -36,13 +37,15 @@ recommendation honest:
   reported. The model's word counts (extrapolations are candidates) while ``kappa <= 2``
   after at least one check; when at least two checks give ``kappa > 2``, the observed target
   values decide, and the sampler asks at the target fidelity only (until later
-  verifications bring the factor back). For a calibrated model ``kappa^2`` is a mean of
-  ``k`` squared standard normals, which exceeds 4 with probability ``0.046`` (``k = 1``),
+  verifications bring the factor back), with a GP fitted to the target trials alone: plain
+  Bayesian optimization at the target. For a calibrated model ``kappa^2`` is a mean of ``k``
+  squared standard normals, which exceeds 4 with probability ``0.046`` (``k = 1``),
   ``0.018`` (``k = 2``) and ``0.007`` (``k = 3``).
 
 The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``
 (the mean observed target value under the ``"observed"`` rule), and the standard deviation
-``kappa sqrt(var(x, 1))``, in the study's units and direction.
+``kappa sqrt(var(x, 1))`` (under ``"observed"``, ``sqrt(var(x, 1))`` of the target-only GP),
+in the study's units and direction.
 """
 
 from __future__ import annotations

@@ -134,13 +134,15 @@ class ISBOSampler(BaseSampler):
       startup ``isbo:predicted_cost_seconds``, ``isbo:predicted_value_at_target`` with
       ``isbo:predicted_std_at_target``, and for ``model`` trials
       ``isbo:information_gain_nats``, ``isbo:acquisition_value`` (nats per second),
-      ``isbo:calibration_factor`` and ``isbo:n_target_checks``.
+      ``isbo:calibration_factor``, ``isbo:n_target_checks`` and ``isbo:model_trials``.
     - The model is checked against the target: every verification trial compares the
       prediction made before it ran with what was observed
       (:func:`optuna_isbo.recommendation.calibration_factor`). When at least two predictions
       missed by more than twice their stated standard deviation (root mean square), the cheaper
       fidelities misled the model: the acquisition then chooses among target evaluations
-      only, and :meth:`recommendation` goes by observed target values
+      only, with a GP fitted to the target-fidelity trials alone (``isbo:model_trials`` is
+      ``"target"``, otherwise ``"all"``), and :meth:`recommendation` goes by observed target
+      values, with that GP's standard deviation
       (:func:`optuna_isbo.recommendation.recommendation_rule`).
     - A trial's cost is :func:`optuna_isbo.cost.trial_cost_seconds`: the larger of
       ``cost_attr`` and the trial's duration, which includes the sampler's own time. Where
@@ -420,19 +422,25 @@ class ISBOSampler(BaseSampler):
         completed: list[FrozenTrial],
     ) -> Recommendation:
         evidence = self._target_evidence(study, space, completed)
-        rule = (
-            None
-            if evidence is None
-            else rec.recommendation_rule(evidence.kappa, evidence.n_checks)
+        return _choose(
+            study, space, completed, evidence, None if evidence is None else evidence.rule
         )
-        return _choose(study, space, completed, evidence, rule)
 
     def _target_evidence(
-        self, study: Study, space: SearchSpace, completed: list[FrozenTrial]
+        self,
+        study: Study,
+        space: SearchSpace,
+        completed: list[FrozenTrial],
+        *,
+        target_only: bool | None = None,
     ) -> _TargetEvidence | None:
         """The model's view of every evaluated configuration at the target, or ``None``.
 
         ``None`` when there is a single trial or the model fails (with a warning).
+        ``target_only`` fits the objective GP to the target-fidelity trials alone; by default
+        it does so exactly when the checks overruled the model (rule ``"observed"``), and then
+        the standard deviations are that GP's, not widened by ``kappa`` (the factor measured
+        the model that learned from the cheap trials).
         """
         X, s = space.encode_trials(completed)
         if space.fidelity_param is None:
@@ -440,8 +448,13 @@ class ISBOSampler(BaseSampler):
         configs = rec.group_configurations(X, s)
         if len(completed) <= 1:
             return None
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        kappa, n_checks = _calibration_factor(completed, sign)
+        rule = rec.recommendation_rule(kappa, n_checks)
+        if target_only is None:
+            target_only = rule == "observed"
         try:
-            fit = self._fit_objective(study, space, completed)
+            fit = self._fit_objective(study, space, completed, target_only=target_only)
             mean, sd = _target_posterior(fit, space, configs.X)
         except torch.linalg.LinAlgError as err:
             warnings.warn(
@@ -451,9 +464,8 @@ class ISBOSampler(BaseSampler):
                 stacklevel=4,
             )
             return None
-        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-        kappa, n_checks = _calibration_factor(completed, sign)
-        return _TargetEvidence(configs, mean, sd * kappa, kappa, n_checks)
+        widen = 1.0 if fit.target_only else kappa
+        return _TargetEvidence(configs, mean, sd * widen, kappa, n_checks, rule)
 
     # -- internals -------------------------------------------------------------------------
     def _startup_fidelity(self, space: SearchSpace, trial_number: int) -> float:
@@ -470,9 +482,30 @@ class ISBOSampler(BaseSampler):
             return space.decode(x, s)
 
     def _fit_objective(
-        self, study: Study, space: SearchSpace, completed: list[FrozenTrial]
+        self,
+        study: Study,
+        space: SearchSpace,
+        completed: list[FrozenTrial],
+        *,
+        target_only: bool = False,
     ) -> _ObjectiveFit:
+        """The objective GP on ``completed``, or with ``target_only`` on its target trials.
+
+        A target-only fit keeps the fidelity column (every row has ``s = 1``, where the
+        fidelity term of the kernel vanishes), so its inputs have the usual shape; it falls
+        back to all trials when fewer than two are at the target.
+        """
         X, s = space.encode_trials(completed)
+        target_only = target_only and space.fidelity_param is not None
+        if target_only:
+            at_target = rec.is_target(s)
+            if int(at_target.sum()) >= 2:
+                completed = [
+                    t for t, keep in zip(completed, at_target.tolist(), strict=True) if keep
+                ]
+                X, s = X[at_target], s[at_target]
+            else:
+                target_only = False
         inputs = _inputs(space, X, s)
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
         y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
@@ -481,9 +514,11 @@ class ISBOSampler(BaseSampler):
             model = self._prior.adapt(
                 inputs, self._prior.transform(y), log_sd=self._prior_refit_log_sd
             )
-            return _ObjectiveFit(model, inputs, self._prior.y_shift, self._prior.y_scale)
+            return _ObjectiveFit(
+                model, inputs, self._prior.y_shift, self._prior.y_scale, target_only
+            )
         y_std, shift, scale = standardize(y)
-        key = ("objective", inputs.shape[1], space.fidelity_param)
+        key = ("objective", inputs.shape[1], space.fidelity_param, target_only)
         model = fit_gp(
             inputs,
             y_std,
@@ -491,7 +526,7 @@ class ISBOSampler(BaseSampler):
             warm_start=self._warm_starts.get(key),
         )
         self._warm_starts[key] = model.params
-        return _ObjectiveFit(model, inputs, shift, scale)
+        return _ObjectiveFit(model, inputs, shift, scale, target_only)
 
     def _fit_cost(
         self, space: SearchSpace, cost_seconds: torch.Tensor, inputs: torch.Tensor
@@ -588,12 +623,10 @@ class ISBOSampler(BaseSampler):
             }
             return space.decode(x_verify, 1.0), attrs
 
-        if self._consider_running_trials and pending.shape[0] > 0:
-            model = model.with_pending(pending)
-
-        # A model whose verifications missed has been misled by the cheaper fidelities: it is
-        # asked about the target only, until further verifications (of configurations it
-        # still believes best from cheap runs) bring the factor back.
+        # A model whose verifications missed has been misled by the cheaper fidelities: the
+        # acquisition then asks about the target only, with a GP fitted to the target trials
+        # alone, until further verifications (of configurations that the model of all trials,
+        # ``fit`` above, still believes best from cheap runs) bring the factor back.
         fidelity_grid = space.fidelity_grid(self._n_fidelities)
         kappa, n_checks = 1.0, 0
         if has_fidelity:
@@ -601,6 +634,11 @@ class ISBOSampler(BaseSampler):
             kappa, n_checks = _calibration_factor(completed, sign)
             if rec.recommendation_rule(kappa, n_checks) == "observed":
                 fidelity_grid = fidelity_grid[-1:]
+                fit = self._fit_objective(study, space, completed, target_only=True)
+                model, inputs = fit.model, fit.inputs
+
+        if self._consider_running_trials and pending.shape[0] > 0:
+            model = model.with_pending(pending)
 
         # Representer points at the target fidelity: Sobol points, the evaluated
         # configurations, and local moves around the best of them.
@@ -648,6 +686,7 @@ class ISBOSampler(BaseSampler):
             "predicted_std_at_target": fit.scale * float(var[0].sqrt()),
             "calibration_factor": kappa,
             "n_target_checks": n_checks,
+            "model_trials": "target" if fit.target_only else "all",
         }
         return space.decode(best.x, best.s), attrs
 
@@ -663,6 +702,7 @@ class _ObjectiveFit:
     inputs: torch.Tensor
     shift: float
     scale: float
+    target_only: bool = False
 
     def value_of(self, z: float, study: Study) -> float:
         """Objective value, in the study's units and direction, of a model value ``z``."""
@@ -708,7 +748,9 @@ def _calibration_factor(completed: list[FrozenTrial], sign: float) -> tuple[floa
 class _TargetEvidence:
     """Posterior at the target of the evaluated configurations, calibrated.
 
-    ``std`` is already widened by ``kappa``; ``n_checks`` verification trials measured it.
+    ``n_checks`` verification trials measured ``kappa``, from which ``rule`` follows. ``std``
+    is already widened by ``kappa``, except under the rule ``"observed"``: the posterior is
+    then that of a GP fitted to the target trials alone.
     """
 
     configs: rec.Configurations
@@ -716,6 +758,7 @@ class _TargetEvidence:
     std: torch.Tensor
     kappa: float
     n_checks: int
+    rule: rec.Rule
 
 
 def _choose(

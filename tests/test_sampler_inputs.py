@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,15 +249,23 @@ def test_recommend_falls_back_when_the_model_fails(monkeypatch: pytest.MonkeyPat
     assert recommendation.n_target_evaluations == 1
 
 
-def _verified_study(misses: list[float | None], **sampler_kwargs: Any) -> optuna.Study:
+_CHEAP_VALUES = (1.0, 0.2, 0.6, 1.2)
+
+
+def _verified_study(
+    misses: list[float | None],
+    cheap_values: Sequence[float] = _CHEAP_VALUES,
+    **sampler_kwargs: Any,
+) -> optuna.Study:
     """Four cheap trials and two target trials, best near ``x = 0.3``.
 
     ``misses[j]``: the ``j``-th target trial is a verification whose prediction was off by that
     many stated standard deviations (0.01), or ``None`` for an ordinary trial.
+    ``cheap_values``: the values of the cheap trials at ``x = 0.1, 0.3, 0.5, 0.7``.
     """
     sampler = ISBOSampler(seed=0, n_startup_trials=0, **sampler_kwargs)
     study = optuna.create_study(sampler=sampler)
-    cheap = [(0.1, 1.0), (0.3, 0.2), (0.5, 0.6), (0.7, 1.2)]
+    cheap = zip((0.1, 0.3, 0.5, 0.7), cheap_values, strict=True)
     for x, v in cheap:
         study.add_trial(
             create_trial(
@@ -296,11 +305,16 @@ def test_missed_verification_predictions_widen_the_reported_uncertainty() -> Non
     # Both verifications missed by 8 stated stds.
     after = _recommendation(_verified_study([8.0, 8.0]))
     assert after.params == before.params
-    assert after.std == pytest.approx(8.0 * before.std, rel=1e-6)
     # A model that failed its checks no longer ranks or values the configurations: the value
-    # is the one observed at the target.
+    # is the one observed at the target, and its uncertainty that of a GP of the two target
+    # trials alone, whatever the cheap trials said.
     assert before.value != pytest.approx(0.25, abs=1e-4)  # the posterior mean, shrunk
     assert after.value == 0.25
+    reversed_cheap = _recommendation(_verified_study([8.0, 8.0], _CHEAP_VALUES[::-1]))
+    assert reversed_cheap.params == after.params
+    assert reversed_cheap.std == after.std
+    assert reversed_cheap.value == after.value
+    assert after.std != pytest.approx(8.0 * before.std, rel=1e-3)
     # One failed check widens the uncertainty but does not overrule the model.
     one = _recommendation(_verified_study([8.0, None]))
     assert one.std == pytest.approx(8.0 * before.std, rel=1e-6)
@@ -421,8 +435,30 @@ def test_failed_checks_send_the_model_to_the_target_fidelity() -> None:
     assert missed.user_attrs["isbo:phase"] == "model"
     assert missed.user_attrs["isbo:calibration_factor"] == pytest.approx(8.0)
     assert missed.params[FIDELITY] == 256
+    assert missed.user_attrs["isbo:model_trials"] == "target"
     # Checks the model passed leave the cheap fidelities open (20x cheaper here), and so does
     # a single failed one.
     for misses in ([0.0, 0.0], [8.0, None]):
         trial = next_trial(misses)
         assert trial.params[FIDELITY] < 256
+        assert trial.user_attrs["isbo:model_trials"] == "all"
+
+
+def test_a_model_that_failed_its_checks_chooses_from_the_target_trials_alone() -> None:
+    """After two failed checks the next trial does not depend on the cheap trials' values."""
+
+    def next_params(cheap_values: Sequence[float]) -> dict[str, Any]:
+        study = _verified_study([8.0, 8.0], cheap_values, verify_cost_fraction=0.0)
+        trial = study.ask({"x": X_DIST, FIDELITY: B_DIST})
+        return trial.params
+
+    chosen = next_params(_CHEAP_VALUES)
+    assert next_params(_CHEAP_VALUES[::-1]) == chosen
+    assert next_params([-5.0, 3.0, 0.0, 7.0]) == chosen
+
+    # With the checks passed, the cheap trials count: changing them changes the choice.
+    def passed(cheap_values: Sequence[float]) -> dict[str, Any]:
+        study = _verified_study([0.0, 0.0], cheap_values, verify_cost_fraction=0.0)
+        return study.ask({"x": X_DIST, FIDELITY: B_DIST}).params
+
+    assert passed(_CHEAP_VALUES) != passed(_CHEAP_VALUES[::-1])
