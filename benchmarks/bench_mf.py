@@ -1089,6 +1089,7 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         ax.set_ylabel("target regret of recommendation")
         ax.set_title(f"{problem}, {cost_model} cost ({len(seeds)} seeds)")
         ax.legend(fontsize=7)
+    _report_goals(summary)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "mf.png", dpi=110)
@@ -1098,7 +1099,7 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
 
 
 def _json_default(x: Any) -> Any:
-    if isinstance(x, (np.floating, np.integer)):
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
         return x.item()
     raise TypeError(type(x))
 
@@ -1167,6 +1168,18 @@ def _report_spending(
                 model[k] += phase == "model"
         tf, cf = trials / trials.sum(), cost / cost.sum()
         per_run = model / len(rs)
+        # Runs whose model-based trials all went to a single fidelity level (collapse).
+        one_level = sum(
+            len(
+                {
+                    _level_index(r, s)
+                    for s, ph in zip(r["fidelity_unit"], r["phase"], strict=True)
+                    if ph == "model"
+                }
+            )
+            == 1
+            for r in rs
+        )
         cells = []
         for k in range(len(grid)):
             cell = f"{100 * tf[k]:.0f} / {100 * cf[k]:.0f}"
@@ -1178,6 +1191,7 @@ def _report_spending(
             "trial_fraction": tf.tolist(),
             "cost_fraction": cf.tolist(),
             "model_trials_per_run": per_run.tolist(),
+            "runs_with_one_model_level": one_level,
         }
         print(f"| {m} | " + " | ".join(cells) + " |")
 
@@ -1213,6 +1227,79 @@ def _report_coverage(
             "its true target value; z = (true - value) / std:\n"
         )
         print("| method | covered | fraction | median z |\n|---|---|---|---|")
+        print("\n".join(rows))
+
+
+GOAL_COST_FRACTION = 1.0 / 3.0  # reach each peer's final median in at most this share of its cost
+GOAL_COVERAGE = (0.65, 0.95)  # the 80 % interval's coverage over runs
+
+
+def goals(entry: dict[str, Any], method: str) -> dict[str, Any]:
+    """The goals of issue 12 for one ISBO ``method`` on one problem and cost model.
+
+    ``entry`` is one value of :func:`report`'s summary. A goal on the median or the 90th
+    percentile is met when no peer (every method whose name does not start with ``isbo``) has
+    a lower final value; ties count as met.
+    """
+    final = {m: e["regret_at_fraction"]["1.0"] for m, e in entry["methods"].items()}
+    peers = [m for m in final if not m.startswith("isbo")]
+    mine = final[method]
+    best_median = min(peers, key=lambda m: final[m]["median"])
+    best_p90 = min(peers, key=lambda m: final[m]["p90"])
+    reach = entry.get("cost_to_reach", {})
+    fractions = [reach[p][method]["fraction_of_peer_cost"] for p in peers if p in reach]
+    coverage = entry.get("coverage80", {}).get(method, {})
+    spending = entry["spending"][method]
+    return {
+        "median": mine["median"],
+        "p90": mine["p90"],
+        "best_peer_median": (best_median, final[best_median]["median"]),
+        "best_peer_p90": (best_p90, final[best_p90]["p90"]),
+        "best_median": mine["median"] <= final[best_median]["median"],
+        "best_p90": mine["p90"] <= final[best_p90]["p90"],
+        "peers_reached_in_a_third": sum(f <= GOAL_COST_FRACTION for f in fractions),
+        "n_peers": len(peers),
+        "coverage": coverage.get("fraction"),
+        "coverage_met": coverage.get("fraction") is not None
+        and GOAL_COVERAGE[0] <= coverage["fraction"] <= GOAL_COVERAGE[1],
+        "runs_with_one_model_level": spending["runs_with_one_model_level"],
+        "n_runs": len(entry["seeds"]),
+    }
+
+
+def _report_goals(summary: dict[str, Any]) -> None:
+    """One line per problem, cost model and ISBO variant: the goals, met or not."""
+    rows = []
+    for key, entry in summary.items():
+        for m in entry["methods"]:
+            if not m.startswith("isbo") or len(entry["methods"]) < 2:
+                continue
+            g = goals(entry, m)
+            entry.setdefault("goals", {})[m] = g
+            yes = {True: "yes", False: "no"}
+            coverage = "n/a" if g["coverage"] is None else f"{g['coverage']:.2f}"
+            rows.append(
+                f"| {key} | {m} | {_fmt(g['median'])} [{_fmt(g['p90'])}] | "
+                f"{g['best_peer_median'][0]} {_fmt(g['best_peer_median'][1])} | "
+                f"{g['best_peer_p90'][0]} {_fmt(g['best_peer_p90'][1])} | "
+                f"{yes[g['best_median']]} / {yes[g['best_p90']]} | "
+                f"{g['peers_reached_in_a_third']} of {g['n_peers']} | "
+                f"{coverage} ({yes[g['coverage_met']]}) | "
+                f"{g['runs_with_one_model_level']} of {g['n_runs']} |"
+            )
+    if rows:
+        print(
+            "\n### Goals at 100 % of the budget\n\n"
+            "Final regret median [90th]; the best peer by each; whether ISBO has the best "
+            "median / 90th percentile; how many peers' final median regret ISBO's median curve "
+            "reaches within a third of the peer's cost; coverage of the 80 % interval (goal "
+            "0.65-0.95); runs whose model-based trials all went to one fidelity level.\n"
+        )
+        print(
+            "| problem/cost | method | final regret | best peer (median) | best peer (90th) | "
+            "best median / 90th | peers reached in 1/3 cost | coverage | one-level runs |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
 
 

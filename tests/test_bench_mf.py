@@ -89,3 +89,27 @@ def test_runs_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert sum(entry["spending"]["random"]["trial_fraction"]) == pytest.approx(1.0)
     assert (tmp_path / "mf.png").exists()
     assert "Coverage" in capsys.readouterr().out
+
+
+def test_goals_compare_isbo_with_every_peer() -> None:
+    def final(median: float, p90: float) -> dict[str, Any]:
+        return {"regret_at_fraction": {"1.0": {"median": median, "p90": p90}}}
+
+    entry: dict[str, Any] = {
+        "seeds": [0, 1, 2, 3],
+        "methods": {"isbo-mes": final(0.1, 0.5), "gp": final(0.2, 0.4), "tpe": final(0.3, 0.9)},
+        "cost_to_reach": {
+            "gp": {"isbo-mes": {"fraction_of_peer_cost": 0.3}},
+            "tpe": {"isbo-mes": {"fraction_of_peer_cost": 0.34}},
+        },
+        "coverage80": {"isbo-mes": {"fraction": 0.75}},
+        "spending": {"isbo-mes": {"runs_with_one_model_level": 1}},
+    }
+    g = bench_mf.goals(entry, "isbo-mes")
+    assert g["best_median"] and not g["best_p90"]  # gp's 90th percentile is lower
+    assert g["best_peer_p90"] == ("gp", 0.4)
+    assert g["peers_reached_in_a_third"] == 1  # 0.34 > 1/3
+    assert g["n_peers"] == 2
+    assert g["coverage_met"]
+    entry["coverage80"]["isbo-mes"]["fraction"] = 1.0  # too wide an interval misses the goal
+    assert not bench_mf.goals(entry, "isbo-mes")["coverage_met"]
