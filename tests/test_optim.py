@@ -9,7 +9,7 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from optuna_isbo.acquisition import AcquisitionFunc
-from optuna_isbo.optim import maximize_acquisition, perturb
+from optuna_isbo.optim import maximize_acquisition, perturb, refine_continuous
 from optuna_isbo.search_space import SearchSpace
 
 
@@ -131,3 +131,53 @@ def test_perturb_returns_snapped_points_in_the_cube() -> None:
     i_float, _, _ = _objective(space)
     out = perturb(X, space, step=0.01, generator=gen)
     assert (out[:, i_float] - X[:, i_float]).abs().max() < 0.06  # 6 sd of the step
+
+
+def test_refine_continuous_moves_only_continuous_columns_to_the_optimum() -> None:
+    space = SearchSpace(
+        {
+            "a": FloatDistribution(0.0, 1.0),
+            "b": FloatDistribution(1e-3, 1.0, log=True),
+            "n": IntDistribution(0, 10),
+            "c": CategoricalDistribution(("x", "y")),
+        }
+    )
+    cols = space.param_columns
+    i_a, i_b, i_n = cols["a"].start, cols["b"].start, cols["n"].start
+    scale = 1e-6  # nats per second can be tiny; the refinement must not stop on that
+
+    def acq(C: torch.Tensor) -> torch.Tensor:
+        # Interior optimum in ``a``, boundary optimum in ``b``; ``n`` would prefer 0.5.
+        return scale * (-((C[:, i_a] - 0.37) ** 2) + C[:, i_b] - (C[:, i_n] - 0.5) ** 2)
+
+    X = space.snap(space.sample_sobol(3, seed=0))
+    X_ref, values = refine_continuous(acq, space, X, torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(X_ref[:, i_a], torch.full((3,), 0.37, dtype=torch.float64), atol=1e-5)
+    assert torch.equal(X_ref[:, i_b], torch.ones(3, dtype=torch.float64))  # exactly the bound
+    # Grid and categorical columns are not moved, and the values are the acquisition's.
+    others = ~space.continuous_mask
+    assert torch.equal(X_ref[:, others], X[:, others])
+    assert torch.allclose(values, acq(X_ref))
+    assert (values >= acq(X)).all()
+
+
+def test_maximize_acquisition_with_gradients_reaches_a_corner_exactly() -> None:
+    space = SearchSpace({f"x{i}": FloatDistribution(0.0, 1.0) for i in range(6)})
+
+    def acq(C: torch.Tensor) -> torch.Tensor:
+        return C.sum(1)  # maximal at the corner (1, ..., 1)
+
+    def best(n_refine: int) -> float:
+        return maximize_acquisition(
+            acq,
+            space,
+            fidelity_grid=torch.ones(1, dtype=torch.float64),
+            seed_points=torch.zeros(0, 6, dtype=torch.float64),
+            generator=torch.Generator().manual_seed(0),
+            sobol_seed=0,
+            n_sobol=16,
+            n_refine=n_refine,
+        ).value
+
+    assert best(4) == 6.0
+    assert best(0) < 6.0  # random steps get close but do not land on all six bounds
