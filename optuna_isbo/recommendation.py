@@ -42,10 +42,9 @@ recommendation honest:
   squared standard normals, which exceeds 4 with probability ``0.046`` (``k = 1``),
   ``0.018`` (``k = 2``) and ``0.007`` (``k = 3``).
 
-The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``
-(the mean observed target value under the ``"observed"`` rule), and the standard deviation
-``kappa sqrt(var(x, 1))`` (under ``"observed"``, ``sqrt(var(x, 1))`` of the target-only GP),
-in the study's units and direction.
+The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``,
+and the standard deviation ``kappa sqrt(var(x, 1))``, in the study's units and direction;
+under ``"observed"`` both come from the GP of the target trials alone, without ``kappa``.
 """
 
 from __future__ import annotations

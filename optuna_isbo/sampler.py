@@ -787,13 +787,13 @@ def _choose(
         configs = evidence.configs
         if rule == "observed" and bool(rec.is_target(s).any()):
             k = rec.best_observed_at_target(configs, s, y)
-            at_k = rec.is_target(s) & (configs.index == k)
-            value = sign * float(y[at_k].mean())
         else:
             k = rec.choose_supported(
                 evidence.mean, evidence.std, configs.n_target, extrapolate=rule == "extrapolate"
             )
-            value = sign * float(evidence.mean[k])
+        # The posterior mean, not the observed value: the best of several noisy target values
+        # is biased low, and the posterior's standard deviation is about the latent value.
+        value = sign * float(evidence.mean[k])
         trial = completed[int(configs.first_index[k])]
         std = float(evidence.std[k])
         n_target = int(configs.n_target[k])

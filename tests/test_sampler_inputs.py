@@ -17,6 +17,7 @@ from optuna.trial import TrialState, create_trial
 
 from optuna_isbo import ISBOSampler
 from optuna_isbo.cost import trial_cost_seconds
+from optuna_isbo.model import fit_gp, standardize
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.sampler import _RELATIVE_PARAMS_KEY, _pending_params
 from optuna_isbo.search_space import SearchSpace
@@ -305,11 +306,16 @@ def test_missed_verification_predictions_widen_the_reported_uncertainty() -> Non
     # Both verifications missed by 8 stated stds.
     after = _recommendation(_verified_study([8.0, 8.0]))
     assert after.params == before.params
-    # A model that failed its checks no longer ranks or values the configurations: the value
-    # is the one observed at the target, and its uncertainty that of a GP of the two target
-    # trials alone, whatever the cheap trials said.
-    assert before.value != pytest.approx(0.25, abs=1e-4)  # the posterior mean, shrunk
-    assert after.value == 0.25
+    # A model that failed its checks no longer ranks or values the configurations: the
+    # configuration is the best observed at the target, and its value and uncertainty are those
+    # of a GP of the two target trials alone, whatever the cheap trials said.
+    space = SearchSpace({"x": X_DIST, FIDELITY: B_DIST}, FIDELITY)
+    X = torch.stack([space.encode_params({"x": x, FIDELITY: 256})[0] for x in (0.3, 0.7)])
+    inputs = torch.cat([X, torch.ones(2, 1, dtype=torch.float64)], dim=1)
+    y_std, shift, scale = standardize(torch.tensor([0.25, 1.15], dtype=torch.float64))
+    mean, var = fit_gp(inputs, y_std, has_fidelity=True).mean_var(inputs[:1])
+    assert after.value == pytest.approx(shift + scale * float(mean[0]), rel=1e-6)
+    assert after.std == pytest.approx(scale * float(var[0].sqrt()), rel=1e-6)
     reversed_cheap = _recommendation(_verified_study([8.0, 8.0], _CHEAP_VALUES[::-1]))
     assert reversed_cheap.params == after.params
     assert reversed_cheap.std == after.std
