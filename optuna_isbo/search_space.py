@@ -267,7 +267,8 @@ class SearchSpace:
             n_columns = param.columns.stop
         self.dim = n_columns
         self.param_columns = {param.name: param.columns for param in self._params}
-        self.continuous_mask = torch.zeros(self.dim, dtype=torch.bool)
+        # On the CPU whatever the default device, like every tensor of the model.
+        self.continuous_mask = torch.zeros(self.dim, dtype=torch.bool, device="cpu")
         for param in self._params:
             if param.kind == _Kind.CONTINUOUS:
                 self.continuous_mask[param.columns] = True
