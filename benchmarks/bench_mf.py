@@ -1272,7 +1272,8 @@ def _report_goals(summary: dict[str, Any]) -> None:
     rows = []
     for key, entry in summary.items():
         for m in entry["methods"]:
-            if not m.startswith("isbo") or len(entry["methods"]) < 2:
+            has_peers = any(not p.startswith("isbo") for p in entry["methods"])
+            if not m.startswith("isbo") or not has_peers:
                 continue
             g = goals(entry, m)
             entry.setdefault("goals", {})[m] = g

@@ -102,7 +102,7 @@ def refine_continuous(
     X: torch.Tensor,
     s: torch.Tensor,
     *,
-    max_iter: int = 30,
+    max_iter: int = 15,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine candidates by L-BFGS-B over their continuous columns.
 

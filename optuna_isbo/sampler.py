@@ -673,7 +673,7 @@ class ISBOSampler(BaseSampler):
             seed_points=seed_points,
             generator=generator,
             sobol_seed=(ask_seed + 1) % (2**31),
-            n_refine=4 if self._acquisition == "mes" else 0,
+            n_refine=2 if self._acquisition == "mes" else 0,
         )
         chosen = _inputs(space, best.x[None], torch.tensor([best.s], dtype=torch.float64))
         mean, var = model.mean_var(acq.to_target_fidelity(chosen, has_fidelity))
