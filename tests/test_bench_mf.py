@@ -88,7 +88,10 @@ def test_runs_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     }
     assert sum(entry["spending"]["random"]["trial_fraction"]) == pytest.approx(1.0)
     assert (tmp_path / "mf.png").exists()
-    assert "Coverage" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Coverage" in out
+    assert "| aug-branin/steep | isbo-mes |" in out  # the goals table
+    assert set(entry["goals"]["isbo-mes"]) >= {"best_median", "best_p90", "coverage_met"}
 
 
 def test_goals_compare_isbo_with_every_peer() -> None:
