@@ -71,8 +71,9 @@ class ISBOSampler(BaseSampler):
     acquisition
         ``"mes"`` (multi-fidelity max-value entropy search, the default) or ``"es"`` (entropy
         search about the minimizer, several times dearer per ``ask``). ``"mes"`` had the lower
-        median and 90th-percentile regret on every problem of ``benchmarks/bench_mf.py`` and
-        ``benchmarks/bench_synthetic.py`` (``benchmarks/RESULTS.md``).
+        median and 90th-percentile regret on every problem where both ran
+        (``benchmarks/RESULTS.md``), and its gain is differentiable, so its best candidates are
+        refined by L-BFGS-B (:func:`optuna_isbo.optim.refine_continuous`).
     n_startup_trials
         Completed trials taken from a scrambled Sobol design before the model is used. The
         design spreads ``x`` uniformly and the fidelity as ``s = u^2`` (``u`` uniform), rounded
