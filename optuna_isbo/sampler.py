@@ -142,9 +142,9 @@ class ISBOSampler(BaseSampler):
       missed by more than twice their stated standard deviation (root mean square), the cheaper
       fidelities misled the model: the acquisition then chooses among target evaluations
       only, with a GP fitted to the target-fidelity trials alone (``isbo:model_trials`` is
-      ``"target"``, otherwise ``"all"``), and :meth:`recommendation` goes by observed target
-      values, with that GP's standard deviation
-      (:func:`optuna_isbo.recommendation.recommendation_rule`).
+      ``"target"``, otherwise ``"all"``), and :meth:`recommendation` picks the configuration
+      with the best observed target value, reported with that GP's posterior mean and standard
+      deviation (:func:`optuna_isbo.recommendation.recommendation_rule`).
     - A trial's cost is :func:`optuna_isbo.cost.trial_cost_seconds`: the larger of
       ``cost_attr`` and the trial's duration, which includes the sampler's own time. Where
       durations decide the cost, the sampler's choices depend on measured times, so a rerun
