@@ -1160,26 +1160,19 @@ def _report_spending(
         cost = np.zeros(len(grid))
         model = np.zeros(len(grid))
         rs = by_method[m]
+        one_level = 0  # runs whose model-based trials all went to one level (collapse)
         for r in rs:
+            model_levels = set()
             for s, c, phase in zip(r["fidelity_unit"], r["cost"], r["phase"], strict=True):
                 k = _level_index(r, s)
                 trials[k] += 1
                 cost[k] += c
                 model[k] += phase == "model"
+                if phase == "model":
+                    model_levels.add(k)
+            one_level += len(model_levels) == 1
         tf, cf = trials / trials.sum(), cost / cost.sum()
         per_run = model / len(rs)
-        # Runs whose model-based trials all went to a single fidelity level (collapse).
-        one_level = sum(
-            len(
-                {
-                    _level_index(r, s)
-                    for s, ph in zip(r["fidelity_unit"], r["phase"], strict=True)
-                    if ph == "model"
-                }
-            )
-            == 1
-            for r in rs
-        )
         cells = []
         for k in range(len(grid)):
             cell = f"{100 * tf[k]:.0f} / {100 * cf[k]:.0f}"

@@ -241,11 +241,9 @@ def maximize_acquisition(
 
     if n_refine > 0 and space.dim > 0:
         top = slice(0, min(n_refine, best_X.shape[0]))
-        X_ref, v_ref = refine_continuous(acquisition, space, best_X[top], best_s[top])
-        X_pool = torch.cat([best_X, X_ref])
-        s_pool = torch.cat([best_s, best_s[top]])
-        v_pool = torch.cat([best_v, v_ref])
-        keep = torch.argsort(v_pool, descending=True)[:n_keep]
-        best_X, best_s, best_v = X_pool[keep], s_pool[keep], v_pool[keep]
+        # A refined candidate scores at least its start, so it replaces it.
+        best_X[top], best_v[top] = refine_continuous(acquisition, space, best_X[top], best_s[top])
+        order = torch.argsort(best_v, descending=True)
+        best_X, best_s, best_v = best_X[order], best_s[order], best_v[order]
 
     return Candidate(x=best_X[0], s=float(best_s[0]), value=float(best_v[0]))

@@ -449,9 +449,7 @@ class ISBOSampler(BaseSampler):
         configs = rec.group_configurations(X, s)
         if len(completed) <= 1:
             return None
-        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-        kappa, n_checks = _calibration_factor(completed, sign)
-        rule = rec.recommendation_rule(kappa, n_checks)
+        kappa, n_checks, rule = _checks(completed, study)
         if target_only is None:
             target_only = rule == "observed"
         try:
@@ -631,9 +629,8 @@ class ISBOSampler(BaseSampler):
         fidelity_grid = space.fidelity_grid(self._n_fidelities)
         kappa, n_checks = 1.0, 0
         if has_fidelity:
-            sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-            kappa, n_checks = _calibration_factor(completed, sign)
-            if rec.recommendation_rule(kappa, n_checks) == "observed":
+            kappa, n_checks, rule = _checks(completed, study)
+            if rule == "observed":
                 fidelity_grid = fidelity_grid[-1:]
                 fit = self._fit_objective(study, space, completed, target_only=True)
                 model, inputs = fit.model, fit.inputs
@@ -719,6 +716,13 @@ def _target_posterior(
     inputs = _inputs(space, X, torch.ones(X.shape[0], dtype=torch.float64))
     mean, var = fit.model.mean_var(inputs)
     return fit.shift + fit.scale * mean, fit.scale * var.sqrt()
+
+
+def _checks(completed: list[FrozenTrial], study: Study) -> tuple[float, int, rec.Rule]:
+    """``kappa``, the number of verification trials behind it, and the rule they set."""
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    kappa, n_checks = _calibration_factor(completed, sign)
+    return kappa, n_checks, rec.recommendation_rule(kappa, n_checks)
 
 
 def _calibration_factor(completed: list[FrozenTrial], sign: float) -> tuple[float, int]:
