@@ -23,7 +23,13 @@ Two exact GPs are fitted on every model-based ``ask``:
 Hyperparameters are fitted by MAP (log marginal likelihood plus log priors) with L-BFGS-B,
 warm-started from the previous fit. The priors follow BoTorch's defaults for standardized
 outputs: the dimension-scaled log-normal lengthscale prior of Hvarfner et al., "Vanilla Bayesian
-Optimization Performs Great in High Dimensions" (ICML 2024), and a log-normal noise prior.
+Optimization Performs Great in High Dimensions" (ICML 2024). The noise variance at the target has
+Optuna's GPSampler prior, ``Gamma(1.1, rate=30)`` (mean 0.037 of the output variance): its
+density falls only as ``(sigma_0^2)^{0.1}`` toward zero, so a noiseless objective is fitted down
+to the ``1e-6`` floor. BoTorch's log-normal ``LogNormal(-4, 1)`` puts ``sigma_0^2 = 1e-4`` more than
+five standard deviations of ``log sigma_0^2`` below its median; on a noiseless function it keeps
+a noise of a few percent of the output scale, and the GP can then neither resolve the last few
+percent near the optimum nor state a tight interval there.
 The fidelity weight ``beta`` has a log-normal prior with median 1 (the fit also starts there):
 a priori the cheapest fidelity correlates with the target by ``1 / sqrt(2)``. A prior that
 trusted cheap evaluations more lets the fit explain one outlying cheap value through the shared
@@ -44,7 +50,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.optimize
 import torch
-from gpytorch.priors import LogNormalPrior, NormalPrior
+from gpytorch.priors import GammaPrior, LogNormalPrior, NormalPrior
 
 from optuna_isbo._blas import single_threaded_blas
 
@@ -174,7 +180,7 @@ def _pack(params: GPParams) -> torch.Tensor:
 class _Priors:
     lengthscale: LogNormalPrior
     outputscale: LogNormalPrior
-    noise: LogNormalPrior
+    noise: GammaPrior
     mean: NormalPrior
     fidelity_beta: LogNormalPrior
     fidelity_exponent: LogNormalPrior
@@ -188,7 +194,9 @@ def _default_priors(n_lengthscales: int) -> _Priors:
     return _Priors(
         lengthscale=lognormal(math.sqrt(2.0) + 0.5 * math.log(max(n_lengthscales, 1)), 3**0.5),
         outputscale=lognormal(0.0, 1.0),
-        noise=lognormal(-4.0, 1.0),
+        noise=GammaPrior(
+            torch.tensor(1.1, dtype=torch.float64), torch.tensor(30.0, dtype=torch.float64)
+        ),
         mean=NormalPrior(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0)),
         fidelity_beta=lognormal(0.0, 1.0),
         fidelity_exponent=lognormal(math.log(1.5), 0.5),
