@@ -25,11 +25,11 @@ warm-started from the previous fit. The priors follow BoTorch's defaults for sta
 outputs: the dimension-scaled log-normal lengthscale prior of Hvarfner et al., "Vanilla Bayesian
 Optimization Performs Great in High Dimensions" (ICML 2024). The noise variance at the target has
 Optuna's GPSampler prior, ``Gamma(1.1, rate=30)`` (mean 0.037 of the output variance): its
-density falls only as ``(sigma_0^2)^{0.1}`` toward zero, so a noiseless objective is fitted down
-to the ``1e-6`` floor. BoTorch's log-normal ``LogNormal(-4, 1)`` puts ``sigma_0^2 = 1e-4`` more than
-five standard deviations of ``log sigma_0^2`` below its median; on a noiseless function it keeps
-a noise of a few percent of the output scale, and the GP can then neither resolve the last few
-percent near the optimum nor state a tight interval there.
+density falls only as ``(sigma_0^2)^{0.1}`` toward zero, so a noiseless objective is fitted
+down to the ``1e-6`` floor. BoTorch's ``LogNormal(-4, 1)`` puts ``sigma_0^2 = 1e-4`` more than
+five standard deviations of ``log sigma_0^2`` below its median; on a noiseless function it
+keeps a noise of a few percent of the output scale, and the GP can then neither resolve the
+last few percent near the optimum nor state a tight interval there.
 The fidelity weight ``beta`` has a log-normal prior with median 1 (the fit also starts there):
 a priori the cheapest fidelity correlates with the target by ``1 / sqrt(2)``. A prior that
 trusted cheap evaluations more lets the fit explain one outlying cheap value through the shared
@@ -187,6 +187,32 @@ class _Priors:
     noise_slope: LogNormalPrior
 
 
+# Medians of the priors on the fidelity kernel's ``beta`` and ``p`` (and where their fits start).
+PRIOR_FIDELITY_BETA = 1.0
+PRIOR_FIDELITY_EXPONENT = 1.5
+
+
+def prior_target_correlation(s: torch.Tensor) -> torch.Tensor:
+    """Correlation of ``f(x, s)`` with ``f(x, 1)`` under the prior medians of ``beta`` and ``p``.
+
+    From the kernel, ``corr = 1 / sqrt(1 + beta (1 - s)^{2p})``: ``1 / sqrt(2)`` at ``s = 0``
+    and 1 at the target. A noiseless observation at ``s`` removes the share ``corr^2`` of the
+    prior variance of ``f(x, 1)`` that one at the target removes.
+
+    Parameters
+    ----------
+    s
+        ``(k,)`` unit fidelities in ``[0, 1]``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(k,)`` correlations.
+    """
+    bias = PRIOR_FIDELITY_BETA * (1.0 - s).clamp_min(0.0) ** (2.0 * PRIOR_FIDELITY_EXPONENT)
+    return (1.0 + bias).rsqrt()
+
+
 def _default_priors(n_lengthscales: int) -> _Priors:
     def lognormal(loc: float, scale: float) -> LogNormalPrior:
         return LogNormalPrior(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale))
@@ -198,8 +224,8 @@ def _default_priors(n_lengthscales: int) -> _Priors:
             torch.tensor(1.1, dtype=torch.float64), torch.tensor(30.0, dtype=torch.float64)
         ),
         mean=NormalPrior(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0)),
-        fidelity_beta=lognormal(0.0, 1.0),
-        fidelity_exponent=lognormal(math.log(1.5), 0.5),
+        fidelity_beta=lognormal(math.log(PRIOR_FIDELITY_BETA), 1.0),
+        fidelity_exponent=lognormal(math.log(PRIOR_FIDELITY_EXPONENT), 0.5),
         noise_slope=lognormal(math.log(1.0), 1.0),
     )
 
@@ -213,8 +239,8 @@ def _initial_params(d: int, priors: _Priors) -> GPParams:
         outputscale=one.clone(),
         noise=one * 1e-2,
         mean=one * 0.0,
-        fidelity_beta=one.clone(),
-        fidelity_exponent=one * 1.5,
+        fidelity_beta=one * PRIOR_FIDELITY_BETA,
+        fidelity_exponent=one * PRIOR_FIDELITY_EXPONENT,
         noise_slope=one * 1.0,
     )
 

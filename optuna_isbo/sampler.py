@@ -38,6 +38,7 @@ from optuna_isbo.model import CostModel, GPModel, GPParams, fit_cost_model, fit_
 from optuna_isbo.optim import maximize_acquisition, perturb
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import SearchSpace
+from optuna_isbo.startup import startup_fidelity
 
 _logger = optuna.logging.get_logger(__name__)
 
@@ -78,7 +79,10 @@ class ISBOSampler(BaseSampler):
         Completed trials taken from a scrambled Sobol design before the model is used. The
         design spreads ``x`` uniformly and the fidelity as ``s = u^2`` (``u`` uniform), rounded
         to the fidelity grid: most startup trials are cheap, about a quarter are at
-        ``s > 0.56``, so the model sees how fidelities relate. Defaults to 10, or to 1 with a
+        ``s > 0.56``, so the model sees how fidelities relate. The first trial runs at the
+        cheapest fidelity and the second at the target; when the cheapest costs more than
+        about half a target run, later startup trials that would not pay for their cost run at
+        the target instead (:mod:`optuna_isbo.startup`). Defaults to 10, or to 1 with a
         ``prior`` (the pre-trained prior already says where good configurations are, so the
         model is used from the second trial on).
     consider_running_trials
@@ -261,7 +265,8 @@ class ISBOSampler(BaseSampler):
         completed = _usable_completed_trials(trials, search_space)
         attrs: dict[str, Any]
         if len(completed) < max(self._n_startup_trials, 1):
-            params, attrs = self._startup_params(space, trial.number), {"phase": "startup"}
+            params = self._startup_params(space, trial.number, completed)
+            attrs = {"phase": "startup"}
         else:
             running = [
                 t
@@ -290,7 +295,8 @@ class ISBOSampler(BaseSampler):
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                params, attrs = self._startup_params(space, trial.number), {"phase": "fallback"}
+                params = self._startup_params(space, trial.number, completed)
+                attrs = {"phase": "fallback"}
         if space.fidelity_param is not None:
             attrs["fidelity"] = params[space.fidelity_param]
         _write_attrs(study, trial, attrs, params)
@@ -311,7 +317,8 @@ class ISBOSampler(BaseSampler):
                 {param_name: param_distribution}, self._fidelity_param, self._target_fidelity
             )
             if space.fidelity_param is not None:
-                value = space.unit_to_fidelity(self._startup_fidelity(space, trial.number))
+                s = self._startup_fidelity(space, trial.number, completed)
+                value = space.unit_to_fidelity(s)
                 study._storage.set_trial_user_attr(
                     trial._trial_id, ATTR_PREFIX + "fidelity", value
                 )
@@ -467,18 +474,30 @@ class ISBOSampler(BaseSampler):
         return _TargetEvidence(configs, mean, sd * widen, kappa, n_checks, rule)
 
     # -- internals -------------------------------------------------------------------------
-    def _startup_fidelity(self, space: SearchSpace, trial_number: int) -> float:
+    def _startup_fidelity(
+        self, space: SearchSpace, trial_number: int, completed: Sequence[FrozenTrial]
+    ) -> float:
+        """The startup design's unit fidelity (:func:`optuna_isbo.startup.startup_fidelity`)."""
+        assert space.fidelity_param is not None
+        name = space.fidelity_param
+        observed = [
+            (space.fidelity_to_unit(t.params[name]), trial_cost_seconds(t, self._cost_attr))
+            for t in completed
+            if name in t.params and t.user_attrs.get(ATTR_PREFIX + "diverged") is not True
+        ]
         with _on_cpu():
             engine = torch.quasirandom.SobolEngine(1, scramble=True, seed=self._seed + 1)
             u = float(engine.draw(trial_number + 1, dtype=torch.float64)[-1, 0])
             grid = space.fidelity_grid(self._n_fidelities)
-            return float(grid[torch.argmin((grid - u**2).abs())])
+            return startup_fidelity(grid, trial_number, u, observed)
 
-    def _startup_params(self, space: SearchSpace, trial_number: int) -> dict[str, Any]:
+    def _startup_params(
+        self, space: SearchSpace, trial_number: int, completed: Sequence[FrozenTrial]
+    ) -> dict[str, Any]:
         with _on_cpu():
             x = space.sample_sobol(trial_number + 1, seed=self._seed)[-1]
-            s = self._startup_fidelity(space, trial_number) if space.fidelity_param else 1.0
-            return space.decode(x, s)
+        s = self._startup_fidelity(space, trial_number, completed) if space.fidelity_param else 1.0
+        return space.decode(x, s)
 
     def _fit_objective(
         self,
