@@ -79,10 +79,10 @@ class ISBOSampler(BaseSampler):
         Completed trials taken from a scrambled Sobol design before the model is used. The
         design spreads ``x`` uniformly and the fidelity as ``s = u^2`` (``u`` uniform), rounded
         to the fidelity grid: most startup trials are cheap, about a quarter are at
-        ``s > 0.56``, so the model sees how fidelities relate. The first trial runs at the
-        cheapest fidelity and the second at the target; when the cheapest costs more than
-        about half a target run, later startup trials that would not pay for their cost run at
-        the target instead (:mod:`optuna_isbo.startup`). Defaults to 10, or to 1 with a
+        ``s > 0.56``, so the model sees how fidelities relate. Once two fidelities have
+        completed trials, a startup trial whose cheaper fidelity would not pay for its cost
+        (a cheapest run dearer than about half a target run) runs at the target instead
+        (:mod:`optuna_isbo.startup`). Defaults to 10, or to 1 with a
         ``prior`` (the pre-trained prior already says where good configurations are, so the
         model is used from the second trial on).
     consider_running_trials
@@ -489,7 +489,7 @@ class ISBOSampler(BaseSampler):
             engine = torch.quasirandom.SobolEngine(1, scramble=True, seed=self._seed + 1)
             u = float(engine.draw(trial_number + 1, dtype=torch.float64)[-1, 0])
             grid = space.fidelity_grid(self._n_fidelities)
-            return startup_fidelity(grid, trial_number, u, observed)
+            return startup_fidelity(grid, u, observed)
 
     def _startup_params(
         self, space: SearchSpace, trial_number: int, completed: Sequence[FrozenTrial]
