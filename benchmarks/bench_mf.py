@@ -51,6 +51,9 @@ Methods
 - ``isbo-es``, ``isbo-mes``: ``ISBOSampler(fidelity_param=..., acquisition="es"/"mes")``;
   recommendation ``sampler.recommendation(study)`` (``.params``, ``.value``, ``.std``), or
   ``sampler.recommend(study)`` where the former does not exist (no value, std).
+- ``isbo-target``: ``ISBOSampler`` ("mes") with the fidelity pinned at the target, as
+  ``gp-target`` pins it for GPSampler: cost-aware max-value entropy search over ``x`` alone, an
+  ablation that compares the two samplers' BO at one fidelity.
 - ``gp``, ``tpe``, ``random``: Optuna's GPSampler, TPESampler, RandomSampler, fidelity as an
   ordinary parameter; ``gp-target``: GPSampler with the fidelity pinned at the target.
   Recommendation: the configuration of the best observed value, at whatever fidelity it was
@@ -151,6 +154,7 @@ Z80 = 1.2815515655446004  # the 90 % normal quantile: value +- Z80 std is an 80 
 METHODS = (
     "isbo-es",
     "isbo-mes",
+    "isbo-target",
     "gp-target",
     "gp",
     "tpe",
@@ -483,7 +487,7 @@ class OptunaDriver(Driver):
             self.sampler = ISBOSampler(
                 seed=seed,
                 fidelity_param=problem.fidelity,
-                acquisition="mes" if method == "isbo-mes" else "es",
+                acquisition="es" if method == "isbo-es" else "mes",
             )
         elif method in ("gp", "gp-target"):
             self.sampler = optuna.samplers.GPSampler(seed=seed)
@@ -505,7 +509,7 @@ class OptunaDriver(Driver):
     def ask(self) -> tuple[dict[str, Any], int, str]:
         trial = self.study.ask()
         params = self.problem.suggest(trial)
-        if self.method == "gp-target":
+        if self.method in ("gp-target", "isbo-target"):
             n = self.problem.fidelity_high
         else:
             n = self.problem.suggest_fidelity(trial)
@@ -807,7 +811,7 @@ def make_driver(
     budget: float,
     max_trials: int,
 ) -> Driver:
-    if method in ("isbo-es", "isbo-mes", "gp", "gp-target", "tpe", "random"):
+    if method in ("isbo-es", "isbo-mes", "isbo-target", "gp", "gp-target", "tpe", "random"):
         return OptunaDriver(problem, method, seed)
     if method == "screen-topk":
         return ScreenTopK(problem, cost_model, budget, max_trials, seed)

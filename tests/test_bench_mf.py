@@ -63,6 +63,7 @@ def test_runs_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     # end; seed 1 therefore lacks them and the report compares seed 0 alone.
     for method, seeds in (
         ("isbo-mes", (0,)),
+        ("isbo-target", (0,)),
         ("botorch-mfmes", (0,)),
         ("gp-target", (0, 1)),
         ("random", (0, 1)),
@@ -81,12 +82,15 @@ def test_runs_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert entry["seeds"] == [0]  # seed 1 lacks a method
     assert set(entry["methods"]) == {
         "isbo-mes",
+        "isbo-target",
         "gp-target",
         "random",
         "screen-topk",
         "botorch-mfmes",
     }
     assert sum(entry["spending"]["random"]["trial_fraction"]) == pytest.approx(1.0)
+    # isbo-target runs every trial at the target, as gp-target does.
+    assert entry["spending"]["isbo-target"]["trial_fraction"][-1] == pytest.approx(1.0)
     assert (tmp_path / "mf.png").exists()
     out = capsys.readouterr().out
     assert "Coverage" in out
