@@ -53,7 +53,7 @@ def test_recommend_keeps_the_fidelity_when_the_last_trial_lacks_it() -> None:
 def test_huge_values_are_standardized_without_overflow(scale: float) -> None:
     sampler = ISBOSampler(seed=0, n_startup_trials=0)
     study = optuna.create_study(sampler=sampler)
-    xs = [0.1, 0.5, 0.9, 0.3, 0.7]
+    xs = [0.1, 0.5, 0.85, 0.3, 0.7]  # one largest |x - 0.5|: a unique best for either sign
     for x in xs:
         study.add_trial(
             create_trial(
