@@ -483,7 +483,7 @@ class ISBOSampler(BaseSampler):
         observed = [
             (space.fidelity_to_unit(t.params[name]), trial_cost_seconds(t, self._cost_attr))
             for t in completed
-            if name in t.params and t.user_attrs.get(ATTR_PREFIX + "diverged") is not True
+            if name in t.params and _ran_in_full(t)
         ]
         with _on_cpu():
             engine = torch.quasirandom.SobolEngine(1, scramble=True, seed=self._seed + 1)
@@ -607,11 +607,7 @@ class ISBOSampler(BaseSampler):
         cost_seconds = torch.tensor(
             [trial_cost_seconds(t, self._cost_attr) for t in completed], dtype=torch.float64
         )
-        # A diverged run stopped early: its cost says little about what a run there costs, and
-        # a cheap-looking region that always fails would attract an acquisition per second.
-        full_runs = torch.tensor(
-            [t.user_attrs.get(ATTR_PREFIX + "diverged") is not True for t in completed]
-        )
+        full_runs = torch.tensor([_ran_in_full(t) for t in completed])
         if not bool(full_runs.any()):
             full_runs[:] = True
         cost_model = self._fit_cost(space, cost_seconds[full_runs], inputs[full_runs])
@@ -877,6 +873,15 @@ def _usable_completed_trials(
             continue
         usable.append(t)
     return usable
+
+
+def _ran_in_full(trial: FrozenTrial) -> bool:
+    """Whether a trial's cost is that of a whole run: not one marked ``isbo:diverged``.
+
+    A diverged run stopped early, so its cost says little about what a run there costs, and a
+    cheap-looking region that always fails would attract an acquisition per second.
+    """
+    return trial.user_attrs.get(ATTR_PREFIX + "diverged") is not True
 
 
 def _pending_params(trial: FrozenTrial) -> dict[str, Any]:
