@@ -77,7 +77,9 @@ Methods
   ``generate_initial_data``). Ints and categoricals (``mixed``) are
   a rounded continuous relaxation. Recommendation: the maximizer of the posterior mean with
   the fidelity fixed at the target (the tutorials' ``get_recommendation``), with its predicted
-  value and std.
+  value and std. When every restart of BoTorch's fit fails (a kernel matrix that is not
+  positive definite), the last fitted hyperparameters are kept on the new data and the run
+  records it (``fit_failures``); a failed acquisition step is a random point (``fallbacks``).
 - ``smac``, ``dehb`` (optional, run by default only where installed; ``benchmarks/mf_peers.py``):
   SMAC3's ``MultiFidelityFacade`` (random forest + Hyperband) and DEHB, both with ``eta = 3``
   and the fidelity as a continuous budget in ``[1, N]`` rounded to the nearest valid value.
@@ -675,6 +677,7 @@ class BoTorchDriver(Driver):
         self._model_size = -1
         self._rec: tuple[int, Rec, torch.Tensor] | None = None
         self.fallbacks = 0
+        self.fit_failures = 0
 
     def _project(self, X: torch.Tensor) -> torch.Tensor:
         from botorch.acquisition.utils import project_to_target_fidelity
@@ -684,6 +687,7 @@ class BoTorchDriver(Driver):
     def _fit(self) -> Any:
         if self._model_size == len(self.Y):
             return self._model
+        from botorch.exceptions.errors import ModelFittingError
         from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskMultiFidelityGP
         from botorch.models.transforms.outcome import Standardize
@@ -695,7 +699,22 @@ class BoTorchDriver(Driver):
         model = SingleTaskMultiFidelityGP(
             train_X, train_Y, outcome_transform=Standardize(m=1), data_fidelities=[self.d]
         )
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        try:
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        except ModelFittingError:
+            # Every restart of BoTorch's fit hit a kernel matrix that is not positive definite
+            # (the linear truncated fidelity kernel at large outputscales). The last fitted
+            # hyperparameters are kept on the new data, as a loop that refits only now and then
+            # would have them; the outcome transform is the new data's own.
+            self.fit_failures += 1
+            if self._model is not None:
+                state = {
+                    k: v
+                    for k, v in self._model.state_dict().items()
+                    if not k.startswith("outcome_transform")
+                }
+                model.load_state_dict(state, strict=False)
+            model.eval()
         self._model, self._model_size = model, len(self.Y)
         return model
 
@@ -935,6 +954,7 @@ def run_one(
         "sampler_seconds": float(sum(out["seconds"])),
         "wall_seconds": time.perf_counter() - wall_start,
         "fallbacks": getattr(driver, "fallbacks", 0),
+        "fit_failures": getattr(driver, "fit_failures", 0),
         **({"regret_rules": regret_rules, **isbo_state} if any(regret_rules.values()) else {}),
     }
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from optuna_isbo.search_space import SearchSpace
@@ -120,3 +121,36 @@ def test_goals_compare_isbo_with_every_peer() -> None:
     assert g["coverage_met"]
     entry["coverage80"]["isbo-mes"]["fraction"] = 1.0  # too wide an interval misses the goal
     assert not bench_mf.goals(entry, "isbo-mes")["coverage_met"]
+
+
+def test_botorch_loop_keeps_last_hyperparameters_when_a_fit_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed BoTorch fit neither stops the run nor leaves the model at its initial values."""
+    import botorch.fit
+    from botorch.exceptions.errors import ModelFittingError
+
+    problem = bench_mf.PROBLEMS["aug-branin"]
+    driver = bench_mf.BoTorchDriver(problem, "affine", "mes", 0)
+    rng = np.random.default_rng(0)
+    for u in ([0.1, 0.2], [0.8, 0.3], [0.5, 0.9], [0.3, 0.6], [0.7, 0.7]):
+        driver.X.append([*u, 1.0])
+        driver.Y.append(problem.observe(driver.codec.decode(u), 1.0, rng, 1.0))
+    first = driver._fit()
+    fitted = {k: v.clone() for k, v in first.named_parameters()}
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise ModelFittingError("All attempts to fit the model have failed.")
+
+    monkeypatch.setattr(botorch.fit, "fit_gpytorch_mll", fail)
+    driver.X.append([0.4, 0.4, 1.0])
+    driver.Y.append(problem.observe(driver.codec.decode([0.4, 0.4]), 1.0, rng, 1.0))
+    second = driver._fit()
+    assert driver.fit_failures == 1
+    assert second.train_inputs[0].shape[0] == 6
+    for name, value in second.named_parameters():
+        assert value.detach().numpy() == pytest.approx(fitted[name].detach().numpy()), name
+    # The outcome transform is the new data's, so the posterior reproduces the new point.
+    with torch.no_grad():
+        mean = float(second.posterior(torch.tensor([[0.4, 0.4, 1.0]])).mean)
+    assert -mean == pytest.approx(driver.Y[-1], rel=0.05)
