@@ -1085,6 +1085,19 @@ def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
                 + " | ".join(cells)
                 + f" | {_fmt(target_obs)} | {n_trials:.0f} | {per_trial:.2f} |"
             )
+        troubles = {
+            m: (sum(r.get("fit_failures", 0) for r in rs), sum(r.get("fallbacks", 0) for r in rs))
+            for m, rs in by_method.items()
+        }
+        if any(f or b for f, b in troubles.values()):
+            print(
+                "\nSteps with a failed model fit (last hyperparameters kept) / a failed "
+                "acquisition step (random point), summed over the runs: "
+                + ", ".join(f"{m} {f} / {b}" for m, (f, b) in troubles.items() if f or b)
+            )
+        for m, (f, b) in troubles.items():
+            entry["methods"][m]["fit_failures"] = f
+            entry["methods"][m]["fallbacks"] = b
         _report_cost_to_reach(entry, methods, grid, medians)
         _report_spending(entry, methods, by_method)
         _report_coverage(entry, methods, by_method)

@@ -78,8 +78,13 @@ def test_runs_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
             assert run["cumulative_cost"][-1] >= min(run["budget_cost"], 4.0)
             assert all(r >= -1e-9 for r in run["regret"])
             runs.append(json.loads(json.dumps(run)))
+    # The report sums the BoTorch loop's failed fits into its entry and says so.
+    mfmes_run = next(r for r in runs if r["method"] == "botorch-mfmes")
+    mfmes_run["fit_failures"] += 2
     summary = bench_mf.report(runs, tmp_path)
     entry = summary["aug-branin/steep"]
+    assert entry["methods"]["botorch-mfmes"]["fit_failures"] == mfmes_run["fit_failures"]
+    assert entry["methods"]["random"]["fit_failures"] == 0
     assert entry["seeds"] == [0]  # seed 1 lacks a method
     assert set(entry["methods"]) == {
         "isbo-mes",
@@ -95,6 +100,7 @@ def test_runs_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert (tmp_path / "mf.png").exists()
     out = capsys.readouterr().out
     assert "Coverage" in out
+    assert f"botorch-mfmes {mfmes_run['fit_failures']} / {mfmes_run['fallbacks']}" in out
     assert "| aug-branin/steep | isbo-mes |" in out  # the goals table
     assert set(entry["goals"]["isbo-mes"]) >= {"best_median", "best_p90", "coverage_met"}
 
