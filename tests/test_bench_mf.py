@@ -100,7 +100,10 @@ def test_runs_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert (tmp_path / "mf.png").exists()
     out = capsys.readouterr().out
     assert "Coverage" in out
-    assert f"botorch-mfmes {mfmes_run['fit_failures']} / {mfmes_run['fallbacks']}" in out
+    assert (
+        f"botorch-mfmes {mfmes_run['fit_failures']} / {mfmes_run['fallbacks']} / "
+        f"{mfmes_run['recommend_failures']}" in out
+    )
     assert "| aug-branin/steep | isbo-mes |" in out  # the goals table
     assert set(entry["goals"]["isbo-mes"]) >= {"best_median", "best_p90", "coverage_met"}
 
@@ -160,3 +163,33 @@ def test_botorch_loop_keeps_last_hyperparameters_when_a_fit_fails(
     with torch.no_grad():
         mean = float(second.posterior(torch.tensor([[0.4, 0.4, 1.0]])).mean)
     assert -mean == pytest.approx(driver.Y[-1], rel=0.05)
+
+
+def test_botorch_loop_keeps_last_recommendation_when_its_step_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A recommendation step that raises keeps the previous one; with none before, it raises."""
+    from linear_operator.utils.errors import NotPSDError
+
+    problem = bench_mf.PROBLEMS["aug-branin"]
+    driver = bench_mf.BoTorchDriver(problem, "affine", "mes", 0)
+    rng = np.random.default_rng(0)
+
+    def add(u: list[float]) -> None:
+        driver.X.append([*u, 1.0])
+        driver.Y.append(problem.observe(driver.codec.decode(u), 1.0, rng, 1.0))
+
+    def fail(model: Any) -> Any:
+        raise NotPSDError("Matrix not positive definite after repeatedly adding jitter.")
+
+    for u in ([0.1, 0.2], [0.8, 0.3], [0.5, 0.9]):
+        add(u)
+    with monkeypatch.context() as patch:
+        patch.setattr(driver, "_posterior_mean_max", fail)
+        with pytest.raises(NotPSDError):
+            driver.recommend()
+    first = driver.recommend()
+    add([0.3, 0.6])
+    monkeypatch.setattr(driver, "_posterior_mean_max", fail)
+    assert driver.recommend() is first
+    assert driver.recommend_failures == 1
