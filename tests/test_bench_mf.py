@@ -132,6 +132,14 @@ def test_goals_compare_isbo_with_every_peer() -> None:
     assert not bench_mf.goals(entry, "isbo-mes")["coverage_met"]
 
 
+def _told_at_target(driver: Any, rng: np.random.Generator, *points: list[float]) -> None:
+    """Tells a BoTorch driver on AugmentedBranin these unit-cube ``x`` observed at the target."""
+    problem = bench_mf.PROBLEMS["aug-branin"]
+    for u in points:
+        driver.X.append([*u, 1.0])
+        driver.Y.append(problem.observe(driver.codec.decode(u), 1.0, rng, 1.0))
+
+
 def test_botorch_loop_keeps_last_hyperparameters_when_a_fit_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -139,12 +147,9 @@ def test_botorch_loop_keeps_last_hyperparameters_when_a_fit_fails(
     import botorch.fit
     from botorch.exceptions.errors import ModelFittingError
 
-    problem = bench_mf.PROBLEMS["aug-branin"]
-    driver = bench_mf.BoTorchDriver(problem, "affine", "mes", 0)
+    driver = bench_mf.BoTorchDriver(bench_mf.PROBLEMS["aug-branin"], "affine", "mes", 0)
     rng = np.random.default_rng(0)
-    for u in ([0.1, 0.2], [0.8, 0.3], [0.5, 0.9], [0.3, 0.6], [0.7, 0.7]):
-        driver.X.append([*u, 1.0])
-        driver.Y.append(problem.observe(driver.codec.decode(u), 1.0, rng, 1.0))
+    _told_at_target(driver, rng, [0.1, 0.2], [0.8, 0.3], [0.5, 0.9], [0.3, 0.6], [0.7, 0.7])
     first = driver._fit()
     fitted = {k: v.clone() for k, v in first.named_parameters()}
 
@@ -152,8 +157,7 @@ def test_botorch_loop_keeps_last_hyperparameters_when_a_fit_fails(
         raise ModelFittingError("All attempts to fit the model have failed.")
 
     monkeypatch.setattr(botorch.fit, "fit_gpytorch_mll", fail)
-    driver.X.append([0.4, 0.4, 1.0])
-    driver.Y.append(problem.observe(driver.codec.decode([0.4, 0.4]), 1.0, rng, 1.0))
+    _told_at_target(driver, rng, [0.4, 0.4])
     second = driver._fit()
     assert driver.fit_failures == 1
     assert second.train_inputs[0].shape[0] == 6
@@ -171,25 +175,19 @@ def test_botorch_loop_keeps_last_recommendation_when_its_step_fails(
     """A recommendation step that raises keeps the previous one; with none before, it raises."""
     from linear_operator.utils.errors import NotPSDError
 
-    problem = bench_mf.PROBLEMS["aug-branin"]
-    driver = bench_mf.BoTorchDriver(problem, "affine", "mes", 0)
+    driver = bench_mf.BoTorchDriver(bench_mf.PROBLEMS["aug-branin"], "affine", "mes", 0)
     rng = np.random.default_rng(0)
-
-    def add(u: list[float]) -> None:
-        driver.X.append([*u, 1.0])
-        driver.Y.append(problem.observe(driver.codec.decode(u), 1.0, rng, 1.0))
 
     def fail(model: Any) -> Any:
         raise NotPSDError("Matrix not positive definite after repeatedly adding jitter.")
 
-    for u in ([0.1, 0.2], [0.8, 0.3], [0.5, 0.9]):
-        add(u)
+    _told_at_target(driver, rng, [0.1, 0.2], [0.8, 0.3], [0.5, 0.9])
     with monkeypatch.context() as patch:
         patch.setattr(driver, "_posterior_mean_max", fail)
         with pytest.raises(NotPSDError):
             driver.recommend()
     first = driver.recommend()
-    add([0.3, 0.6])
+    _told_at_target(driver, rng, [0.3, 0.6])
     monkeypatch.setattr(driver, "_posterior_mean_max", fail)
     assert driver.recommend() is first
     assert driver.recommend_failures == 1
