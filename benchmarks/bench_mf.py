@@ -633,6 +633,11 @@ class ScreenTopK(Driver):
         return Rec(best[1])
 
 
+# The BoTorch loop's per-run counts of steps that failed and were replaced (a kept fit, a random
+# point, a kept recommendation); written to the run record and summed by the report.
+TROUBLES = ("fit_failures", "fallbacks", "recommend_failures")
+
+
 class BoTorchDriver(Driver):
     """BoTorch's multi-fidelity tutorial loop (MF-KG or MF-MES) behind ask/tell."""
 
@@ -966,9 +971,7 @@ def run_one(
         **out,
         "sampler_seconds": float(sum(out["seconds"])),
         "wall_seconds": time.perf_counter() - wall_start,
-        "fallbacks": getattr(driver, "fallbacks", 0),
-        "fit_failures": getattr(driver, "fit_failures", 0),
-        "recommend_failures": getattr(driver, "recommend_failures", 0),
+        **{k: getattr(driver, k, 0) for k in TROUBLES},
         **({"regret_rules": regret_rules, **isbo_state} if any(regret_rules.values()) else {}),
     }
 
@@ -1002,10 +1005,6 @@ def _percentile(values: Any, q: Any, axis: int | None = None) -> Any:
 
 def _fmt(x: float) -> str:
     return f"{x:.3g}" if math.isfinite(x) else "-"
-
-
-# Per-run counts of steps where BoTorch's loop failed and what it did instead.
-TROUBLES = ("fit_failures", "fallbacks", "recommend_failures")
 
 
 def report(runs: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
