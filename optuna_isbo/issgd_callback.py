@@ -57,6 +57,7 @@ from optuna_isbo.issgd_checks import (
     batch_rows,
     check_model,
     check_per_sample,
+    check_target_rows,
     dataset_size,
     index_rows,
     shape,
@@ -430,7 +431,9 @@ class ISSGDCallback:
         inputs
             The batch's inputs as the DataLoader gave them, on the model's device: shape
             ``(n, ...)``, or a list, tuple or dict of such tensors (the model is called on it).
-            ``n == B`` (a super-batch) or ``n == b`` (a minibatch).
+            ``n == B`` (a super-batch) or ``n == b`` (a minibatch). A list or tuple of ``n``
+            plain items among them (what ``default_collate`` makes of strings) holds one item
+            per sample and is subset with the tensors.
         targets
             The batch's targets, shape ``(n, ...)``, on the same device.
 
@@ -446,8 +449,9 @@ class ISSGDCallback:
         Raises
         ------
         ValueError
-            If the batch has neither ``b`` nor ``B`` rows, or the model's outputs do not fit
-            the loss.
+            If the batch has neither ``b`` nor ``B`` rows, the targets are not a tensor with one
+            row per sample (a 0-d tensor included), or the model's outputs do not fit the
+            loss.
         """
         entry = time.perf_counter()
         if self._open is not None:
@@ -455,11 +459,7 @@ class ISSGDCallback:
         if not isinstance(targets, Tensor):
             raise ValueError(f"targets must be a tensor, got {type(targets).__name__}.")
         n = batch_rows(inputs)
-        if len(targets) != n:
-            raise ValueError(
-                f"inputs and targets must have one row per sample, got {n} inputs and targets "
-                f"of shape {shape(targets)}."
-            )
+        check_target_rows(targets, n)
         b, big_b = self._b, self._big_b
         importance = n == big_b and big_b > b
         if not importance and n != b:
@@ -490,7 +490,7 @@ class ISSGDCallback:
             self._samples_scored += big_b
             self._switch.update(scores)
             positions, weights, usable = draw_by_score(scores, b, self._selection_generator)
-            inputs, targets = index_rows(inputs, positions), targets[positions]
+            inputs, targets = index_rows(inputs, positions, n), targets[positions]
             self._pending_usable.append(usable)
         else:
             weights = torch.ones(b, device=device)

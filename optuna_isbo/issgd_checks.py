@@ -221,6 +221,23 @@ def stack(values: list[Any], indices: list[int], what: str) -> Tensor:
     return torch.stack(tensors)
 
 
+def check_target_rows(targets: object, n: int) -> Tensor:
+    """Targets must be a tensor with ``n`` rows, shape ``(n, ...)`` (not a 0-d tensor)."""
+    if not isinstance(targets, Tensor):
+        raise ValueError(f"targets must be a tensor, got {type(targets).__name__}.")
+    if targets.ndim == 0 or targets.shape[0] != n:
+        hint = (
+            " A 0-d tensor has no rows: give one target per sample, shape (n, ...)."
+            if targets.ndim == 0
+            else ""
+        )
+        raise ValueError(
+            f"inputs and targets must have one row per sample, got {n} inputs and targets "
+            f"of shape {shape(targets)}.{hint}"
+        )
+    return targets
+
+
 def batch_rows(inputs: object, what: str = "inputs") -> int:
     """Number of rows (leading dimension) of a tensor or a nest of tensors (list, tuple, dict).
 
@@ -250,14 +267,40 @@ def tensor_leaves(nest: object) -> list[Tensor]:
     return []
 
 
-def index_rows(nest: Any, rows: Tensor | slice) -> Any:
-    """``nest[rows]`` for a tensor, applied to every tensor of a list, tuple or dict."""
+def _is_per_sample_sequence(nest: object, n: int | None) -> bool:
+    """Whether ``nest`` is a list or tuple of ``n`` plain items, one per sample.
+
+    That is what :func:`torch.utils.data.default_collate` makes of strings (and a custom
+    collate function of other objects): no tensor, list, tuple or dict among the items.
+    A named tuple is a record of fields, never a sequence of samples.
+    """
+    return (
+        n is not None
+        and isinstance(nest, list | tuple)
+        and not hasattr(nest, "_fields")
+        and len(nest) == n
+        and not any(isinstance(item, Tensor | Mapping | list | tuple) for item in nest)
+    )
+
+
+def index_rows(nest: Any, rows: Tensor | slice, n: int | None = None) -> Any:
+    """``nest[rows]`` for a tensor, applied to every tensor of a list, tuple or dict.
+
+    With ``n`` (the number of samples of the batch), a list or tuple of ``n`` plain items
+    (strings, numbers, other objects: no tensors or containers), such as the list that
+    ``default_collate`` makes of a string field, holds one item per sample and is indexed too,
+    keeping its type. Other non-tensor leaves are passed through unchanged.
+    """
     if isinstance(nest, Tensor):
         return nest[rows]
+    if _is_per_sample_sequence(nest, n):
+        if isinstance(rows, slice):
+            return nest[rows]
+        return type(nest)(nest[i] for i in rows.tolist())
     if isinstance(nest, Mapping):
-        return type(nest)({key: index_rows(value, rows) for key, value in nest.items()})  # type: ignore[call-arg]
+        return type(nest)({key: index_rows(value, rows, n) for key, value in nest.items()})  # type: ignore[call-arg]
     if isinstance(nest, tuple) and hasattr(nest, "_fields"):
-        return type(nest)(*(index_rows(value, rows) for value in nest))
+        return type(nest)(*(index_rows(value, rows, n) for value in nest))
     if isinstance(nest, list | tuple):
-        return type(nest)(index_rows(value, rows) for value in nest)
+        return type(nest)(index_rows(value, rows, n) for value in nest)
     return nest

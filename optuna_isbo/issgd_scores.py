@@ -35,6 +35,7 @@ from optuna_isbo.issgd_checks import (
     check_cross_entropy,
     check_logits,
     check_per_sample,
+    check_target_rows,
     index_rows,
     tensor_leaves,
 )
@@ -274,11 +275,7 @@ def score_samples(
         If the model's outputs do not fit the loss (the message names the shapes).
     """
     n = batch_rows(inputs)
-    if len(targets) != n:
-        raise ValueError(
-            f"inputs and targets must have one row per sample, got {n} inputs and "
-            f"{len(targets)} targets."
-        )
+    check_target_rows(targets, n)
     step = n if forward_batch_size is None else max(1, int(forward_batch_size))
     device = _device_of(inputs)
     chunks = []
@@ -292,7 +289,7 @@ def score_samples(
                 else contextlib.nullcontext()
             )
             with no_grad, autocast:
-                logits = model(index_rows(inputs, rows))
+                logits = model(index_rows(inputs, rows, n))
             chunk_targets = targets[rows]
             check_outputs(logits, chunk_targets, loss_fn, ignore_index, check_range)
             chunks.append(_scores(logits, chunk_targets, loss_fn, score, ignore_index))

@@ -71,7 +71,9 @@ Distributions are written with :func:`optuna.distributions.distribution_to_json`
 weights are ``bias ()`` (all kinds), ``weight (d,)`` (linear), and ``hidden_weight (d, H)``,
 ``hidden_bias (H,)``, ``output_weight (H,)`` (mlp), ``d`` the number of encoded columns of
 ``x`` and ``H`` the hidden units. Every field is checked on load (known keys only, types,
-shapes, finite numbers, positivity); any violation raises :class:`ValueError`.
+shapes, finite numbers, positivity, and the ranges that :func:`fit_prior` produces:
+``|y_shift| <= 1e12 y_scale``, mean weights in ``[-20, 20]``, each kernel hyperparameter
+within the bounds of the fit); any violation raises :class:`ValueError` naming the field.
 """
 
 from __future__ import annotations
@@ -125,6 +127,23 @@ FORMAT_VERSION = 1
 MEAN_KINDS = ("constant", "linear", "mlp")
 OBJECTIVES = ("marginal_likelihood", "empirical_kl")
 _MAX_FILE_BYTES = 64 * 2**20
+_WEIGHT_BOUND = 20.0
+"""Bound on every mean weight, in the prior's (standardized) units: the box of the fit."""
+_MAX_SHIFT_IN_SCALES = 1e12
+"""Bound on ``|y_shift| / y_scale``: the fit's pooled mean is at most ``1 / 1e-12`` of its
+standard deviation (values closer together get the scale of their magnitude)."""
+_KERNEL_RANGES: dict[str, tuple[float, float]] = {
+    "lengthscales": (math.exp(_LOG_LENGTHSCALE_BOUNDS[0]), math.exp(_LOG_LENGTHSCALE_BOUNDS[1])),
+    "outputscale": (math.exp(_LOG_OUTPUTSCALE_BOUNDS[0]), math.exp(_LOG_OUTPUTSCALE_BOUNDS[1])),
+    "noise": (math.exp(_LOG_NOISE_BOUNDS[0]), math.exp(_LOG_NOISE_BOUNDS[1])),
+    "fidelity_beta": (math.exp(_LOG_BETA_BOUNDS[0]), math.exp(_LOG_BETA_BOUNDS[1])),
+    "fidelity_exponent": (math.exp(_LOG_EXPONENT_BOUNDS[0]), math.exp(_LOG_EXPONENT_BOUNDS[1])),
+    "noise_slope": (0.0, math.exp(_LOG_NOISE_SLOPE_BOUNDS[1])),  # 0: homoscedastic
+}
+"""The range of each kernel hyperparameter: the bounds of the fit (those of
+:mod:`optuna_isbo.model`)."""
+_RANGE_SLACK = 1e-9
+"""Relative slack of the range checks: ``exp`` of a bound may round either way."""
 _DTYPE = torch.float64
 
 StudyLike = Study | tuple[str | BaseStorage, str]
@@ -219,6 +238,16 @@ class GPPrior:
     fit_info
         Summary of the fit: ``objective``, ``n_studies``, ``n_points``, ``loss`` (the final
         objective per point) and ``study_names``.
+
+    Raises
+    ------
+    ValueError
+        On construction, if a number is outside the range that :func:`fit_prior` produces
+        (the message names the field and the range): ``y_scale`` finite and positive,
+        ``|y_shift| <= 1e12 y_scale``, every mean weight in ``[-20, 20]``, and each kernel
+        hyperparameter within the bounds of the fit (lengthscales ``[0.025, 100]``, outputscale
+        ``[0.01, 100]``, noise ``[1e-6, 10]``, fidelity_beta ``[1e-4, 100]``,
+        fidelity_exponent ``[0.25, 4]``, noise_slope ``[0, 10]``).
     """
 
     distributions: dict[str, BaseDistribution]
@@ -230,6 +259,11 @@ class GPPrior:
     y_shift: float
     y_scale: float
     fit_info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_ranges(
+            self.y_shift, self.y_scale, self.params, self.mean_function.weights, in_file=False
+        )
 
     # -- use -------------------------------------------------------------------------------
     def search_space(self) -> SearchSpace:
@@ -357,7 +391,11 @@ class GPPrior:
         )
 
     def check_search_space(
-        self, distributions: dict[str, BaseDistribution], fidelity_param: str | None
+        self,
+        distributions: dict[str, BaseDistribution],
+        fidelity_param: str | None,
+        *,
+        target_fidelity: float | None = None,
     ) -> None:
         """Raise :class:`ValueError` naming every difference from the prior's search space.
 
@@ -367,12 +405,29 @@ class GPPrior:
             A study's joint search space (single-valued parameters are ignored).
         fidelity_param
             The fidelity parameter that the study's space actually has (``None`` for none).
+        target_fidelity
+            The study's target fidelity (``SearchSpace.target_fidelity``), which must be the
+            prior's: the fidelity axis ``s`` of the prior's GP ends at its target fidelity, so
+            another target would put every observation at the wrong ``s``. ``None`` skips this
+            check; it is ignored when ``fidelity_param`` is ``None``.
         """
         problems = _space_differences(self.distributions, distributions)
         if fidelity_param != self.fidelity_param:
             problems.append(
                 f"fidelity parameter is {fidelity_param!r} but the prior's is "
                 f"{self.fidelity_param!r}"
+            )
+        elif (
+            fidelity_param is not None
+            and target_fidelity is not None
+            and self.target_fidelity is not None
+            and not math.isclose(float(target_fidelity), self.target_fidelity, rel_tol=1e-12)
+        ):
+            problems.append(
+                f"target fidelity of {fidelity_param!r} is {float(target_fidelity):g} but the "
+                f"prior was fitted with target_fidelity={self.target_fidelity:g}; give the "
+                f"sampler target_fidelity={self.target_fidelity:g}, or fit the prior with "
+                f"target_fidelity={float(target_fidelity):g}"
             )
         if problems:
             raise ValueError(
@@ -568,6 +623,70 @@ def _distribution(name: str, obj: Any) -> BaseDistribution:
     return dist
 
 
+def _out_of_range(values: Any, low: float, high: float) -> tuple[tuple[int, ...], float] | None:
+    """Index and value of the first element of ``values`` outside ``[low, high]`` (NaN
+    included), up to a relative slack; ``None`` if all are inside."""
+    t = torch.as_tensor(values).detach().to(device="cpu", dtype=_DTYPE)
+    lo = low - _RANGE_SLACK * abs(low)
+    hi = high + _RANGE_SLACK * abs(high)
+    bad = ~((t >= lo) & (t <= hi))
+    if not bool(bad.any()):
+        return None
+    index = tuple(int(i) for i in bad.nonzero()[0]) if t.ndim else ()
+    return index, float(t[index])
+
+
+def _check_ranges(
+    y_shift: float,
+    y_scale: float,
+    params: GPParams,
+    weights: dict[str, torch.Tensor],
+    *,
+    in_file: bool,
+) -> None:
+    """Raise :class:`ValueError` unless every number is in the range that :func:`fit_prior`
+    produces; the message names the field (as in the file, or as an attribute) and the range.
+    """
+
+    def name(section: str, key: str, index: tuple[int, ...] = ()) -> str:
+        if in_file:
+            return f"{section}.{key}" + "".join(f"[{i}]" for i in index)
+        where = {"output_transform": key, "kernel": f"params.{key}"}.get(
+            section, f"mean_function.weights[{key!r}]"
+        )
+        return where + (f"[{', '.join(map(str, index))}]" if index else "")
+
+    y_shift, y_scale = float(y_shift), float(y_scale)
+    if not (math.isfinite(y_scale) and y_scale > 0):
+        raise ValueError(
+            f"GP prior: {name('output_transform', 'y_scale')} must be finite and positive, "
+            f"got {y_scale:.6g}."
+        )
+    if not (math.isfinite(y_shift) and abs(y_shift) <= _MAX_SHIFT_IN_SCALES * y_scale):
+        raise ValueError(
+            f"GP prior: {name('output_transform', 'y_shift')} must lie in [-1e12 * y_scale, "
+            f"1e12 * y_scale] = [{-_MAX_SHIFT_IN_SCALES * y_scale:.6g}, "
+            f"{_MAX_SHIFT_IN_SCALES * y_scale:.6g}] (the pooled mean of the fitted values is "
+            f"within 1e12 of their standard deviations), got {y_shift:.6g} with y_scale = "
+            f"{y_scale:.6g}."
+        )
+    for key, (low, high) in _KERNEL_RANGES.items():
+        found = _out_of_range(getattr(params, key), low, high)
+        if found is not None:
+            raise ValueError(
+                f"GP prior: {name('kernel', key, found[0])} must lie in [{low:.6g}, "
+                f"{high:.6g}] (the bounds of the fit), got {found[1]:.6g}."
+            )
+    for key, value in weights.items():
+        found = _out_of_range(value, -_WEIGHT_BOUND, _WEIGHT_BOUND)
+        if found is not None:
+            raise ValueError(
+                f"GP prior: {name('mean_function.weights', key, found[0])} must lie in "
+                f"[{-_WEIGHT_BOUND:g}, {_WEIGHT_BOUND:g}] (the bounds of the fit, in standard "
+                f"deviations of the objective), got {found[1]:.6g}."
+            )
+
+
 def _prior_from_dict(data: Any) -> GPPrior:
     data = _require_keys(
         data,
@@ -692,6 +811,7 @@ def _prior_from_dict(data: Any) -> GPPrior:
         "loss": _number(fit["loss"], "fit.loss"),
         "study_names": list(names),
     }
+    _check_ranges(y_shift, y_scale, params, weights, in_file=True)
     return GPPrior(
         distributions=distributions,
         fidelity_param=fidelity_param,
@@ -1067,7 +1187,7 @@ def fit_prior(
         + [_LOG_NOISE_SLOPE_BOUNDS if heteroscedastic else fixed_slope]
     )
     n_weights = sum(math.prod(shape) for shape in layout.shapes.values())
-    bounds += [(-20.0, 20.0)] * n_weights
+    bounds += [(-_WEIGHT_BOUND, _WEIGHT_BOUND)] * n_weights
     lo = np.array([b[0] for b in bounds])
     hi = np.array([b[1] for b in bounds])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,6 +136,60 @@ def test_truncated_gzip_file(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(idx_bytes(np.zeros((50, 28, 28), np.uint8)))[:-20])
     with pytest.raises(IDXFormatError, match="gzip.*cut short"):
         read_idx(path)
+
+
+def test_gzip_bomb_is_read_no_further_than_its_header_announces(tmp_path: Path) -> None:
+    # 64 MiB of zeros after a one-byte array compress to about 64 KB. Before the fix the whole
+    # file was decompressed (64 MiB at peak) before its length was checked.
+    decompressed = 64 * 2**20
+    path = tmp_path / "bomb.gz"
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(idx_bytes(np.array([7], np.uint8)))
+        zeros = bytes(2**20)
+        for _ in range(decompressed // len(zeros)):
+            f.write(zeros)
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(IDXFormatError, match=r"trailing data.*shape \(1,\)"):
+            read_idx(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < decompressed / 16, peak
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_huge_announced_size_of_a_short_file_is_truncated_not_allocated(
+    tmp_path: Path, gz: bool
+) -> None:
+    # 2**32 - 1 rows of 2**32 - 1 float64 values announced, 16 bytes there.
+    data = b"\x00\x00\x0e\x02" + struct.pack(">2I", 2**32 - 1, 2**32 - 1) + bytes(16)
+    path = write_idx(tmp_path / "huge-idx2", data, gz=gz)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IDXFormatError, match=r"truncated: .*has 28 bytes"):
+            read_idx(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak
+
+
+@pytest.mark.parametrize("ndim", [65, 255])
+@pytest.mark.parametrize("gz", [False, True])
+def test_more_dimensions_than_numpy_supports(tmp_path: Path, ndim: int, gz: bool) -> None:
+    data = struct.pack(">BBBB", 0, 0, 0x08, ndim) + struct.pack(f">{ndim}I", *[1] * ndim) + b"\0"
+    match = rf"header announces {ndim} dimensions, more than the \d+ that NumPy"
+    with pytest.raises(IDXFormatError, match=match):
+        parse_idx(data, "f")
+    with pytest.raises(IDXFormatError, match=match):
+        read_idx(write_idx(tmp_path / "deep-idx", data, gz=gz))
+
+
+def test_thirty_two_dimensions_are_read(tmp_path: Path) -> None:
+    array = np.arange(4, dtype=np.int16).reshape((2, 2) + (1,) * 30)
+    assert np.array_equal(read_idx(write_idx(tmp_path / "a-idx", array, gz=True)), array)
 
 
 def test_missing_file_is_file_not_found(tmp_path: Path) -> None:

@@ -138,6 +138,64 @@ def test_dict_inputs_are_selected_together() -> None:
         assert torch.equal(row, x[int(scale) - 1])
 
 
+class _NamedSamples(Dataset[tuple[dict[str, Any], Tensor]]):
+    """Dict items with a string field, which default_collate batches as a list of strings."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, Any], Tensor]:
+        return {"x": self.x[index], "name": f"sample-{index}", "id": index}, self.y[index]
+
+
+def test_per_sample_lists_are_selected_with_the_tensors() -> None:
+    x, y, linear = skewed_data(64, seed=5)
+    rows_seen = []
+
+    class NamedModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, batch: dict[str, Any]) -> Tensor:
+            # every chunk of a scored super-batch gets the names of its own rows
+            assert len(batch["name"]) == len(batch["x"])
+            rows_seen.append(len(batch["x"]))
+            return self.linear(batch["x"])
+
+    model = NamedModel()
+    dataset = _NamedSamples(x, y)
+    issgd = ISSGDCallback(model, batch_size=4, super_batch_size=16, seed=0, forward_batch_size=5)
+    loader = DataLoader(dataset, batch_size=16, shuffle=True)  # super-batches: scored steps
+    for batch, targets in loader:
+        assert isinstance(batch["name"], list) and len(batch["name"]) == 16
+        chosen, chosen_targets, _ = issgd.before_step(batch, targets)
+        assert isinstance(chosen["name"], list) and len(chosen["name"]) == 4
+        assert chosen["name"] == [f"sample-{int(i)}" for i in chosen["id"]]
+        assert torch.equal(chosen_targets, y[chosen["id"]])
+        issgd.weighted_loss(model(chosen), chosen_targets).backward()
+        issgd.after_step()
+    assert 5 in rows_seen and 1 in rows_seen  # chunks of 5, 5, 5, 1 rows
+
+    # In a tuple too, keeping its type; a list of another length is no per-sample field.
+    class TupleModel(nn.Module):
+        def forward(self, batch: tuple[Tensor, tuple[str, ...], list[str]]) -> Tensor:
+            return linear(batch[0])
+
+    issgd = ISSGDCallback(TupleModel(), batch_size=4, super_batch_size=16, seed=1)
+    names = tuple(f"sample-{i}" for i in range(16))
+    (x_chosen, names_chosen, modes), _, _ = issgd.before_step(
+        (x[:16], names, ["train", "eval"]), y[:16]
+    )
+    assert isinstance(names_chosen, tuple) and len(names_chosen) == 4
+    for row, name in zip(x_chosen, names_chosen, strict=True):
+        assert torch.equal(row, x[int(name.removeprefix("sample-"))])
+    assert modes == ["train", "eval"]
+
+
 def test_issgd_batches_equal_a_user_loop_over_a_data_loader() -> None:
     x, y, model = skewed_data(120, seed=5)
     data = TensorDataset(x, y)
@@ -339,6 +397,12 @@ def test_batches_of_another_size_or_shape_raise_clearly() -> None:
         issgd.before_step(x[:4], y[:5])
     with pytest.raises(ValueError, match="targets must be a tensor"):
         issgd.before_step(x[:4], [0, 1, 2, 0])  # type: ignore[arg-type]
+    # 0-d targets: the package's own message, not torch's "len() of a 0-d tensor"
+    zero_d = r"4 inputs and targets of shape \(\)\. A 0-d tensor has no rows"
+    with pytest.raises(ValueError, match=zero_d):
+        issgd.before_step(x[:4], torch.tensor(1))
+    with pytest.raises(ValueError, match=zero_d):
+        issgd.scores(x[:4], torch.tensor(1))
     with pytest.raises(ValueError, match="no current step"):
         issgd.weighted_loss(model(x[:4]), y[:4])
     bad = y[:16].clone()

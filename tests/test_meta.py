@@ -664,6 +664,98 @@ def test_load_rejects_huge_integers_and_misplaced_lists(
         GPPrior.load(file)
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "fragment"),
+    [
+        (("output_transform", "y_shift"), 1e300, r"output_transform\.y_shift must lie in"),
+        (("output_transform", "y_scale"), 1e-300, r"y_shift must lie in .*y_scale = 1e-300"),
+        (("mean_function", "weights", "bias"), 1e300, r"weights\.bias must lie in \[-20, 20\]"),
+        (
+            ("mean_function", "weights", "hidden_weight", 1, 2),
+            -21.0,
+            r"weights\.hidden_weight\[1\]\[2\] must lie in \[-20, 20\].*got -21",
+        ),
+        (("kernel", "lengthscales", 2), 1e300, r"kernel\.lengthscales\[2\] must lie in"),
+        (("kernel", "outputscale"), 1e300, r"kernel\.outputscale must lie in \[0\.01, 100\]"),
+        (("kernel", "noise"), 1e-300, r"kernel\.noise must lie in \[1e-06, 10\]"),
+        (("kernel", "fidelity_exponent"), 100.0, r"kernel\.fidelity_exponent must lie in"),
+    ],
+    ids=[
+        "shift",
+        "tiny-scale",
+        "bias",
+        "hidden-weight",
+        "lengthscale",
+        "outputscale",
+        "noise",
+        "exponent",
+    ],
+)
+def test_load_rejects_absurd_finite_numbers(
+    tmp_path: Path, mixed_prior: GPPrior, path: tuple[Any, ...], value: float, fragment: str
+) -> None:
+    # Before the fix such a file loaded, and the sampler recommended values like -2.8e295.
+    assert abs(mixed_prior.y_shift) > 1e-3 * mixed_prior.y_scale  # y_scale=1e-300 is absurd
+    data = mixed_prior.to_dict()
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    file = tmp_path / "prior.json"
+    file.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=fragment):
+        GPPrior.load(file)
+
+
+def test_ranges_are_checked_on_construction_and_include_their_bounds(
+    mixed_prior: GPPrior,
+) -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"^GP prior: y_shift must lie in .*got 1e\+300"):
+        replace(mixed_prior, y_shift=1e300)
+    with pytest.raises(ValueError, match=r"^GP prior: y_scale must be finite and positive"):
+        replace(mixed_prior, y_scale=math.inf)
+    weights = dict(mixed_prior.mean_function.weights)
+    weights["output_weight"] = weights["output_weight"].clone()
+    weights["output_weight"][3] = 1e300
+    with pytest.raises(ValueError, match=r"weights\['output_weight'\]\[3\] must lie in"):
+        replace(mixed_prior, mean_function=replace(mixed_prior.mean_function, weights=weights))
+    params = replace(mixed_prior.params, noise=torch.tensor(math.nan, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"params\.noise must lie in .*got nan"):
+        replace(mixed_prior, params=params)
+    # What fit_prior can produce loads: the bounds themselves are inside.
+    weights["output_weight"][3] = -20.0
+    params = replace(
+        mixed_prior.params,
+        lengthscales=torch.full_like(mixed_prior.params.lengthscales, 100.0),
+        noise=torch.tensor(1e-6, dtype=torch.float64),
+        noise_slope=torch.tensor(0.0, dtype=torch.float64),
+    )
+    edge = replace(
+        mixed_prior,
+        y_shift=-1e12 * mixed_prior.y_scale,
+        params=params,
+        mean_function=replace(mixed_prior.mean_function, weights=weights),
+    )
+    assert GPPrior.from_dict(json.loads(json.dumps(edge.to_dict()))).to_dict() == edge.to_dict()
+
+
+def test_check_search_space_compares_the_target_fidelity(mixed_prior: GPPrior) -> None:
+    space, fidelity = dict(mixed_prior.distributions), mixed_prior.fidelity_param
+    assert mixed_prior.target_fidelity == 256.0
+    with pytest.raises(
+        ValueError, match=r"target fidelity of 'super_batch_size' is 64 .*target_fidelity=256"
+    ):
+        mixed_prior.check_search_space(space, fidelity, target_fidelity=64)
+    mixed_prior.check_search_space(space, fidelity, target_fidelity=256)
+    mixed_prior.check_search_space(space, fidelity, target_fidelity=np.float64(256.0))
+    mixed_prior.check_search_space(space, fidelity)  # not given: not compared
+    # Without a fidelity axis there is no target to compare; the fidelity mismatch is named.
+    with pytest.raises(ValueError, match="fidelity parameter is None"):
+        mixed_prior.check_search_space(space, None, target_fidelity=math.nan)
+
+
 def _scaled(studies: list[optuna.Study], factor: float) -> list[optuna.Study]:
     return [
         _study_from_points(

@@ -8,20 +8,25 @@ An IDX file is a header and the array's values in C order, all big-endian:
 - the values: ``prod(sizes)`` items of the type ``TT``, one of ``0x08`` (uint8), ``0x09``
   (int8), ``0x0B`` (int16), ``0x0C`` (int32), ``0x0D`` (float32) or ``0x0E`` (float64).
 
-:func:`read_idx` checks every part of that layout, and that the file holds exactly the bytes
-the header announces (no fewer: truncated; no more: trailing data), and raises
-:class:`IDXFormatError` otherwise. Gzipped files are recognised by their content (the gzip
-magic bytes ``1f 8b``), not by their name.
+:func:`read_idx` checks every part of that layout (and that there are no more dimensions than
+a NumPy array can have), and that the file holds exactly the bytes the header announces (no
+fewer: truncated; no more: trailing data), and raises :class:`IDXFormatError` otherwise. It
+reads the file as a stream and stops one byte past the announced size, so a file (or a gzip
+file's decompressed data) longer than its header says costs no more memory than the announced
+array. Gzipped files are recognised by their content (the gzip magic bytes ``1f 8b``), not by
+their name.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -38,10 +43,87 @@ IDX_DTYPES: dict[int, np.dtype] = {
 """The IDX type codes and the big-endian NumPy dtypes they stand for."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK_BYTES = 2**20
+_MAX_NDIM = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+"""The most dimensions a NumPy array can have (``NPY_MAXDIMS``)."""
 
 
 class IDXFormatError(ValueError):
     """A file is not a well-formed IDX file (or not a readable gzip file holding one)."""
+
+
+class _Readable(Protocol):
+    """A binary stream: a file, a :class:`gzip.GzipFile`, a :class:`io.BytesIO`."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _read_up_to(stream: _Readable, size: int) -> bytearray:
+    """At most ``size`` bytes of ``stream``, fewer only at its end; read in bounded chunks, so
+    that memory grows with the bytes that are there, not with the bytes that are asked for."""
+    buffer = bytearray()
+    while len(buffer) < size:
+        chunk = stream.read(min(_CHUNK_BYTES, size - len(buffer)))
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer
+
+
+def _read_idx_stream(
+    stream: _Readable, name: str, what: str, total: int | None = None
+) -> np.ndarray:
+    """Read an IDX file from ``stream``, and no byte past the end that its header announces.
+
+    ``what`` says what the lengths in the messages count ("the file", "the decompressed
+    data"); ``total`` is its length in bytes where known without reading it all.
+    """
+    magic_bytes = _read_up_to(stream, 4)
+    if len(magic_bytes) < 4:
+        raise IDXFormatError(
+            f"{name}: {len(magic_bytes)} bytes, too short for the 4-byte IDX magic number."
+        )
+    magic = int.from_bytes(magic_bytes, "big")
+    code, ndim = magic_bytes[2], magic_bytes[3]
+    if magic_bytes[0] != 0 or magic_bytes[1] != 0 or code not in IDX_DTYPES or ndim == 0:
+        codes = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
+        raise IDXFormatError(
+            f"{name}: magic number 0x{magic:08X} is not an IDX magic number 0x0000TTDD (two "
+            f"zero bytes, a type code TT among {codes}, and DD >= 1 dimensions); the file is "
+            "not an IDX file, or is compressed in a format other than gzip."
+        )
+    if ndim > _MAX_NDIM:
+        raise IDXFormatError(
+            f"{name}: the header announces {ndim} dimensions, more than the {_MAX_NDIM} that "
+            "NumPy arrays can have; the file is damaged or not an IDX file."
+        )
+    header = 4 + 4 * ndim
+    size_bytes = _read_up_to(stream, 4 * ndim)
+    if len(size_bytes) < 4 * ndim:
+        raise IDXFormatError(
+            f"{name}: truncated header: {ndim} dimensions need {header} header bytes, {what} "
+            f"has {4 + len(size_bytes)}."
+        )
+    shape = struct.unpack(f">{ndim}I", size_bytes)
+    dtype = IDX_DTYPES[code]
+    count = math.prod(shape)
+    expected = header + count * dtype.itemsize
+    values = _read_up_to(stream, count * dtype.itemsize)
+    if len(values) < count * dtype.itemsize:
+        raise IDXFormatError(
+            f"{name}: truncated: the header announces shape {tuple(shape)} of {dtype.name} "
+            f"({expected} bytes in all), {what} has {header + len(values)} bytes."
+        )
+    if _read_up_to(stream, 1):
+        length = "more" if total is None else f"{total} bytes"
+        raise IDXFormatError(
+            f"{name}: trailing data after the values: the header announces shape "
+            f"{tuple(shape)} of {dtype.name} ({expected} bytes in all), {what} has {length}."
+        )
+    array = np.frombuffer(values, dtype=dtype).reshape(shape)  # writable: a bytearray's
+    if not dtype.isnative:
+        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return array
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -62,43 +144,19 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     Raises
     ------
     IDXFormatError
-        If the magic number, the sizes or the length of ``data`` do not fit the format.
+        If the magic number, the number of dimensions (at most what NumPy supports: 64 with
+        NumPy 2, 32 before), the sizes or the length of ``data`` do not fit the format.
     """
-    if len(data) < 4:
-        raise IDXFormatError(
-            f"{name}: {len(data)} bytes, too short for the 4-byte IDX magic number."
-        )
-    magic = int.from_bytes(data[:4], "big")
-    code, ndim = data[2], data[3]
-    if data[0] != 0 or data[1] != 0 or code not in IDX_DTYPES or ndim == 0:
-        codes = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
-        raise IDXFormatError(
-            f"{name}: magic number 0x{magic:08X} is not an IDX magic number 0x0000TTDD (two "
-            f"zero bytes, a type code TT among {codes}, and DD >= 1 dimensions); the file is "
-            "not an IDX file, or is compressed in a format other than gzip."
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise IDXFormatError(
-            f"{name}: truncated header: {ndim} dimensions need {header} header bytes, the file "
-            f"has {len(data)}."
-        )
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = IDX_DTYPES[code]
-    count = math.prod(shape)
-    expected = header + count * dtype.itemsize
-    if len(data) != expected:
-        problem = "truncated" if len(data) < expected else "trailing data after the values"
-        raise IDXFormatError(
-            f"{name}: {problem}: the header announces shape {tuple(shape)} of {dtype.name} "
-            f"({expected} bytes in all), the file has {len(data)} bytes."
-        )
-    values = np.frombuffer(data, dtype=dtype, count=count, offset=header)
-    return values.reshape(shape).astype(dtype.newbyteorder("="))
+    return _read_idx_stream(io.BytesIO(data), name, "the data", len(data))
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file, plain or gzipped.
+
+    The file is read as a stream, decompressed on the fly if gzipped: the header first, then
+    exactly the bytes it announces and one more to tell whether data trail them. Memory and
+    time are thus bounded by the size of the announced array, whatever the file holds beyond
+    it (a small gzip file can decompress to gigabytes).
 
     Parameters
     ----------
@@ -118,13 +176,16 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         If it is a damaged gzip file or not a well-formed IDX file.
     """
     path = Path(path)
-    data = path.read_bytes()
-    if data[:2] == _GZIP_MAGIC:
+    with open(path, "rb") as file:
+        gzipped = file.read(2) == _GZIP_MAGIC
+        file.seek(0)
+        if not gzipped:
+            return _read_idx_stream(file, str(path), "the file", os.fstat(file.fileno()).st_size)
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
+            with gzip.GzipFile(fileobj=file, mode="rb") as stream:
+                return _read_idx_stream(stream, str(path), "the decompressed data")
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
             raise IDXFormatError(
                 f"{path}: starts like a gzip file but cannot be decompressed ({error}); the "
                 "download or copy was probably cut short."
             ) from error
-    return parse_idx(data, str(path))
