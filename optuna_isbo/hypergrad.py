@@ -56,6 +56,7 @@ the schedules return to the last accepted ones and the step sizes are halved.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -68,7 +69,7 @@ from typing import Any
 
 import torch
 from torch.func import functional_call, grad_and_value, jvp, vmap
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 __all__ = [
     "HYPERPARAMETER_NAMES",
@@ -90,7 +91,8 @@ HYPERPARAMETER_NAMES: tuple[str, str, str] = ("lr", "momentum", "weight_decay")
 _LR, _MOMENTUM, _WEIGHT_DECAY = 0, 1, 2
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Data = TensorDataset | tuple[torch.Tensor, torch.Tensor]
+Data = TensorDataset | tuple[Any, Any] | list[Any]
+"""``(inputs, targets)``: tensors, NumPy arrays or nested lists, or a two-tensor dataset."""
 
 # torch.optim.SGD keeps no momentum buffer while a group's momentum is exactly 0 and starts a
 # fresh one (v = g) when momentum becomes positive, whereas the recurrence differentiated here
@@ -373,13 +375,15 @@ def train_with_schedules(
 
     Uses the minibatches of :func:`minibatch_indices` with the same ``seed``, so that training
     a model with the same initial parameters reproduces the run of :func:`hypergradient`.
+    ``train_data`` and ``loss_fn`` are taken as :func:`hypergradient` takes them.
     """
-    inputs, targets = _as_tensors(train_data, "train_data")
+    inputs, targets = _as_tensors(train_data, "train_data", model)
+    reduced_loss = _scalar_loss(loss_fn)
     optimizer = torch.optim.SGD(model.parameters(), lr=schedules.lr[0])
     scheduler = schedules.scheduler(optimizer)
     for index in minibatch_indices(len(inputs), batch_size, schedules.n_steps, seed):
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(inputs[index]), targets[index]).backward()
+        reduced_loss(model(inputs[index]), targets[index]).backward()
         optimizer.step()
         scheduler.step()
 
@@ -418,7 +422,12 @@ def hypergradient(
         Network holding the initial parameters :math:`\\theta_0`; it needs at least one
         trainable parameter.
     train_data, val_data:
-        ``(inputs, targets)`` tensors or a two-tensor :class:`~torch.utils.data.TensorDataset`.
+        The whole data set as ``(inputs, targets)``: tensors, NumPy arrays or (nested) lists, or
+        a two-tensor :class:`~torch.utils.data.TensorDataset`. Arrays and lists become tensors
+        on the device of the model's parameters, floating ones in their dtype and signed
+        integer ones in ``torch.long``; tensors are used as they are. Not a
+        :class:`~torch.utils.data.DataLoader`: the minibatches are drawn here
+        (:func:`minibatch_indices`). Every value must be finite.
     schedules
         Schedules of the run; ``schedules.n_steps`` steps are taken.
     batch_size
@@ -426,11 +435,18 @@ def hypergradient(
     seed
         Seed of :func:`minibatch_indices`.
     loss_fn
-        ``loss_fn(outputs, targets)`` returning the mean loss, used for training and validation.
-        It must support forward-mode differentiation of its gradient (``torch.func.jvp`` of
-        ``torch.func.grad``); in torch 2.13 :func:`torch.nn.functional.cross_entropy` does,
-        while :func:`torch.nn.functional.mse_loss` does not (write
-        ``((outputs - targets) ** 2).mean()`` instead).
+        ``loss_fn(outputs, targets)``, used for training and validation: a scalar (the mean
+        loss), or a per-sample loss (``reduction="none"``) that is reduced by its mean over
+        all elements. It must support forward-mode differentiation of its gradient
+        (``torch.func.jvp`` of ``torch.func.grad``), as
+        :func:`~torch.nn.functional.cross_entropy`, :func:`~torch.nn.functional.nll_loss`,
+        :func:`~torch.nn.functional.l1_loss` and
+        :func:`~torch.nn.functional.binary_cross_entropy_with_logits` do with any reduction.
+        :func:`~torch.nn.functional.mse_loss` does only with ``reduction="none"`` or
+        ``"sum"`` in torch 2.13: passed itself (or as a :class:`~torch.nn.MSELoss`) it is
+        evaluated as the mean of ``reduction="none"``, the same value; a ``loss_fn`` that calls
+        it with the default ``reduction="mean"`` raises :class:`ValueError`, as does any other
+        loss without this derivative.
     differentiate
         Hyperparameter types to differentiate, a subset of ``HYPERPARAMETER_NAMES``; fewer
         types propagate fewer tangents.
@@ -450,10 +466,13 @@ def hypergradient(
     Raises
     ------
     ValueError
-        On invalid arguments, a model without trainable parameters, or a forward pass that is
-        random or updates buffers (see above).
+        On invalid arguments, non-finite data, a model without trainable parameters, a forward
+        pass that is random or updates buffers (see above), or a ``loss_fn`` or model without
+        the forward-mode derivative of its gradient (at the first step).
     TypeError
-        If ``model`` is not a :class:`torch.nn.Module`.
+        If ``model`` is not a :class:`torch.nn.Module`, if the data are not an
+        ``(inputs, targets)`` pair (a DataLoader, say), or if ``loss_fn`` does not return a
+        tensor.
     """
     (batch_size,) = _check_positive(batch_size=batch_size)
     if val_batch_size is not None:
@@ -461,10 +480,11 @@ def hypergradient(
     seed = _check_seed(seed)
     start_step = _as_int("start_step", start_step, 0)
     rows = _rows_of(differentiate)
-    x_train, y_train = _as_tensors(train_data, "train_data")
-    x_val, y_val = _as_tensors(val_data, "val_data")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    x_train, y_train = _as_tensors(train_data, "train_data", model)
+    x_val, y_val = _as_tensors(val_data, "val_data", model)
+    reduced_loss = _scalar_loss(loss_fn)
     trainable = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(
@@ -492,7 +512,7 @@ def hypergradient(
             name: chunk.view(shape)
             for name, chunk, shape in zip(names, flat.split(sizes), shapes, strict=True)
         }
-        return loss_fn(functional_call(model, (params, constants), (inputs,)), targets)
+        return reduced_loss(functional_call(model, (params, constants), (inputs,)), targets)
 
     _check_forward(model, dict(zip(names, initial, strict=True)), constants, x_train[:batch_size])
     grad_and_loss = grad_and_value(loss_at)
@@ -529,9 +549,14 @@ def hypergradient(
         lr, momentum, weight_decay = (h[r][block] for r in range(3))
         # Tangents of the blocks after the current one are still exactly zero.
         z_live, c_live = z[: block + 1], c[: block + 1]
-        gradient, loss, hvp = batched(
-            theta, z_live.view(-1, n_params), x_train[index], y_train[index]
-        )
+        try:
+            gradient, loss, hvp = batched(
+                theta, z_live.view(-1, n_params), x_train[index], y_train[index]
+            )
+        except (NotImplementedError, RuntimeError) as err:
+            if not _lacks_forward_derivative(err):
+                raise
+            raise ValueError(_forward_derivative_message(loss_fn, err)) from err
         train_loss = float(loss)
         if not math.isfinite(train_loss):
             diverged = True
@@ -612,7 +637,9 @@ def learn_schedules(
         alone (see :func:`hypergradient`): return ``model.eval()`` for a network with dropout or
         batch normalization.
     train_data, val_data:
-        ``(inputs, targets)`` tensors or a two-tensor :class:`~torch.utils.data.TensorDataset`.
+        The whole data set as ``(inputs, targets)``: tensors, NumPy arrays or (nested) lists, or
+        a two-tensor :class:`~torch.utils.data.TensorDataset` (see :func:`hypergradient`); not
+        a :class:`~torch.utils.data.DataLoader`. Every value must be finite.
     n_steps
         Horizon: optimizer steps of each training run; a multiple of ``n_blocks``.
     n_blocks
@@ -631,7 +658,8 @@ def learn_schedules(
     learn
         Hyperparameter types to learn; the others keep their initial values.
     loss_fn
-        ``loss_fn(outputs, targets)`` returning the mean loss (see :func:`hypergradient`).
+        ``loss_fn(outputs, targets)`` returning the mean loss, or a per-sample loss
+        (``reduction="none"``) whose mean is taken (see :func:`hypergradient`).
     seed
         Seed of the model initialization and of the minibatch order (the same every run).
     val_batch_size
@@ -648,12 +676,16 @@ def learn_schedules(
     Raises
     ------
     ValueError
-        On invalid arguments, or a model that :func:`hypergradient` cannot differentiate: one
-        without trainable parameters, or whose forward pass is random (dropout in training mode)
-        or updates buffers (batch normalization in training mode). These are detected before
-        the first training run.
+        On invalid arguments, non-finite values in the data, or a model that
+        :func:`hypergradient` cannot differentiate: one without trainable parameters, or whose
+        forward pass is random (dropout in training mode) or updates buffers (batch
+        normalization in training mode). These are detected before the first training run; a
+        ``loss_fn`` or model without the forward-mode derivative of its gradient is detected at
+        its first step.
     TypeError
-        If ``model_fn`` does not return a :class:`torch.nn.Module`.
+        If ``model_fn`` does not return a :class:`torch.nn.Module`, if the data are not an
+        ``(inputs, targets)`` pair (a DataLoader, say), or if ``loss_fn`` does not return a
+        tensor.
     RuntimeError
         If every training run diverged.
     """
@@ -680,14 +712,19 @@ def learn_schedules(
         raise ValueError(f"outer_step_sizes must be 3 positive numbers, got {outer_step_sizes}.")
     else:
         initial_step_sizes = [float(x) for x in outer_step_sizes]
-    if len(_as_tensors(train_data, "train_data")[0]) < batch_size:
-        raise ValueError(f"batch_size ({batch_size}) exceeds the number of training examples.")
+    # Fail on the form of the data before building the model; convert them once it is built.
+    _check_pair(train_data, "train_data")
+    _check_pair(val_data, "val_data")
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_fn()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model_fn must return a torch.nn.Module, got {type(model).__name__}.")
+    train_pair = _as_tensors(train_data, "train_data", model)
+    val_pair = _as_tensors(val_data, "val_data", model)
+    if len(train_pair[0]) < batch_size:
+        raise ValueError(f"batch_size ({batch_size}) exceeds the number of training examples.")
     lows = torch.tensor([b[0] for b in bounds], dtype=torch.float64)[:, None]
     highs = torch.tensor([b[1] for b in bounds], dtype=torch.float64)[:, None]
     values = torch.tensor(initial_values, dtype=torch.float64)[:, None].repeat(1, n_blocks)
@@ -704,8 +741,8 @@ def learn_schedules(
         schedules = Schedules.from_tensor(values, n_steps)
         result = hypergradient(
             model,
-            train_data,
-            val_data,
+            train_pair,
+            val_pair,
             schedules,
             batch_size=batch_size,
             seed=seed,
@@ -774,14 +811,148 @@ def _validation_gradient(
     return total_grad, total_loss
 
 
-def _as_tensors(data: Data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    tensors = data.tensors if isinstance(data, TensorDataset) else tuple(data)
-    if len(tensors) != 2:
-        raise ValueError(f"{name} must hold (inputs, targets), got {len(tensors)} tensors.")
-    inputs, targets = tensors
+_DATA_FORMS = (
+    "(inputs, targets) tensors, NumPy arrays or lists, or a two-tensor "
+    "torch.utils.data.TensorDataset"
+)
+
+
+def _check_pair(data: object, name: str) -> tuple[Any, Any]:
+    """The ``(inputs, targets)`` of ``data``; TypeError or ValueError naming ``name`` if none."""
+    if isinstance(data, TensorDataset):
+        items: tuple[Any, ...] = tuple(data.tensors)
+    elif isinstance(data, tuple | list):
+        items = tuple(data)
+    elif isinstance(data, DataLoader):
+        raise TypeError(
+            f"{name} must be the whole data set as {_DATA_FORMS}, got a DataLoader: the "
+            "minibatches are drawn here (minibatch_indices, from seed), so pass the DataLoader's "
+            "dataset as (inputs, targets), e.g. loader.dataset when it is a TensorDataset."
+        )
+    elif isinstance(data, Dataset):
+        raise TypeError(
+            f"{name} must be the whole data set as {_DATA_FORMS}, got a "
+            f"{type(data).__name__}; stack its samples into an (inputs, targets) pair."
+        )
+    else:
+        raise TypeError(f"{name} must be {_DATA_FORMS}, got a {type(data).__name__}.")
+    if len(items) != 2:
+        raise ValueError(f"{name} must hold (inputs, targets), got {len(items)} items.")
+    return items[0], items[1]
+
+
+def _as_tensors(
+    data: Data, name: str, model: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` of ``data`` as tensors, checked to be finite and of equal length.
+
+    Array-likes (NumPy arrays, lists) become tensors on the device of ``model``'s first
+    floating parameter, floating ones in its dtype and signed integer ones (class indices) in
+    ``torch.long``; tensors are returned as they are.
+    """
+    parameters = () if model is None else model.parameters()
+    reference = next((p for p in parameters if p.is_floating_point()), None)
+    pair: list[torch.Tensor] = []
+    for part, value in zip(("inputs", "targets"), _check_pair(data, name), strict=True):
+        label = f"{name}[{len(pair)}] ({part})"
+        if isinstance(value, torch.Tensor):
+            tensor = value
+        else:
+            try:
+                tensor = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(
+                    f"{label} must be a tensor, a NumPy array or a (nested) list of numbers, "
+                    f"got a {type(value).__name__} that torch.as_tensor cannot convert: {err}"
+                ) from err
+            if tensor.is_floating_point() and reference is not None:
+                tensor = tensor.to(reference.dtype)
+            elif tensor.dtype in (torch.int8, torch.int16, torch.int32):
+                tensor = tensor.long()  # class indices, as cross_entropy wants them
+            if reference is not None:
+                tensor = tensor.to(reference.device)
+        if tensor.ndim == 0:
+            raise ValueError(f"{label} must have one row per example, got a scalar.")
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = (~finite).reshape(len(tensor), -1).any(dim=1).nonzero()
+                raise ValueError(
+                    f"{label} holds non-finite values (NaN or inf) in {len(bad)} of its "
+                    f"{len(tensor)} rows (the first is row {int(bad[0])}); remove or impute them."
+                )
+        pair.append(tensor)
+    inputs, targets = pair
     if len(inputs) != len(targets) or len(inputs) == 0:
-        raise ValueError(f"{name} must hold the same positive number of inputs and targets.")
+        raise ValueError(
+            f"{name} must hold the same positive number of inputs and targets, got "
+            f"{len(inputs)} and {len(targets)}."
+        )
     return inputs, targets
+
+
+def _scalar_loss(loss_fn: LossFn) -> LossFn:
+    """``loss_fn`` returning a scalar: a non-scalar (per-sample) loss is reduced by its mean.
+
+    :func:`torch.nn.functional.mse_loss` with ``reduction="mean"``, passed itself or as a
+    :class:`torch.nn.MSELoss`, is evaluated as the mean of ``reduction="none"``: the same value,
+    but with the forward-mode derivative of its gradient that torch 2.13 lacks for "mean".
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+    inner = loss_fn
+    if loss_fn is torch.nn.functional.mse_loss or (
+        isinstance(loss_fn, torch.nn.MSELoss) and loss_fn.reduction == "mean"
+    ):
+        inner = functools.partial(torch.nn.functional.mse_loss, reduction="none")
+
+    def reduced(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        value = inner(outputs, targets)
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"loss_fn ({_describe(loss_fn)}) must return a tensor, got {type(value).__name__}."
+            )
+        return value if value.ndim == 0 else value.mean()
+
+    return reduced
+
+
+def _describe(fn: object) -> str:
+    if isinstance(fn, torch.nn.Module):
+        return repr(fn)
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if qualname is None:
+        return repr(fn)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+def _lacks_forward_derivative(err: Exception) -> bool:
+    """Whether ``err`` says that forward-mode AD of an operation is missing or broken."""
+    message = str(err)
+    return isinstance(err, NotImplementedError) or any(
+        marker in message for marker in ("forward AD", "ZeroTensors are immutable")
+    )
+
+
+def _forward_derivative_message(loss_fn: LossFn, err: Exception) -> str:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    message = (
+        f"loss_fn ({_describe(loss_fn)}) or the model lacks the forward-mode derivative of its "
+        "gradient (torch.func.jvp of torch.func.grad) that the hypergradient needs, in torch "
+        f"{torch.__version__}: {detail}. "
+    )
+    if "ZeroTensors are immutable" in str(err):
+        return message + (
+            "torch.nn.functional.mse_loss with reduction='mean' fails so: pass "
+            "loss_fn=torch.nn.functional.mse_loss itself (it is evaluated without that "
+            "reduction), call it with reduction='none' (the mean is taken), or write "
+            "((outputs - targets) ** 2).mean()."
+        )
+    return message + (
+        "Write loss_fn with elementary tensor operations, or use a loss that has it, such as "
+        "torch.nn.functional.cross_entropy, nll_loss, l1_loss or mse_loss."
+    )
 
 
 def _rows_of(names: Sequence[str]) -> list[int]:

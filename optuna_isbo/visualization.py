@@ -70,7 +70,7 @@ def _fidelity_value(trial: FrozenTrial, fidelity_param: str) -> float | None:
 
 
 def _get_cost_history_info(
-    study: Study, cost_attr: str, fidelity_param: str
+    study: Study, cost_attr: str, fidelity_param: str | None
 ) -> _CostHistoryInfo | None:
     if study._is_multi_objective():
         raise ValueError(
@@ -92,10 +92,14 @@ def _get_cost_history_info(
     else:
         best_values = np.maximum.accumulate(values)
 
-    fidelities = [_fidelity_value(t, fidelity_param) for t in trials]
-    distributions = [
-        t.distributions[fidelity_param] for t in trials if fidelity_param in t.distributions
-    ]
+    if fidelity_param is None:
+        fidelities: list[float | None] = [None] * len(trials)
+        distributions = []
+    else:
+        fidelities = [_fidelity_value(t, fidelity_param) for t in trials]
+        distributions = [
+            t.distributions[fidelity_param] for t in trials if fidelity_param in t.distributions
+        ]
     log_fidelity = len(distributions) > 0 and all(_is_log_distribution(d) for d in distributions)
     if log_fidelity and any(f is not None and f <= 0.0 for f in fidelities):
         log_fidelity = False
@@ -109,19 +113,40 @@ def _get_cost_history_info(
     )
 
 
+def _format_fidelity(value: float) -> str:
+    """``value`` as written: ``512`` for an integral value, never an exponent below 1e15."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _log_ticks(fidelities: Sequence[float], max_ticks: int = 6) -> list[float]:
+    """Fidelity values that occur, spread evenly on a log scale, at most ``max_ticks`` of them.
+
+    Every distinct value when there are few; otherwise the one nearest (in log) to each of
+    ``max_ticks`` log-spaced points between the smallest and the largest, which are kept.
+    """
+    distinct = np.unique(np.asarray(fidelities, dtype=float))
+    if len(distinct) <= max_ticks:
+        return distinct.tolist()
+    logs = np.log(distinct)
+    targets = np.linspace(logs[0], logs[-1], max_ticks)
+    nearest = np.abs(logs[None, :] - targets[:, None]).argmin(axis=1)
+    return distinct[np.unique(nearest)].tolist()
+
+
 def _colorbar(fidelities: Sequence[float], log_fidelity: bool, title: str) -> dict[str, Any]:
     colorbar: dict[str, Any] = {"title": {"text": title}}
     if log_fidelity:
-        low, high = min(fidelities), max(fidelities)
-        n_ticks = 1 if low == high else 5
-        tick_fidelities = np.geomspace(low, high, n_ticks)
+        # The colour is log10 of the fidelity: label its ticks with fidelities that occur.
+        tick_fidelities = _log_ticks(fidelities)
         colorbar["tickvals"] = np.log10(tick_fidelities).tolist()
-        colorbar["ticktext"] = [f"{f:.3g}" for f in tick_fidelities]
+        colorbar["ticktext"] = [_format_fidelity(f) for f in tick_fidelities]
     return colorbar
 
 
 def _get_cost_history_plot(
-    info: _CostHistoryInfo | None, target_name: str, fidelity_param: str
+    info: _CostHistoryInfo | None, target_name: str, fidelity_param: str | None
 ) -> go.Figure:
     go = _import_plotly()
     layout = go.Layout(
@@ -132,11 +157,25 @@ def _get_cost_history_plot(
     if info is None:
         return go.Figure(data=[], layout=layout)
 
+    traces = []
+    if fidelity_param is None:
+        traces.append(
+            go.Scatter(
+                x=info.cumulative_cost_seconds,
+                y=info.values,
+                mode="markers",
+                name=target_name,
+                customdata=[[n] for n in info.trial_numbers],
+                hovertemplate="Trial %{customdata[0]}<extra></extra>",
+            )
+        )
+        traces.append(_best_value_trace(go, info))
+        return go.Figure(data=traces, layout=layout)
+
     with_fidelity = [i for i, f in enumerate(info.fidelities) if f is not None]
     without_fidelity = [i for i, f in enumerate(info.fidelities) if f is None]
     hover = "Trial %{customdata[0]}<br>" + fidelity_param + ": %{customdata[1]}<extra></extra>"
 
-    traces = []
     if with_fidelity:
         fidelity_values = [f for f in info.fidelities if f is not None]
         color = np.log10(fidelity_values) if info.log_fidelity else np.asarray(fidelity_values)
@@ -175,32 +214,41 @@ def _get_cost_history_plot(
                 marker={"color": "#cccccc"},
             )
         )
-    traces.append(
-        go.Scatter(
-            x=info.cumulative_cost_seconds,
-            y=info.best_values,
-            mode="lines",
-            line_shape="hv",
-            name="Best Value",
-        )
-    )
+    traces.append(_best_value_trace(go, info))
     return go.Figure(data=traces, layout=layout)
+
+
+def _best_value_trace(go: Any, info: _CostHistoryInfo) -> Any:
+    return go.Scatter(
+        x=info.cumulative_cost_seconds,
+        y=info.best_values,
+        mode="lines",
+        line_shape="hv",
+        name="Best Value",
+    )
 
 
 def plot_cost_history(
     study: Study,
     *,
     cost_attr: str = "isbo:cost",
-    fidelity_param: str = "super_batch_size",
+    fidelity_param: str | None = "super_batch_size",
     target_name: str = "Objective Value",
 ) -> go.Figure:
     """Plot objective values and the best value so far against the cumulative cost.
 
     Completed trials are taken in trial-number order; pruned, failed and running trials are
     left out and add no cost. Each completed trial is a marker at (cumulative cost, value),
-    coloured by its fidelity (on a log colour scale when the fidelity's distribution is log);
-    trials without the fidelity parameter are grey. A step line shows the best value so far,
-    respecting the study direction.
+    coloured by its fidelity (on a log colour scale when the fidelity's distribution is log,
+    its ticks labelled with fidelity values that occur); trials without the fidelity parameter
+    are grey. With ``fidelity_param=None`` (a study without a fidelity, such as one run by
+    ``ISBOSampler(fidelity_param=None)``) the markers are not split by fidelity. A step line
+    shows the best value so far, respecting the study direction.
+
+    The figure is a plotly figure: ``fig.show()`` opens it in a browser or notebook, and
+    ``fig.write_html("cost_history.html")`` saves it as an interactive page with nothing more
+    installed. Static images (``fig.write_image("cost_history.png")``) need plotly's
+    ``kaleido`` package and a Chrome or Chromium browser, which this package does not install.
 
     Example
     -------
@@ -222,7 +270,8 @@ def plot_cost_history(
         User attribute holding each trial's cost in seconds. Trials without it count their
         duration (``datetime_complete - datetime_start``) instead.
     fidelity_param
-        Name of the fidelity parameter that colours the markers.
+        Name of the fidelity parameter that colours the markers, or ``None`` for a plot
+        without the fidelity.
     target_name
         Label of the objective on the y axis and in the legend.
 
@@ -230,9 +279,9 @@ def plot_cost_history(
     -------
     plotly.graph_objects.Figure
         A :class:`plotly.graph_objects.Figure`. Its first trace holds the markers of trials with
-        the fidelity parameter, an optional grey trace those without it, and the last trace the
-        best-value line. A study without completed trials gives a figure without traces and a
-        logged warning.
+        the fidelity parameter (of all trials when ``fidelity_param`` is ``None``), an optional
+        grey trace those without it, and the last trace the best-value line. A study without
+        completed trials gives a figure without traces and a logged warning.
 
     Raises
     ------

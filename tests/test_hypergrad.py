@@ -555,3 +555,168 @@ def test_non_integral_arguments_raise(kwargs: dict[str, object], match: str) -> 
 def test_model_fn_must_return_a_module() -> None:
     with pytest.raises(TypeError, match="model_fn must return a torch.nn.Module, got function"):
         learn_schedules(lambda: _model, TRAIN, VAL, n_steps=4, n_blocks=2, batch_size=4)  # type: ignore[arg-type,return-value]
+
+
+# -------------------------------------------------- losses, data forms and values (issue 30)
+
+
+def _per_sample_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(outputs, targets, reduction="none")
+
+
+def _per_sample_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(outputs, targets, reduction="none")
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "reference", "regression"),
+    [
+        (_per_sample_cross_entropy, torch.nn.functional.cross_entropy, False),
+        (torch.nn.CrossEntropyLoss(reduction="none"), torch.nn.functional.cross_entropy, False),
+        (torch.nn.functional.mse_loss, _squared_error, True),
+        (torch.nn.MSELoss(), _squared_error, True),
+        (_per_sample_squared_error, _squared_error, True),
+    ],
+    ids=["ce-none", "ce-module-none", "mse", "mse-module", "mse-none"],
+)
+def test_per_sample_and_standard_losses_give_the_mean_loss_hypergradient(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    regression: bool,
+) -> None:
+    if regression:
+        make, train, val = _linear, _regression_data(32, 0), _regression_data(16, 1)
+    else:
+        make, train, val = _model, TRAIN, VAL
+    schedules = Schedules.constant(8, 2, lr=0.05, momentum=0.5, weight_decay=1e-3)
+    kwargs: dict[str, object] = {"batch_size": BATCH_SIZE, "seed": SEED, "val_batch_size": 5}
+    torch.manual_seed(0)
+    model = make()
+    result = hypergradient(model, train, val, schedules, loss_fn=loss_fn, **kwargs)  # type: ignore[arg-type]
+    expected = hypergradient(model, train, val, schedules, loss_fn=reference, **kwargs)  # type: ignore[arg-type]
+    assert not result.diverged
+    assert result.val_loss == pytest.approx(expected.val_loss, rel=1e-12)
+    torch.testing.assert_close(result.hypergradient, expected.hypergradient, rtol=1e-10, atol=0)
+    # The replay takes the same loss.
+    train_with_schedules(
+        model, train, schedules, batch_size=BATCH_SIZE, seed=SEED, loss_fn=loss_fn
+    )
+    torch.testing.assert_close(_trainable_vector(model), result.params, rtol=1e-12, atol=1e-12)
+
+
+def test_learn_schedules_accepts_a_per_sample_loss() -> None:
+    kwargs: dict[str, object] = {"n_steps": 8, "n_blocks": 2, "batch_size": BATCH_SIZE}
+    kwargs.update(n_outer_steps=2, lr_init=0.1, seed=SEED)
+    learned = learn_schedules(_model, TRAIN, VAL, loss_fn=_per_sample_cross_entropy, **kwargs)  # type: ignore[arg-type]
+    assert learned == learn_schedules(_model, TRAIN, VAL, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "match"),
+    [
+        (
+            lambda outputs, targets: torch.nn.functional.mse_loss(outputs, targets),
+            r"loss_fn \(.*<lambda>\).*ZeroTensors.*reduction='none'.*\*\* 2\)\.mean\(\)",
+        ),
+        (
+            torch.nn.functional.huber_loss,
+            r"loss_fn \(torch.nn.functional.huber_loss\).*forward-mode derivative.*huber_loss",
+        ),
+    ],
+    ids=["mse-mean-in-lambda", "huber"],
+)
+def test_loss_without_forward_mode_derivative_raises_naming_loss_fn(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        learn_schedules(
+            _linear,
+            _regression_data(32, 0),
+            _regression_data(16, 1),
+            n_steps=4,
+            n_blocks=2,
+            batch_size=8,
+            n_outer_steps=2,
+            loss_fn=loss_fn,
+        )
+
+
+def test_loss_that_is_not_a_tensor_raises() -> None:
+    with pytest.raises(TypeError, match="loss_fn .* must return a tensor, got float"):
+        learn_schedules(
+            _model,
+            TRAIN,
+            VAL,
+            n_steps=4,
+            n_blocks=2,
+            batch_size=8,
+            loss_fn=lambda o, t: 1.0,  # type: ignore[arg-type,return-value]
+        )
+
+
+def _with_value(data: tuple[torch.Tensor, torch.Tensor], part: int, value: float) -> tuple:
+    tensors = [data[0].clone(), data[1].clone().to(torch.float64)]
+    tensors[part][3].view(-1)[0] = value
+    return tensors[0], tensors[1]
+
+
+@pytest.mark.parametrize(
+    ("train", "val", "match"),
+    [
+        (TRAIN, (_with_value(VAL, 0, math.nan)[0], VAL[1]), r"val_data\[0\] \(inputs\)"),
+        ((_with_value(TRAIN, 0, math.inf)[0], TRAIN[1]), VAL, r"train_data\[0\] \(inputs\)"),
+        (
+            _regression_data(32, 0),
+            _with_value(_regression_data(16, 1), 1, -math.inf),
+            r"val_data\[1\] \(targets\)",
+        ),
+    ],
+    ids=["nan-val-inputs", "inf-train-inputs", "inf-val-targets"],
+)
+def test_non_finite_data_is_refused_naming_the_argument(
+    train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], match: str
+) -> None:
+    regression = train[1].is_floating_point()
+    with pytest.raises(ValueError, match=match + r" holds non-finite values .* row 3"):
+        learn_schedules(
+            _linear if regression else _model,
+            train,
+            val,
+            n_steps=4,
+            n_blocks=2,
+            batch_size=8,
+            n_outer_steps=2,
+            loss_fn=_squared_error if regression else torch.nn.functional.cross_entropy,
+        )
+
+
+def test_numpy_arrays_and_lists_are_converted() -> None:
+    kwargs: dict[str, object] = {"n_steps": 8, "n_blocks": 2, "batch_size": BATCH_SIZE}
+    kwargs.update(n_outer_steps=2, lr_init=0.1, seed=SEED)
+    reference = learn_schedules(_model, TRAIN, VAL, **kwargs)  # type: ignore[arg-type]
+    as_numpy = (TRAIN[0].numpy(), TRAIN[1].numpy())
+    as_lists = (VAL[0].tolist(), VAL[1].tolist())
+    assert learn_schedules(_model, as_numpy, as_lists, **kwargs) == reference  # type: ignore[arg-type]
+    # float32 inputs take the model's dtype, int32 class indices become torch.long.
+    narrow = (TRAIN[0].numpy().astype("float32"), TRAIN[1].numpy().astype("int32"))
+    learned = learn_schedules(_model, narrow, VAL, **kwargs)  # type: ignore[arg-type]
+    assert all(math.isfinite(x) for x in learned.lr)
+    model = _model()
+    train_with_schedules(model, narrow, learned, batch_size=BATCH_SIZE, seed=SEED)
+
+
+@pytest.mark.parametrize(
+    ("train", "match"),
+    [
+        (
+            torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*TRAIN), batch_size=8),
+            r"train_data must be the whole data set .* got a DataLoader.*loader\.dataset",
+        ),
+        ({"inputs": TRAIN[0], "targets": TRAIN[1]}, r"train_data must be .* got a dict"),
+        ((TRAIN[0], "labels"), r"train_data\[1\] \(targets\) must be a tensor"),
+    ],
+    ids=["dataloader", "dict", "string-targets"],
+)
+def test_data_in_other_forms_is_refused_saying_what_to_pass(train: object, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        learn_schedules(_model, train, VAL, n_steps=4, n_blocks=2, batch_size=8)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime
 import math
 import sys
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -194,3 +195,55 @@ def test_plot_cost_history_without_plotly(monkeypatch: pytest.MonkeyPatch) -> No
     study = optuna.create_study()
     with pytest.raises(ImportError, match="plotly"):
         plot_cost_history(study)
+
+
+def test_plot_cost_history_without_fidelity_param() -> None:
+    """``fidelity_param=None``, as for ``ISBOSampler(fidelity_param=None)``: no fidelity split."""
+    study = optuna.create_study()
+    _add_trial(study, value=1.0, fidelity=None, cost_seconds=1.0)
+    _add_trial(study, value=0.5, fidelity=64, cost_seconds=2.0)
+    _add_trial(study, value=0.8, fidelity=None, cost_seconds=4.0)
+
+    figure = plot_cost_history(study, fidelity_param=None)
+    markers, best_line = figure.data
+    assert list(markers.x) == [1.0, 3.0, 7.0]
+    assert list(markers.y) == [1.0, 0.5, 0.8]
+    assert markers.mode == "markers" and markers.marker.colorbar.title.text is None
+    assert [row[0] for row in markers.customdata] == [0, 1, 2]
+    assert "None" not in markers.hovertemplate and "None" not in markers.name
+    assert list(best_line.y) == [1.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("fidelities", "expected_ticks"),
+    [
+        ([32, 64, 128, 256, 512, 45], ["32", "45", "64", "128", "256", "512"]),
+        ([16, 1024, 16, 1024], ["16", "1024"]),
+        (
+            [16, 20, 32, 50, 64, 100, 128, 200, 256, 400, 512, 1024],
+            ["16", "32", "100", "200", "400", "1024"],
+        ),
+        ([100], ["100"]),
+    ],
+    ids=["few", "extremes", "many", "one"],
+)
+def test_log_fidelity_colorbar_ticks_are_fidelity_values(
+    fidelities: list[int], expected_ticks: list[str]
+) -> None:
+    study = optuna.create_study()
+    for i, fidelity in enumerate(fidelities):
+        _add_trial(study, value=float(i), fidelity=fidelity, cost_seconds=1.0)
+    colorbar = plot_cost_history(study).data[0].marker.colorbar
+    assert list(colorbar.ticktext) == expected_ticks
+    # Each tick sits at the colour of that fidelity (log10), and the ticks are values that occur.
+    assert list(colorbar.tickvals) == pytest.approx([math.log10(int(t)) for t in expected_ticks])
+    assert set(map(int, colorbar.ticktext)) <= set(fidelities)
+
+
+def test_plot_cost_history_saves_as_html_without_extra_packages(tmp_path: Path) -> None:
+    """The way to save that the docstring and README give: no kaleido or browser needed."""
+    study = optuna.create_study()
+    _add_trial(study, value=1.0, fidelity=32, cost_seconds=1.0)
+    path = tmp_path / "cost_history.html"
+    plot_cost_history(study).write_html(path)
+    assert "Cost History Plot" in path.read_text(encoding="utf-8")

@@ -19,6 +19,9 @@ loop; the training data stay in the user's DataLoader:
             inputs, targets = batch  # the b samples chosen by the callback
             return self.issgd.weighted_loss(self.body(inputs), targets)  # current weights
 
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
         def train_dataloader(self):
             sampler = self.issgd.batch_sampler(train_set, n_steps=500)
             return DataLoader(train_set, batch_sampler=sampler, num_workers=4)
