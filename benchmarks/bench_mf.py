@@ -164,12 +164,25 @@ METHODS = (
     "gp-target",
     "gp",
     "tpe",
+    "tpe-target",
     "random",
+    "random-target",
     "screen-topk",
     "botorch-mfkg",
     "botorch-mfmes",
     "smac",
     "dehb",
+)
+OPTUNA_METHODS = (
+    "isbo-es",
+    "isbo-mes",
+    "isbo-target",
+    "gp",
+    "gp-target",
+    "tpe",
+    "tpe-target",
+    "random",
+    "random-target",
 )
 OPTIONAL_METHODS = {"smac": "smac", "dehb": "dehb"}  # method -> module it needs
 COSTS = ("affine", "steep", "source")
@@ -213,6 +226,10 @@ class MFProblem:
     levels: int = 0
     source_cost: Callable[[float], float] | None = None
     noise: str = "noiseless"
+    #: cost of one run of ``params`` at ``s`` under the ``source`` cost model, where it depends
+    #: on the configuration (a surrogate's training time); ``source_cost`` is then its typical
+    #: value, which sets the budget and the plans of the methods that need one.
+    run_cost: Callable[[dict[str, Any], float], float] | None = None
 
     def unit(self, n: float) -> float:
         """``s = log(n) / log(fidelity_high)``, clipped to ``[0, 1]``."""
@@ -357,8 +374,16 @@ def build_problems() -> dict[str, MFProblem]:
 PROBLEMS = build_problems()
 
 
-def cost_of(cost_model: str, problem: MFProblem, s: float) -> float:
-    """Simulated cost in seconds of one evaluation at unit fidelity ``s``."""
+def cost_of(
+    cost_model: str, problem: MFProblem, s: float, params: dict[str, Any] | None = None
+) -> float:
+    """Simulated cost in seconds of one evaluation at unit fidelity ``s``.
+
+    With ``params``, the cost of that configuration where the problem's source cost depends on
+    it (``MFProblem.run_cost``); without, the typical cost at ``s``.
+    """
+    if cost_model == "source" and params is not None and problem.run_cost is not None:
+        return problem.run_cost(params, s)
     if cost_model == "affine":
         return 5.0 + s
     if cost_model == "steep":
@@ -497,9 +522,9 @@ class OptunaDriver(Driver):
             )
         elif method in ("gp", "gp-target"):
             self.sampler = optuna.samplers.GPSampler(seed=seed)
-        elif method == "tpe":
+        elif method in ("tpe", "tpe-target"):
             self.sampler = optuna.samplers.TPESampler(seed=seed)
-        elif method == "random":
+        elif method in ("random", "random-target"):
             self.sampler = optuna.samplers.RandomSampler(seed=seed)
         else:
             raise ValueError(f"Unknown Optuna method {method!r}.")
@@ -515,7 +540,7 @@ class OptunaDriver(Driver):
     def ask(self) -> tuple[dict[str, Any], int, str]:
         trial = self.study.ask()
         params = self.problem.suggest(trial)
-        if self.method in ("gp-target", "isbo-target"):
+        if self.method.endswith("-target"):
             n = self.problem.fidelity_high
         else:
             n = self.problem.suggest_fidelity(trial)
@@ -546,7 +571,7 @@ class OptunaDriver(Driver):
         Under the rule ``"observed"`` the default's uncertainty comes from a GP of the target
         trials alone; the fixed rules are all applied to the GP of every trial.
         """
-        from optuna_isbo.sampler import _choose
+        from optuna_isbo.decisions import choose_recommendation as _choose
 
         sampler = self.sampler
         assert isinstance(sampler, ISBOSampler)
@@ -848,7 +873,7 @@ def make_driver(
     budget: float,
     max_trials: int,
 ) -> Driver:
-    if method in ("isbo-es", "isbo-mes", "isbo-target", "gp", "gp-target", "tpe", "random"):
+    if method in OPTUNA_METHODS:
         return OptunaDriver(problem, method, seed)
     if method == "screen-topk":
         return ScreenTopK(problem, cost_model, budget, max_trials, seed)
@@ -874,8 +899,11 @@ def run_one(
     max_trials: int,
     recommend_every: int = 1,
     noise_scale: float = 1.0,
+    driver_factory: Callable[..., Driver] | None = None,
 ) -> dict[str, Any]:
     """One run under a cost budget of ``budget`` target-fidelity evaluations.
+
+    ``driver_factory`` (default :func:`make_driver`, same arguments) builds the method.
 
     After every trial the method's recommendation is scored by its noiseless target value. A
     model-based recommendation (ISBO, BoTorch) is refreshed after every ``recommend_every``-th
@@ -885,7 +913,9 @@ def run_one(
     wall_start = time.perf_counter()
     budget_cost = budget * cost_of(cost_model, problem, 1.0)
     torch.manual_seed(seed)
-    driver = make_driver(problem, cost_model, method, seed, budget_cost, max_trials)
+    driver = (driver_factory or make_driver)(
+        problem, cost_model, method, seed, budget_cost, max_trials
+    )
     rng = np.random.default_rng([seed, 7919])
     best = BestObserved()
     cumulative = 0.0
@@ -916,7 +946,7 @@ def run_one(
             seconds = time.perf_counter() - start
             s = problem.unit(n)
             value = problem.observe(params, s, rng, noise_scale)
-            cost = cost_of(cost_model, problem, s)
+            cost = cost_of(cost_model, problem, s, params)
             start = time.perf_counter()
             driver.tell(value, cost)
             seconds += time.perf_counter() - start

@@ -33,7 +33,7 @@ from optuna.distributions import BaseDistribution
 
 from optuna_isbo import ISBOSampler
 from optuna_isbo.cost import trial_cost_seconds
-from optuna_isbo.sampler import _inputs
+from optuna_isbo.decisions import model_inputs as _inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_nn_tuning as bench  # noqa: E402

@@ -344,3 +344,22 @@ def per_cost(gain: AcquisitionFunc, cost_model: CostModel) -> AcquisitionFunc:
         return gain(C) / cost_model.expected_seconds(C)
 
     return value
+
+
+def weighted_by_feasibility(
+    value: AcquisitionFunc,
+    probability: AcquisitionFunc,
+    has_fidelity: bool,
+) -> AcquisitionFunc:
+    """Multiply an acquisition by the probability of feasibility at the target fidelity.
+
+    ``probability`` maps inputs ``(q, D)`` to ``(q,)``
+    (:meth:`optuna_isbo.constraints.ConstraintModel.probability`); it is evaluated with the
+    fidelity column set to the target, since feasibility is asked of the configuration that
+    would be run there (Gardner et al., ICML 2014, for the product form).
+    """
+
+    def weighted(C: torch.Tensor) -> torch.Tensor:
+        return value(C) * probability(to_target_fidelity(C, has_fidelity))
+
+    return weighted

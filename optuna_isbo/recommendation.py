@@ -56,7 +56,7 @@ from typing import Any, Literal
 import torch
 
 # ``s`` at or above this counts as the target fidelity (``s = 1`` up to round-off).
-_TARGET_S = 1.0 - 1e-9
+TARGET_S = 1.0 - 1e-9
 # Phi^{-1}(0.9): the upper end of a central 80% interval is mu + Z_80 sigma.
 Z_80 = 1.2815515655446004
 # The calibration factor up to which the model's extrapolations to the target are trusted.
@@ -85,6 +85,10 @@ class Recommendation:
     n_target_evaluations
         Completed trials that evaluated this configuration at the target fidelity. 0 means the
         prediction rests on lower fidelities only.
+    feasibility_probability
+        In a constrained study (``trial.set_constraint``), the probability that the
+        configuration is feasible at the target: the share of its target evaluations that were
+        feasible, or the constraint model's where it has none. ``None`` without constraints.
     """
 
     params: dict[str, Any]
@@ -92,6 +96,7 @@ class Recommendation:
     std: float
     trial_number: int
     n_target_evaluations: int
+    feasibility_probability: float | None = None
 
     def interval(self, level: float = 0.8) -> tuple[float, float]:
         """Central posterior interval ``value -/+ z std`` of probability ``level``."""
@@ -301,4 +306,4 @@ def verification_due(
 
 def is_target(s: torch.Tensor) -> torch.Tensor:
     """Boolean mask ``(n,)`` of fidelities ``s`` that are the target."""
-    return s >= _TARGET_S
+    return s >= TARGET_S

@@ -12,12 +12,12 @@ design, how running trials enter as pending points, and what is written to the t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import datetime
 import json
 import math
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,16 +25,32 @@ import optuna
 import torch
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
-from optuna.samplers._base import _INDEPENDENT_SAMPLING_WARNING_TEMPLATE
+from optuna.samplers._base import (
+    _INDEPENDENT_SAMPLING_WARNING_TEMPLATE,
+    _process_constraints_after_trial,
+)
 from optuna.search_space import intersection_search_space
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_isbo import acquisition as acq
+from optuna_isbo import constraints, target_search
 from optuna_isbo import recommendation as rec
 from optuna_isbo.cost import trial_cost_seconds
+from optuna_isbo.decisions import (
+    TARGET_PHASE,
+    ObjectiveFit,
+    TargetEvidence,
+    calibration_checks,
+    choose_recommendation,
+    feasibility_of_configurations,
+    model_inputs,
+    search_at_target,
+    target_posterior,
+    verification_candidate,
+)
 from optuna_isbo.meta import GPPrior
-from optuna_isbo.model import CostModel, GPModel, GPParams, fit_cost_model, fit_gp, standardize
+from optuna_isbo.model import CostModel, GPParams, fit_cost_model, fit_gp, standardize
 from optuna_isbo.optim import maximize_acquisition, perturb
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import SearchSpace
@@ -46,6 +62,9 @@ ATTR_PREFIX = "isbo:"
 _RELATIVE_PARAMS_KEY = "isbo:relative_params"
 _ATTR_MAX_LENGTH = 2045
 _ACQUISITIONS = ("es", "mes")
+_LISTED_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED)
+# A trial that has been inside its ``ask`` for longer than this was abandoned.
+_MAX_ASK_SECONDS = 600.0
 
 
 class ISBOSampler(BaseSampler):
@@ -55,7 +74,7 @@ class ISBOSampler(BaseSampler):
     objective suggests, by default ``"super_batch_size"`` of :class:`~optuna_isbo.ISSGD`). A GP
     over ``(x, s)``, ``s`` the normalized log fidelity, models the objective; a second GP models
     the log cost in seconds. The next trial maximizes the information gained about the optimum at
-    the target fidelity per second of expected cost. See ``DESIGN.md`` and the modules
+    the target fidelity per second of expected cost. See the README and the modules
     :mod:`~optuna_isbo.model`, :mod:`~optuna_isbo.acquisition` and :mod:`~optuna_isbo.optim`.
 
     Parameters
@@ -122,11 +141,29 @@ class ISBOSampler(BaseSampler):
         they test other configurations, and a study that spends most of its cost at the target
         on them would otherwise never check the one it recommends. 0 turns verification off.
         Unused without a fidelity.
+    mf_cost_fraction
+        Largest share of the cost that the multi-fidelity search (the startup design, its
+        model-chosen trials and its verifications) may take; the target search, Optuna's
+        ``GPSampler`` on the trials evaluated at the target (:mod:`optuna_isbo.target_search`),
+        proposes every other trial (``isbo:phase`` is ``"target"``). The target search is
+        therefore never starved: at worst the study is ``GPSampler`` at ``1 - rho`` of the
+        budget, and the target evaluations that the multi-fidelity search buys feed it too
+        (:mod:`optuna_isbo.decisions`). 1 lets the multi-fidelity search decide every trial,
+        0 leaves it the startup design only. Unused without a fidelity (the search is then the
+        target search alone) and with a ``prior`` (the multi-fidelity search, which uses it,
+        then decides every trial).
 
     Notes
     -----
-    - Only ``COMPLETE`` trials with a finite value are data: failed and pruned trials are
-      ignored, and infinite values are ignored with a warning. Report a training run that
+    - Without a fidelity parameter (``fidelity_param=None``, a fidelity the objective pins, or
+      one it never suggests), and without a ``prior``, the sampler is Optuna's ``GPSampler``
+      seeded with ``seed``: the same proposals, its constraint handling
+      (``trial.set_constraint``) included, except that failed configurations (below) are
+      pending points instead of being forgotten.
+    - Only ``COMPLETE`` trials with a finite value are data; infinite values are ignored with
+      a warning. Failed and pruned trials, trials completed at an infinite value and trials
+      that returned before suggesting the fidelity enter both searches as pending points that
+      never resolve, so that the next proposals move away from them. Report a training run that
       diverged as a completed trial at the worst value with the user attribute
       ``isbo:diverged`` set to ``True``: the objective model then learns that the region is
       bad, and the cost model leaves out its truncated cost.
@@ -135,20 +172,20 @@ class ISBOSampler(BaseSampler):
       parameters chosen for a running trial are stored in the trial's system attributes so that
       other workers treat it as pending. Only warm starts of the GP fits live in memory.
     - For each trial the sampler writes user attributes prefixed ``isbo:``: ``isbo:phase``
-      (``startup``, ``model``, ``verify`` or ``fallback``), ``isbo:fidelity``, and after
-      startup ``isbo:predicted_cost_seconds``, ``isbo:predicted_value_at_target`` with
-      ``isbo:predicted_std_at_target``, and for ``model`` trials
-      ``isbo:information_gain_nats``, ``isbo:acquisition_value`` (nats per second),
-      ``isbo:calibration_factor``, ``isbo:n_target_checks`` and ``isbo:model_trials``.
+      (``startup``, ``model``, ``verify``, ``target`` or ``fallback``), ``isbo:fidelity``, and
+      for ``model`` and ``verify`` trials ``isbo:predicted_cost_seconds``,
+      ``isbo:predicted_value_at_target`` with ``isbo:predicted_std_at_target``, and for
+      ``model`` trials ``isbo:information_gain_nats``, ``isbo:acquisition_value`` (nats per
+      second), ``isbo:calibration_factor`` and ``isbo:n_target_checks``.
     - The model is checked against the target: every verification trial compares the
       prediction made before it ran with what was observed
       (:func:`optuna_isbo.recommendation.calibration_factor`). When at least two predictions
       missed by more than twice their stated standard deviation (root mean square), the cheaper
-      fidelities misled the model: the acquisition then chooses among target evaluations
-      only, with a GP fitted to the target-fidelity trials alone (``isbo:model_trials`` is
-      ``"target"``, otherwise ``"all"``), and :meth:`recommendation` picks the configuration
-      with the best observed target value, reported with that GP's posterior mean and standard
-      deviation (:func:`optuna_isbo.recommendation.recommendation_rule`).
+      fidelities misled the model: the target search then proposes every trial (until further
+      verifications bring the factor back), and :meth:`recommendation` picks the configuration
+      with the best observed target value, reported with the posterior mean and standard
+      deviation of a GP fitted to the target trials alone
+      (:func:`optuna_isbo.recommendation.recommendation_rule`).
     - A trial's cost is :func:`optuna_isbo.cost.trial_cost_seconds`: the larger of
       ``cost_attr`` and the trial's duration, which includes the sampler's own time. Where
       durations decide the cost, the sampler's choices depend on measured times, so a rerun
@@ -173,6 +210,8 @@ class ISBOSampler(BaseSampler):
         prior: GPPrior | None = None,
         prior_refit_log_sd: float = 1.0,
         verify_cost_fraction: float = 0.25,
+        mf_cost_fraction: float = 0.5,
+        constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
     ) -> None:
         if prior is not None and not isinstance(prior, GPPrior):
             raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
@@ -190,6 +229,8 @@ class ISBOSampler(BaseSampler):
             raise ValueError(
                 f"`verify_cost_fraction` must be in [0, 1], got {verify_cost_fraction}."
             )
+        if not (math.isfinite(mf_cost_fraction) and 0.0 <= mf_cost_fraction <= 1.0):
+            raise ValueError(f"`mf_cost_fraction` must be in [0, 1], got {mf_cost_fraction}.")
         if n_fidelities < 1:
             raise ValueError(f"`n_fidelities` must be >= 1, got {n_fidelities}.")
         if target_fidelity is not None and not (
@@ -209,8 +250,14 @@ class ISBOSampler(BaseSampler):
         self._prior = prior
         self._prior_refit_log_sd = prior_refit_log_sd
         self._verify_cost_fraction = verify_cost_fraction
+        self._mf_cost_fraction = mf_cost_fraction
+        self._target = target_search.make_target_sampler(
+            seed, self._independent_sampler, max(n_startup_trials, 1)
+        )
         self._lock = threading.Lock()
         self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
+        self._constraint_warm_starts: dict[tuple[Any, ...], dict[int, GPParams]] = {}
+        self._constraints_func = constraints_func
 
     # The lock cannot be pickled or deep-copied; a restored sampler gets a fresh one. The warm
     # starts travel with it (they only speed up the next fit).
@@ -226,7 +273,7 @@ class ISBOSampler(BaseSampler):
     # -- Optuna hooks ----------------------------------------------------------------------
     def reseed_rng(self) -> None:
         self._seed = int(np.random.SeedSequence().generate_state(1)[0])
-        self._independent_sampler.reseed_rng()
+        self._target.reseed_rng()  # reseeds the shared independent sampler too
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -258,15 +305,30 @@ class ISBOSampler(BaseSampler):
             return {}
         space = SearchSpace(search_space, self._fidelity_param, self._target_fidelity)
         if self._prior is not None:
-            self._prior.check_search_space(search_space, space.fidelity_param)
-        trials = study._get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING), use_cache=False
-        )
+            self._prior.check_search_space(
+                search_space, space.fidelity_param, target_fidelity=space.target_fidelity
+            )
+        trials = study._get_trials(deepcopy=False, states=_LISTED_STATES, use_cache=False)
         completed = _usable_completed_trials(trials, search_space)
+        marks = _failed_configurations(trials, search_space, space.fidelity_param)
+        if space.fidelity_param is None and self._prior is None:
+            # No fidelity: the search is the target search, Optuna's GPSampler (an empty result
+            # during its startup sends every parameter to ``sample_independent``).
+            usable = {t.number for t in completed}
+            view = target_search.TargetView(study, lambda t: t.number in usable, marks)
+            with self._lock:
+                params = target_search.sample_at_target(self._target, view, trial, search_space)
+            if params:
+                _write_attrs(study, trial, {"phase": TARGET_PHASE}, params)
+            return params
         attrs: dict[str, Any]
         if len(completed) < max(self._n_startup_trials, 1):
             params = self._startup_params(space, trial.number, completed)
             attrs = {"phase": "startup"}
+        elif self._target_turn(study, completed):
+            with self._lock:
+                params = self._target_params(study, trial, space, search_space, completed, marks)
+            attrs = {"phase": TARGET_PHASE}
         else:
             running = [
                 t
@@ -276,17 +338,28 @@ class ISBOSampler(BaseSampler):
                 and search_space.keys() <= _pending_params(t).keys()
             ]
             # An earlier trial still inside its own ``ask`` (another worker) has not said what
-            # it evaluates; it may be verifying the same configuration, so this one defers.
+            # it evaluates; it may be verifying the same configuration, so this one defers. A
+            # trial that has been "deciding" for longer than any ``ask`` takes was abandoned
+            # (a worker killed during ``ask``, an ask-and-tell trial never told) and is ignored.
+            now = datetime.datetime.now()
             earlier_deciding = any(
                 t.state == TrialState.RUNNING
                 and t.number < trial.number
                 and not search_space.keys() <= _pending_params(t).keys()
+                and t.datetime_start is not None
+                and (now - t.datetime_start).total_seconds() < _MAX_ASK_SECONDS
                 for t in trials
             )
+            pending_marks = [_mark_params(t, space) for t in marks]
             try:
                 with self._lock, _on_cpu():
                     params, attrs = self._model_params(
-                        study, trial, space, completed, running, may_verify=not earlier_deciding
+                        study,
+                        trial,
+                        space,
+                        completed,
+                        [_pending_params(t) for t in running] + pending_marks,
+                        may_verify=not earlier_deciding,
                     )
             except torch.linalg.LinAlgError as err:
                 warnings.warn(
@@ -309,7 +382,7 @@ class ISBOSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        completed = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        completed = _finite_completed_trials(study)
         in_startup = len(completed) < max(self._n_startup_trials, 1)
         if in_startup and param_name == self._fidelity_param and not param_distribution.single():
             # The very first trials have no joint search space yet; keep them cheap too.
@@ -338,8 +411,7 @@ class ISBOSampler(BaseSampler):
         )
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        completed = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(completed) < max(self._n_startup_trials, 1):
+        if len(_finite_completed_trials(study)) < max(self._n_startup_trials, 1):
             # Also marks the trials sampled before a joint search space exists.
             study._storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + "phase", "startup")
         self._independent_sampler.before_trial(study, trial)
@@ -351,6 +423,8 @@ class ISBOSampler(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
+        if self._constraints_func is not None:
+            _process_constraints_after_trial(self._constraints_func, study, trial, state)
         self._independent_sampler.after_trial(study, trial, state, values)
 
     # -- recommendation --------------------------------------------------------------------
@@ -405,13 +479,23 @@ class ISBOSampler(BaseSampler):
         space, completed = self._recommendation_data(study)
         with self._lock, _on_cpu():
             result = self._recommendation(study, space, completed)
-        for key, attr in (
-            ("recommended_trial", result.trial_number),
-            ("recommended_value", result.value),
-            ("recommended_value_std", result.std if math.isfinite(result.std) else None),
-            ("recommended_n_target_evaluations", result.n_target_evaluations),
-        ):
-            study._storage.set_study_user_attr(study._study_id, ATTR_PREFIX + key, attr)
+        attrs = {
+            "recommended_trial": result.trial_number,
+            "recommended_value": result.value,
+            "recommended_value_std": result.std if math.isfinite(result.std) else None,
+            "recommended_n_target_evaluations": result.n_target_evaluations,
+            "recommended_feasibility_probability": result.feasibility_probability,
+        }
+        try:
+            for key, attr in attrs.items():
+                study._storage.set_study_user_attr(study._study_id, ATTR_PREFIX + key, attr)
+        except Exception as err:  # a read-only storage: the recommendation needs no write
+            warnings.warn(
+                f"The recommendation could not be written to the study's user attributes "
+                f"({type(err).__name__}: {err}); it is returned all the same.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return result
 
     def _recommendation_data(self, study: Study) -> tuple[SearchSpace, list[FrozenTrial]]:
@@ -430,8 +514,19 @@ class ISBOSampler(BaseSampler):
         completed: list[FrozenTrial],
     ) -> Recommendation:
         evidence = self._target_evidence(study, space, completed)
-        return _choose(
-            study, space, completed, evidence, None if evidence is None else evidence.rule
+        keys = constraints.constraint_keys(completed)
+        feasible = (
+            constraints.observed_feasible(constraints.constraint_values(completed, keys))
+            if keys
+            else None
+        )
+        return choose_recommendation(
+            study,
+            space,
+            completed,
+            evidence,
+            None if evidence is None else evidence.rule,
+            feasible,
         )
 
     def _target_evidence(
@@ -441,7 +536,7 @@ class ISBOSampler(BaseSampler):
         completed: list[FrozenTrial],
         *,
         target_only: bool | None = None,
-    ) -> _TargetEvidence | None:
+    ) -> TargetEvidence | None:
         """The model's view of every evaluated configuration at the target, or ``None``.
 
         ``None`` when there is a single trial or the model fails (with a warning).
@@ -456,12 +551,22 @@ class ISBOSampler(BaseSampler):
         configs = rec.group_configurations(X, s)
         if len(completed) <= 1:
             return None
-        kappa, n_checks, rule = _checks(completed, study)
+        kappa, n_checks, rule = calibration_checks(completed, study)
         if target_only is None:
             target_only = rule == "observed"
         try:
             fit = self._fit_objective(study, space, completed, target_only=target_only)
-            mean, sd = _target_posterior(fit, space, configs.X)
+            mean, sd = target_posterior(fit, space, configs.X)
+            feasibility = None
+            keys = constraints.constraint_keys(completed)
+            if keys:
+                C = constraints.constraint_values(completed, keys)
+                model = self._fit_constraints(space, model_inputs(space, X, s), C)
+                ones = torch.ones(configs.X.shape[0], dtype=torch.float64)
+                p_model = model.probability(model_inputs(space, configs.X, ones))
+                feasibility = feasibility_of_configurations(
+                    configs, s, constraints.observed_feasible(C), p_model.detach()
+                )
         except torch.linalg.LinAlgError as err:
             warnings.warn(
                 f"ISBOSampler's model failed ({err}); `recommend` returns the best value "
@@ -471,7 +576,7 @@ class ISBOSampler(BaseSampler):
             )
             return None
         widen = 1.0 if fit.target_only else kappa
-        return _TargetEvidence(configs, mean, sd * widen, kappa, n_checks, rule)
+        return TargetEvidence(configs, mean, sd * widen, kappa, n_checks, rule, feasibility)
 
     # -- internals -------------------------------------------------------------------------
     def _startup_fidelity(
@@ -506,7 +611,7 @@ class ISBOSampler(BaseSampler):
         completed: list[FrozenTrial],
         *,
         target_only: bool = False,
-    ) -> _ObjectiveFit:
+    ) -> ObjectiveFit:
         """The objective GP on ``completed``, or with ``target_only`` on its target trials.
 
         A target-only fit keeps the fidelity column (every row has ``s = 1``, where the
@@ -524,15 +629,17 @@ class ISBOSampler(BaseSampler):
                 X, s = X[at_target], s[at_target]
             else:
                 target_only = False
-        inputs = _inputs(space, X, s)
+        inputs = model_inputs(space, X, s)
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
         y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
         if self._prior is not None:
-            self._prior.check_search_space(space.distributions, space.fidelity_param)
+            self._prior.check_search_space(
+                space.distributions, space.fidelity_param, target_fidelity=space.target_fidelity
+            )
             model = self._prior.adapt(
                 inputs, self._prior.transform(y), log_sd=self._prior_refit_log_sd
             )
-            return _ObjectiveFit(
+            return ObjectiveFit(
                 model, inputs, self._prior.y_shift, self._prior.y_scale, target_only
             )
         y_std, shift, scale = standardize(y)
@@ -544,7 +651,17 @@ class ISBOSampler(BaseSampler):
             warm_start=self._warm_starts.get(key),
         )
         self._warm_starts[key] = model.params
-        return _ObjectiveFit(model, inputs, shift, scale, target_only)
+        return ObjectiveFit(model, inputs, shift, scale, target_only)
+
+    def _fit_constraints(
+        self, space: SearchSpace, inputs: torch.Tensor, C: torch.Tensor
+    ) -> constraints.ConstraintModel:
+        """GPs of the constraint values ``C (n, k)`` over ``inputs (n, D)``, warm-started."""
+        key = ("constraints", inputs.shape[1], space.fidelity_param, C.shape[1])
+        warm = self._constraint_warm_starts.setdefault(key, {})
+        return constraints.fit_constraint_model(
+            inputs, C, has_fidelity=space.fidelity_param is not None, warm_starts=warm
+        )
 
     def _fit_cost(
         self, space: SearchSpace, cost_seconds: torch.Tensor, inputs: torch.Tensor
@@ -554,41 +671,54 @@ class ISBOSampler(BaseSampler):
         self._warm_starts[key] = model.gp.params
         return model
 
-    def _verification(
-        self,
-        space: SearchSpace,
-        fit: _ObjectiveFit,
-        cost_seconds: torch.Tensor,
-        verifying: torch.Tensor,
-        pending: torch.Tensor,
-    ) -> torch.Tensor | None:
-        """The configuration to evaluate at the target next, or ``None``.
+    def _target_turn(self, study: Study, completed: list[FrozenTrial]) -> bool:
+        """Whether the target search proposes the next trial (:func:`search_at_target`).
 
-        The configuration with the lowest posterior mean at the target among those evaluated,
-        when it has no target evaluation (completed or pending) and the verification trials
-        (mask ``verifying``, ``(n,)``) have cost less than ``verify_cost_fraction`` of the cost
-        so far.
+        Never with a ``prior``: the pre-trained GP is the multi-fidelity search's.
         """
-        if space.fidelity_param is None or self._verify_cost_fraction <= 0.0:
-            return None
-        s = fit.inputs[:, -1]
-        verify_seconds = float(cost_seconds[verifying].sum())
-        total_seconds = float(cost_seconds.sum())
-        if not rec.verification_due(verify_seconds, total_seconds, self._verify_cost_fraction):
-            return None
-        configs = rec.group_configurations(fit.inputs[:, : space.dim], s)
-        mean, _ = _target_posterior(fit, space, configs.X)
-        k = int(mean.argmin())
-        if int(configs.n_target[k]) > 0:
-            return None
-        x = configs.X[k]
-        if pending.shape[0] > 0:
-            # A running trial already verifying it (its parameters went through decode and
-            # encode again, which may move a log-scale value in the last bits).
-            at_target = pending[rec.is_target(pending[:, -1]), : space.dim]
-            if bool(((at_target - x).abs() <= 1e-9).all(dim=1).any()):
-                return None
-        return x
+        if self._prior is not None:
+            return False
+        _, _, rule = calibration_checks(completed, study)
+        return search_at_target(
+            [t.user_attrs.get(ATTR_PREFIX + "phase") for t in completed],
+            [trial_cost_seconds(t, self._cost_attr) for t in completed],
+            rule,
+            self._mf_cost_fraction,
+        )
+
+    def _target_params(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        space: SearchSpace,
+        search_space: dict[str, BaseDistribution],
+        completed: list[FrozenTrial],
+        marks: list[FrozenTrial],
+    ) -> dict[str, Any]:
+        """The target search's proposal (:mod:`optuna_isbo.target_search`), at the target.
+
+        ``GPSampler`` sees the completed trials evaluated at the target alone, and ``marks``
+        (configurations that failed) as pending points. Until it has its startup count of
+        target trials, the proposal is the next point of a scrambled Sobol design in ``x``.
+        """
+        fidelity = space.fidelity_param
+        assert fidelity is not None
+        at_target = {
+            t.number
+            for t in completed
+            if space.fidelity_to_unit(t.params[fidelity]) >= rec.TARGET_S
+        }
+        x_space = {name: d for name, d in search_space.items() if name != fidelity}
+        params: dict[str, Any] = {}
+        if x_space:
+            view = target_search.TargetView(study, lambda t: t.number in at_target, marks)
+            params = target_search.sample_at_target(self._target, view, trial, x_space)
+        if not params:
+            with _on_cpu():
+                x = space.sample_sobol(trial.number + 1, seed=(self._seed + 2) % (2**31))[-1]
+            return space.decode(x, 1.0)
+        params[fidelity] = space.unit_to_fidelity(1.0)
+        return params
 
     def _model_params(
         self,
@@ -596,7 +726,7 @@ class ISBOSampler(BaseSampler):
         trial: FrozenTrial,
         space: SearchSpace,
         completed: list[FrozenTrial],
-        running: list[FrozenTrial],
+        pending_params: list[dict[str, Any]],
         may_verify: bool = True,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         has_fidelity = space.fidelity_param is not None
@@ -612,22 +742,36 @@ class ISBOSampler(BaseSampler):
             full_runs[:] = True
         cost_model = self._fit_cost(space, cost_seconds[full_runs], inputs[full_runs])
         pending = inputs.new_zeros(0, inputs.shape[1])
-        if running:
-            encoded = [space.encode_params(_pending_params(t)) for t in running]
+        if pending_params:
+            encoded = [space.encode_params(p) for p in pending_params]
             X_pending = torch.stack([x for x, _ in encoded])
             s_pending = torch.tensor([s for _, s in encoded], dtype=torch.float64)
-            pending = _inputs(space, X_pending, s_pending)
+            pending = model_inputs(space, X_pending, s_pending)
 
+        feasibility = None
+        keys = constraints.constraint_keys(completed)
+        if keys:
+            feasibility = self._fit_constraints(
+                space, inputs, constraints.constraint_values(completed, keys)
+            )
         verifying = torch.tensor(
             [t.user_attrs.get(ATTR_PREFIX + "phase") == "verify" for t in completed]
         )
         x_verify = (
-            self._verification(space, fit, cost_seconds, verifying, pending)
+            verification_candidate(
+                space,
+                fit,
+                cost_seconds,
+                verifying,
+                pending,
+                self._verify_cost_fraction,
+                feasibility,
+            )
             if may_verify
             else None
         )
         if x_verify is not None:
-            chosen = _inputs(space, x_verify[None], torch.ones(1, dtype=torch.float64))
+            chosen = model_inputs(space, x_verify[None], torch.ones(1, dtype=torch.float64))
             mean, var = model.mean_var(chosen)
             attrs = {
                 "phase": "verify",
@@ -637,18 +781,10 @@ class ISBOSampler(BaseSampler):
             }
             return space.decode(x_verify, 1.0), attrs
 
-        # A model whose verifications missed has been misled by the cheaper fidelities: the
-        # acquisition then asks about the target only, with a GP fitted to the target trials
-        # alone, until further verifications (of configurations that the model of all trials,
-        # ``fit`` above, still believes best from cheap runs) bring the factor back.
         fidelity_grid = space.fidelity_grid(self._n_fidelities)
         kappa, n_checks = 1.0, 0
         if has_fidelity:
-            kappa, n_checks, rule = _checks(completed, study)
-            if rule == "observed":
-                fidelity_grid = fidelity_grid[-1:]
-                fit = self._fit_objective(study, space, completed, target_only=True)
-                model, inputs = fit.model, fit.inputs
+            kappa, n_checks, _ = calibration_checks(completed, study)
 
         if self._consider_running_trials and pending.shape[0] > 0:
             model = model.with_pending(pending)
@@ -657,7 +793,7 @@ class ISBOSampler(BaseSampler):
         # configurations, and local moves around the best of them.
         X_seen = _unique_rows(inputs[:, : space.dim])
         ones = torch.ones(X_seen.shape[0], dtype=torch.float64)
-        mean_seen = model.mean(_inputs(space, X_seen, ones))
+        mean_seen = model.mean(model_inputs(space, X_seen, ones))
         seed_points = X_seen[torch.argsort(mean_seen)[:8]]
         if space.dim > 0:
             pool_X = torch.cat(
@@ -670,7 +806,7 @@ class ISBOSampler(BaseSampler):
             pool_X = torch.unique(pool_X, dim=0)
         else:
             pool_X = X_seen
-        pool = _inputs(space, pool_X, torch.ones(pool_X.shape[0], dtype=torch.float64))
+        pool = model_inputs(space, pool_X, torch.ones(pool_X.shape[0], dtype=torch.float64))
         representers = acq.select_representer_points(
             model, pool, n_points=50, n_thompson=64, generator=generator
         )
@@ -679,6 +815,8 @@ class ISBOSampler(BaseSampler):
         else:
             gain = acq.max_value_entropy_search(model, representers.min_value_samples)
         value = acq.per_cost(gain, cost_model)
+        if feasibility is not None:
+            value = acq.weighted_by_feasibility(value, feasibility.probability, has_fidelity)
         best = maximize_acquisition(
             value,
             space,
@@ -688,7 +826,7 @@ class ISBOSampler(BaseSampler):
             sobol_seed=(ask_seed + 1) % (2**31),
             n_refine=2 if self._acquisition == "mes" else 0,
         )
-        chosen = _inputs(space, best.x[None], torch.tensor([best.s], dtype=torch.float64))
+        chosen = model_inputs(space, best.x[None], torch.tensor([best.s], dtype=torch.float64))
         mean, var = model.mean_var(acq.to_target_fidelity(chosen, has_fidelity))
         attrs = {
             "phase": "model",
@@ -700,145 +838,13 @@ class ISBOSampler(BaseSampler):
             "predicted_std_at_target": fit.scale * float(var[0].sqrt()),
             "calibration_factor": kappa,
             "n_target_checks": n_checks,
-            "model_trials": "target" if fit.target_only else "all",
         }
         return space.decode(best.x, best.s), attrs
-
-
-@dataclasses.dataclass(frozen=True)
-class _ObjectiveFit:
-    """The objective GP, its inputs ``(n, D)`` and the map back to objective units.
-
-    The GP models ``(sign * value - shift) / scale`` with ``sign = -1`` for a maximized study.
-    """
-
-    model: GPModel
-    inputs: torch.Tensor
-    shift: float
-    scale: float
-    target_only: bool = False
-
-    def value_of(self, z: float, study: Study) -> float:
-        """Objective value, in the study's units and direction, of a model value ``z``."""
-        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-        return sign * (self.shift + self.scale * z)
-
-
-def _target_posterior(
-    fit: _ObjectiveFit, space: SearchSpace, X: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and standard deviation ``(k,)`` at the target, in minimized units."""
-    inputs = _inputs(space, X, torch.ones(X.shape[0], dtype=torch.float64))
-    mean, var = fit.model.mean_var(inputs)
-    return fit.shift + fit.scale * mean, fit.scale * var.sqrt()
-
-
-def _checks(completed: list[FrozenTrial], study: Study) -> tuple[float, int, rec.Rule]:
-    """``kappa``, the number of verification trials behind it, and the rule they set."""
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    kappa, n_checks = _calibration_factor(completed, sign)
-    return kappa, n_checks, rec.recommendation_rule(kappa, n_checks)
-
-
-def _calibration_factor(completed: list[FrozenTrial], sign: float) -> tuple[float, int]:
-    """:func:`~optuna_isbo.recommendation.calibration_factor` over the verification trials.
-
-    A verification evaluates at the target a configuration the model knew from cheaper
-    fidelities only, so its prediction tests exactly the extrapolation from cheap to target
-    runs. (A model-chosen trial at the target is not counted: near other target evaluations the
-    model can predict well while its extrapolations stay wrong.) Predictions and values are
-    compared in minimized units (``sign = -1`` when maximizing). Returns the factor and the
-    number of verification trials behind it.
-    """
-    checks = []
-    for t in completed:
-        attrs = t.user_attrs
-        if attrs.get(ATTR_PREFIX + "phase") != "verify":
-            continue
-        predicted = attrs.get(ATTR_PREFIX + "predicted_value_at_target")
-        std = attrs.get(ATTR_PREFIX + "predicted_std_at_target")
-        if isinstance(predicted, int | float) and isinstance(std, int | float):
-            checks.append((sign * t.values[0], sign * float(predicted), float(std)))
-    if not checks:
-        return 1.0, 0
-    observed, predicted, std = torch.tensor(checks, dtype=torch.float64).T
-    return rec.calibration_factor(observed, predicted, std), len(checks)
-
-
-@dataclasses.dataclass(frozen=True)
-class _TargetEvidence:
-    """Posterior at the target of the evaluated configurations, calibrated.
-
-    ``n_checks`` verification trials measured ``kappa``, from which ``rule`` follows. ``std``
-    is already widened by ``kappa``, except under the rule ``"observed"``: the posterior is
-    then that of a GP fitted to the target trials alone.
-    """
-
-    configs: rec.Configurations
-    mean: torch.Tensor
-    std: torch.Tensor
-    kappa: float
-    n_checks: int
-    rule: rec.Rule
-
-
-def _choose(
-    study: Study,
-    space: SearchSpace,
-    completed: list[FrozenTrial],
-    evidence: _TargetEvidence | None,
-    rule: rec.Rule | None,
-) -> Recommendation:
-    """The recommendation under ``rule`` (:func:`~optuna_isbo.recommendation.recommendation_rule`).
-
-    Without a model (``evidence`` is ``None``), the best value observed at the highest fidelity.
-    """
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    X, s = space.encode_trials(completed)
-    if space.fidelity_param is None:
-        s = torch.ones(X.shape[0], dtype=torch.float64)
-    y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
-    if evidence is None:
-        best = int(torch.where(s >= s.max(), y, math.inf).argmin())
-        trial = completed[best]
-        value, std = float(trial.values[0]), math.nan
-        n_target = int(rec.is_target(s[(X == X[best]).all(dim=1)]).sum())
-    else:
-        configs = evidence.configs
-        if rule == "observed" and bool(rec.is_target(s).any()):
-            k = rec.best_observed_at_target(configs, s, y)
-        else:
-            k = rec.choose_supported(
-                evidence.mean, evidence.std, configs.n_target, extrapolate=rule == "extrapolate"
-            )
-        # The posterior mean, not the observed value: the best of several noisy target values
-        # is biased low, and the posterior's standard deviation is about the latent value.
-        value = sign * float(evidence.mean[k])
-        trial = completed[int(configs.first_index[k])]
-        std = float(evidence.std[k])
-        n_target = int(configs.n_target[k])
-    params = dict(trial.params)
-    if space.fidelity_param is not None:
-        params[space.fidelity_param] = space.unit_to_fidelity(1.0)
-    return Recommendation(
-        params=params,
-        value=value,
-        std=std,
-        trial_number=trial.number,
-        n_target_evaluations=n_target,
-    )
 
 
 def _unique_rows(X: torch.Tensor) -> torch.Tensor:
     """Distinct rows of ``X (n, d)``; one empty row when ``d = 0``."""
     return X[:1] if X.shape[1] == 0 else torch.unique(X, dim=0)
-
-
-def _inputs(space: SearchSpace, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Model inputs ``(n, D)``: ``x`` columns, then ``s`` when the space has a fidelity axis."""
-    if space.fidelity_param is None:
-        return X
-    return torch.cat([X, s[:, None]], dim=1)
 
 
 def _ask_seed(seed: int, trial_number: int) -> int:
@@ -855,6 +861,47 @@ def _on_cpu() -> contextlib.AbstractContextManager[Any]:
     if torch.get_default_device().type == "cpu":
         return contextlib.nullcontext()
     return torch.device("cpu")
+
+
+def _finite_completed_trials(study: Study) -> list[FrozenTrial]:
+    """The study's completed trials with a finite value: the observations."""
+    trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in trials if t.value is not None and math.isfinite(t.value)]
+
+
+def _failed_configurations(
+    trials: Sequence[FrozenTrial], search_space: dict[str, BaseDistribution], fidelity: str | None
+) -> list[FrozenTrial]:
+    """Finished trials that taught nothing about the objective, but must not be proposed again.
+
+    Failed and pruned trials, trials completed at a non-finite value, and completed trials
+    that returned before suggesting the fidelity (a configuration rejected early), each with
+    every parameter of ``x`` (``search_space`` less the fidelity). They enter the searches as
+    pending points: a deterministic acquisition that forgot them would propose the same
+    failing configuration again.
+    """
+    x_names = search_space.keys() - {fidelity}
+    marks = []
+    for t in trials:
+        if not x_names <= t.params.keys():
+            continue
+        if t.state in (TrialState.FAIL, TrialState.PRUNED):
+            marks.append(t)
+        elif t.state == TrialState.COMPLETE and (
+            t.value is None
+            or not math.isfinite(t.value)
+            or not search_space.keys() <= t.params.keys()
+        ):
+            marks.append(t)
+    return marks
+
+
+def _mark_params(trial: FrozenTrial, space: SearchSpace) -> dict[str, Any]:
+    """Parameters of a failed configuration as a pending point; at the target if it has none."""
+    params = dict(trial.params)
+    if space.fidelity_param is not None:
+        params.setdefault(space.fidelity_param, space.unit_to_fidelity(1.0))
+    return params
 
 
 def _usable_completed_trials(

@@ -28,7 +28,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 FIDELITY = "super_batch_size"
 X_DIST = FloatDistribution(0.0, 1.0)
 B_DIST = IntDistribution(16, 256, log=True)
-MODEL_PHASES = ("model", "verify")
+# Phases of the trials after the startup design: the multi-fidelity search (``model``,
+# ``verify``) and the target search (``target``).
+MODEL_PHASES = ("model", "verify", "target")
 
 
 # -- Optuna's conformance suite -----------------------------------------------------------------
@@ -163,11 +165,11 @@ def test_fidelity_param_of_any_kind(acquisition: str, fidelity: BaseDistribution
         assert fidelity._contains(fidelity.to_internal_repr(t.params[FIDELITY]))
     for t in study.trials[1:]:
         assert t.user_attrs["isbo:fidelity"] == t.params[FIDELITY]
-    # The model decides every trial after the first: by the acquisition, or by verifying its
-    # best configuration at the target fidelity.
+    # The model decides every trial after the first: by the acquisition, by verifying its
+    # best configuration at the target fidelity, or by the target search.
     for t in study.trials[1:]:
-        assert t.user_attrs["isbo:phase"] in ("model", "verify")
-        if t.user_attrs["isbo:phase"] == "verify":
+        assert t.user_attrs["isbo:phase"] in MODEL_PHASES
+        if t.user_attrs["isbo:phase"] in ("verify", "target"):
             assert t.params[FIDELITY] == fidelity.high
     assert sampler.recommend(study)[FIDELITY] == fidelity.high
 
@@ -177,7 +179,8 @@ def _fidelity_objective(trial: optuna.Trial) -> float:
     x = trial.suggest_float("x", -2.0, 2.0)
     y = trial.suggest_int("y", 0, 8)
     batch = trial.suggest_int(FIDELITY, 16, 256, log=True)
-    trial.set_user_attr("isbo:cost", 1.0 + batch / 16)
+    # Simulated seconds well above any ask, so that durations never decide the cost.
+    trial.set_user_attr("isbo:cost", 10.0 * (1.0 + batch / 16))
     return (x - 0.5) ** 2 + 0.1 * (y - 3) ** 2 + 1.0 / batch
 
 
@@ -220,7 +223,8 @@ def test_maximize_recommends_near_the_maximum() -> None:
     study = optuna.create_study(sampler=sampler, direction="maximize")
     study.optimize(objective, n_trials=14)
     startup = [t.value for t in study.trials if t.user_attrs["isbo:phase"] == "startup"]
-    model = [t.value for t in study.trials if t.user_attrs["isbo:phase"] == "model"]
+    # Without a fidelity, the trials after the startup design come from the target search.
+    model = [t.value for t in study.trials if t.user_attrs["isbo:phase"] == "target"]
     assert len(startup) == 5 and len(model) == 9
     # A sampler that minimized instead would recommend the worst point and move model-phase
     # trials towards the corners, below the startup median.
@@ -369,7 +373,11 @@ def test_first_trial_has_user_attrs() -> None:
 
 # -- user attributes and cost ---------------------------------------------------------------------
 def test_user_attrs_of_startup_and_model_trials() -> None:
-    sampler = ISBOSampler(seed=0, n_startup_trials=3, verify_cost_fraction=0.0)
+    # The multi-fidelity search alone (``mf_cost_fraction=1``), whose trials carry its model's
+    # predictions.
+    sampler = ISBOSampler(
+        seed=0, n_startup_trials=3, verify_cost_fraction=0.0, mf_cost_fraction=1.0
+    )
     study = optuna.create_study(sampler=sampler)
     study.optimize(_fidelity_objective, n_trials=5)
     phases = [t.user_attrs["isbo:phase"] for t in study.trials]
@@ -417,18 +425,24 @@ def _cost_study(
 # covers the spread between fidelities the GP may extrapolate to, and separates 2 s from 60 s
 # (a factor of 30).
 def test_cost_is_read_from_the_cost_attr() -> None:
-    cost = _cost_study(ISBOSampler(seed=0, n_startup_trials=0), [{"isbo:cost": 60.0}] * 6, 2.0)
+    cost = _cost_study(
+        ISBOSampler(seed=0, n_startup_trials=0, mf_cost_fraction=1.0),
+        [{"isbo:cost": 60.0}] * 6,
+        2.0,
+    )
     assert 60.0 / 4 < cost < 60.0 * 4
 
 
 def test_cost_attr_name_is_configurable() -> None:
-    sampler = ISBOSampler(seed=0, n_startup_trials=0, cost_attr="seconds")
+    sampler = ISBOSampler(seed=0, n_startup_trials=0, cost_attr="seconds", mf_cost_fraction=1.0)
     cost = _cost_study(sampler, [{"seconds": 60.0, "isbo:cost": 0.5}] * 6, 2.0)
     assert 60.0 / 4 < cost < 60.0 * 4
 
 
 def test_cost_falls_back_to_the_duration() -> None:
-    cost = _cost_study(ISBOSampler(seed=0, n_startup_trials=0), [{}] * 6, 60.0)
+    cost = _cost_study(
+        ISBOSampler(seed=0, n_startup_trials=0, mf_cost_fraction=1.0), [{}] * 6, 60.0
+    )
     assert 60.0 / 4 < cost < 60.0 * 4
 
 
@@ -441,12 +455,16 @@ def test_invalid_cost_attrs_fall_back_to_the_duration() -> None:
         {"isbo:cost": "fast"},
         {"isbo:cost": None},
     ]
-    cost = _cost_study(ISBOSampler(seed=0, n_startup_trials=0), attrs, 60.0)
+    cost = _cost_study(ISBOSampler(seed=0, n_startup_trials=0, mf_cost_fraction=1.0), attrs, 60.0)
     assert 60.0 / 4 < cost < 60.0 * 4
 
 
 def test_zero_duration_and_no_cost_do_not_crash() -> None:
-    _cost_study(ISBOSampler(seed=0, n_startup_trials=0), [{"isbo:cost": 0.0}] * 4, 0.0)
+    _cost_study(
+        ISBOSampler(seed=0, n_startup_trials=0, mf_cost_fraction=1.0),
+        [{"isbo:cost": 0.0}] * 4,
+        0.0,
+    )
 
 
 # -- recommend ------------------------------------------------------------------------------------

@@ -44,9 +44,10 @@ def test_recommend_keeps_the_fidelity_when_the_last_trial_lacks_it() -> None:
     study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=1)
     assert FIDELITY not in study.trials[-1].params
     assert sampler.recommend(study)[FIDELITY] == 256
-    # The next trials still get a fidelity from the model.
+    # The next trials still get a fidelity from the model or the target search.
     study.optimize(_objective, n_trials=1)
-    assert study.trials[-1].user_attrs["isbo:phase"] in ("model", "verify")
+    assert study.trials[-1].user_attrs["isbo:phase"] in ("model", "verify", "target")
+    assert FIDELITY in study.trials[-1].params
 
 
 @pytest.mark.parametrize("scale", [1e160, 1e300, -1e300])
@@ -99,7 +100,9 @@ def test_target_fidelity_at_the_lower_bound_is_an_error() -> None:
 
 
 def test_one_absurd_cost_does_not_set_the_scale_of_all_others() -> None:
-    sampler = ISBOSampler(seed=0, n_startup_trials=0, verify_cost_fraction=0.0)
+    sampler = ISBOSampler(
+        seed=0, n_startup_trials=0, verify_cost_fraction=0.0, mf_cost_fraction=1.0
+    )
     study = optuna.create_study(sampler=sampler)
     for i in range(8):
         x = (i + 0.5) / 8
@@ -146,7 +149,7 @@ def test_sampler_pickles_deep_copies_and_a_restored_one_continues(tmp_path: Path
     resumed.optimize(_objective, n_trials=2)
     trials = resumed.trials
     assert len(trials) == 7 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert {t.user_attrs["isbo:phase"] for t in trials[5:]} <= {"model", "verify"}
+    assert {t.user_attrs["isbo:phase"] for t in trials[5:]} <= {"model", "verify", "target"}
     # The deep copy proposes what the restored sampler proposed (same seed, same warm starts).
     replay = optuna.create_study(sampler=copied)
     for t in trials[:5]:
@@ -170,7 +173,7 @@ def test_the_fidelity_as_the_only_parameter() -> None:
 
     study.optimize(objective, n_trials=6)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert {t.user_attrs["isbo:phase"] for t in study.trials[3:]} <= {"model", "verify"}
+    assert {t.user_attrs["isbo:phase"] for t in study.trials[3:]} <= {"model", "verify", "target"}
     assert sampler.recommend(study) == {FIDELITY: 256}
 
 
@@ -264,7 +267,10 @@ def _verified_study(
     many stated standard deviations (0.01), or ``None`` for an ordinary trial.
     ``cheap_values``: the values of the cheap trials at ``x = 0.1, 0.3, 0.5, 0.7``.
     """
-    sampler = ISBOSampler(seed=0, n_startup_trials=0, **sampler_kwargs)
+    # The multi-fidelity search alone, unless the checks send the study to the target search.
+    sampler = ISBOSampler(
+        seed=0, n_startup_trials=0, **({"mf_cost_fraction": 1.0} | sampler_kwargs)
+    )
     study = optuna.create_study(sampler=sampler)
     cheap = zip((0.1, 0.3, 0.5, 0.7), cheap_values, strict=True)
     for x, v in cheap:
@@ -341,7 +347,7 @@ def _add_cheap_trials(study: optuna.Study, n: int) -> None:
 
 def test_verification_defers_to_an_earlier_trial_still_deciding() -> None:
     """Two workers deciding at once would both verify the same configuration."""
-    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    sampler = ISBOSampler(seed=0, n_startup_trials=0, mf_cost_fraction=1.0)
     study = optuna.create_study(sampler=sampler)
     _add_cheap_trials(study, 4)
     space = {"x": X_DIST, FIDELITY: B_DIST}
@@ -362,7 +368,9 @@ def test_target_trials_of_the_acquisition_do_not_use_up_the_verification_budget(
     space = {"x": X_DIST, FIDELITY: B_DIST}
 
     def study_with(verify_cost: float | None) -> optuna.Study:
-        study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=0))
+        study = optuna.create_study(
+            sampler=ISBOSampler(seed=0, n_startup_trials=0, mf_cost_fraction=1.0)
+        )
         _add_cheap_trials(study, 4)  # 4 trials without a cost attribute: 1 ms each
         for x in (0.7, 0.8, 0.9):
             study.add_trial(
@@ -397,7 +405,7 @@ def test_target_trials_of_the_acquisition_do_not_use_up_the_verification_budget(
 
 def test_verification_defers_while_an_earlier_trial_has_no_readable_params() -> None:
     """A worker may see another's ``isbo:phase`` before its chosen parameters: it defers."""
-    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    sampler = ISBOSampler(seed=0, n_startup_trials=0, mf_cost_fraction=1.0)
     study = optuna.create_study(sampler=sampler)
     _add_cheap_trials(study, 4)
     space = {"x": X_DIST, FIDELITY: B_DIST}
@@ -436,18 +444,18 @@ def test_failed_checks_send_the_model_to_the_target_fidelity() -> None:
         trial.suggest_int(FIDELITY, 16, 256, log=True)
         return study._storage.get_trial(trial._trial_id)
 
-    # Both verifications missed by 8 stated stds: the cheap runs misled the model.
+    # Both verifications missed by 8 stated stds: the cheap runs misled the model, and the
+    # target search proposes the trial, even with the whole cost open to the multi-fidelity
+    # search (``mf_cost_fraction=1``).
     missed = next_trial([8.0, 8.0])
-    assert missed.user_attrs["isbo:phase"] == "model"
-    assert missed.user_attrs["isbo:calibration_factor"] == pytest.approx(8.0)
+    assert missed.user_attrs["isbo:phase"] == "target"
     assert missed.params[FIDELITY] == 256
-    assert missed.user_attrs["isbo:model_trials"] == "target"
     # Checks the model passed leave the cheap fidelities open (20x cheaper here), and so does
     # a single failed one.
     for misses in ([0.0, 0.0], [8.0, None]):
         trial = next_trial(misses)
+        assert trial.user_attrs["isbo:phase"] == "model"
         assert trial.params[FIDELITY] < 256
-        assert trial.user_attrs["isbo:model_trials"] == "all"
 
 
 def test_a_model_that_failed_its_checks_chooses_from_the_target_trials_alone() -> None:

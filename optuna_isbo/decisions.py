@@ -1,0 +1,314 @@
+r"""The sampler's decisions: which search proposes a trial, what to verify, what to hand back.
+
+:class:`~optuna_isbo.ISBOSampler` runs two searches side by side.
+
+* **The target search** (:mod:`optuna_isbo.target_search`): Optuna's ``GPSampler`` on the trials
+  evaluated at the target fidelity. It is the search a user would run without a fidelity, so a
+  study that gives it a share ``1 - rho`` of its cost is, at worst, that search at ``1 - rho``
+  of the budget, whatever the cheap fidelities do.
+* **The multi-fidelity search** (:mod:`optuna_isbo.acquisition`): information about the optimum
+  at the target per second of expected cost, over ``(x, s)``, with verification of its beliefs
+  at the target. Its target evaluations feed the target search as well.
+
+:func:`search_at_target` splits the cost between them. The multi-fidelity search (its startup
+design, its model-chosen trials and its verifications) proposes the next trial while it has
+spent at most ``rho`` (``mf_cost_fraction``) of the cost so far; otherwise the target search
+does. Where the fidelity has failed its checks (the model's predictions at the target missed by
+more than their stated uncertainty, :mod:`optuna_isbo.recommendation`), the cheap fidelities
+misled the model and the target search proposes every trial. The split is a hedge, not a bet:
+a cheap fidelity that predicts the target gives the target search scouted configurations at a
+fraction of their price; one that misleads costs at most ``rho`` of the budget before the
+checks stop it.
+
+Verification (:func:`verification_candidate`), the calibration factor of the checks
+(:func:`calibration_checks`) and the recommendation (:func:`choose_recommendation`) are the
+other decisions made from the model, and live here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial
+
+from optuna_isbo import recommendation as rec
+from optuna_isbo.constraints import ConstraintModel
+from optuna_isbo.model import GPModel
+from optuna_isbo.recommendation import Recommendation
+from optuna_isbo.search_space import SearchSpace
+
+ATTR_PREFIX = "isbo:"
+#: ``isbo:phase`` of the trials proposed by the target search.
+TARGET_PHASE = "target"
+
+
+def search_at_target(
+    phases: Sequence[object],
+    cost_seconds: Sequence[float],
+    rule: rec.Rule,
+    mf_cost_fraction: float,
+) -> bool:
+    """Whether the target search proposes the next trial.
+
+    Parameters
+    ----------
+    phases
+        ``isbo:phase`` of each completed trial (``None`` where absent).
+    cost_seconds
+        Cost of each completed trial, in seconds.
+    rule
+        The recommendation rule set by the checks so far
+        (:func:`~optuna_isbo.recommendation.recommendation_rule`).
+    mf_cost_fraction
+        ``rho``: the share of the cost the multi-fidelity search may take.
+
+    Returns
+    -------
+    bool
+        ``True`` when the checks failed (rule ``"observed"``), or when the trials not proposed
+        by the target search cost more than ``rho`` of the total.
+    """
+    if rule == "observed":
+        return True
+    total = float(sum(cost_seconds))
+    mf = float(sum(c for p, c in zip(phases, cost_seconds, strict=True) if p != TARGET_PHASE))
+    return mf > mf_cost_fraction * total
+
+
+def verification_candidate(
+    space: SearchSpace,
+    fit: ObjectiveFit,
+    cost_seconds: torch.Tensor,
+    verifying: torch.Tensor,
+    pending: torch.Tensor,
+    verify_cost_fraction: float,
+    feasibility: ConstraintModel | None = None,
+) -> torch.Tensor | None:
+    """The configuration to evaluate at the target next, or ``None``.
+
+    The configuration with the lowest posterior mean at the target among those evaluated
+    (and, with constraints, feasible there with probability at least 1/2 under
+    ``feasibility``), when it has no target evaluation (completed or pending) and the
+    verification trials (mask ``verifying``, ``(n,)``) have cost less than
+    ``verify_cost_fraction`` of the cost so far (``cost_seconds``, ``(n,)``). ``pending`` is
+    ``(m, D)``, model inputs of the running trials.
+    """
+    if space.fidelity_param is None or verify_cost_fraction <= 0.0:
+        return None
+    s = fit.inputs[:, -1]
+    verify_seconds = float(cost_seconds[verifying].sum())
+    total_seconds = float(cost_seconds.sum())
+    if not rec.verification_due(verify_seconds, total_seconds, verify_cost_fraction):
+        return None
+    configs = rec.group_configurations(fit.inputs[:, : space.dim], s)
+    mean, _ = target_posterior(fit, space, configs.X)
+    if feasibility is not None:
+        ones = torch.ones(configs.X.shape[0], dtype=torch.float64)
+        ok = feasibility.probability(model_inputs(space, configs.X, ones)) >= 0.5
+        if not bool(ok.any()):
+            return None
+        mean = torch.where(ok, mean, math.inf)
+    k = int(mean.argmin())
+    if int(configs.n_target[k]) > 0:
+        return None
+    x = configs.X[k]
+    if pending.shape[0] > 0:
+        # A running trial already verifying it (its parameters went through decode and
+        # encode again, which may move a log-scale value in the last bits).
+        at_target = pending[rec.is_target(pending[:, -1]), : space.dim]
+        if bool(((at_target - x).abs() <= 1e-9).all(dim=1).any()):
+            return None
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveFit:
+    """The objective GP, its inputs ``(n, D)`` and the map back to objective units.
+
+    The GP models ``(sign * value - shift) / scale`` with ``sign = -1`` for a maximized study.
+    """
+
+    model: GPModel
+    inputs: torch.Tensor
+    shift: float
+    scale: float
+    target_only: bool = False
+
+    def value_of(self, z: float, study: Study) -> float:
+        """Objective value, in the study's units and direction, of a model value ``z``."""
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        return sign * (self.shift + self.scale * z)
+
+
+def target_posterior(
+    fit: ObjectiveFit, space: SearchSpace, X: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and standard deviation ``(k,)`` at the target, in minimized units."""
+    inputs = model_inputs(space, X, torch.ones(X.shape[0], dtype=torch.float64))
+    mean, var = fit.model.mean_var(inputs)
+    return fit.shift + fit.scale * mean, fit.scale * var.sqrt()
+
+
+def calibration_checks(completed: list[FrozenTrial], study: Study) -> tuple[float, int, rec.Rule]:
+    """``kappa``, the number of verification trials behind it, and the rule they set."""
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    kappa, n_checks = _calibration_factor(completed, sign)
+    return kappa, n_checks, rec.recommendation_rule(kappa, n_checks)
+
+
+def _calibration_factor(completed: list[FrozenTrial], sign: float) -> tuple[float, int]:
+    """:func:`~optuna_isbo.recommendation.calibration_factor` over the verification trials.
+
+    A verification evaluates at the target a configuration the model knew from cheaper
+    fidelities only, so its prediction tests exactly the extrapolation from cheap to target
+    runs. (A model-chosen trial at the target is not counted: near other target evaluations the
+    model can predict well while its extrapolations stay wrong.) Predictions and values are
+    compared in minimized units (``sign = -1`` when maximizing). Returns the factor and the
+    number of verification trials behind it.
+    """
+    checks = []
+    for t in completed:
+        attrs = t.user_attrs
+        if attrs.get(ATTR_PREFIX + "phase") != "verify":
+            continue
+        predicted = attrs.get(ATTR_PREFIX + "predicted_value_at_target")
+        std = attrs.get(ATTR_PREFIX + "predicted_std_at_target")
+        if isinstance(predicted, int | float) and isinstance(std, int | float):
+            checks.append((sign * t.values[0], sign * float(predicted), float(std)))
+    if not checks:
+        return 1.0, 0
+    observed, predicted, std = torch.tensor(checks, dtype=torch.float64).T
+    return rec.calibration_factor(observed, predicted, std), len(checks)
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetEvidence:
+    """Posterior at the target of the evaluated configurations, calibrated.
+
+    ``n_checks`` verification trials measured ``kappa``, from which ``rule`` follows. ``std``
+    is already widened by ``kappa``, except under the rule ``"observed"``: the posterior is
+    then that of a GP fitted to the target trials alone. ``feasibility`` ``(k,)`` is each
+    configuration's probability of feasibility at the target (the observed share of feasible
+    target evaluations where it has some, else the constraint GPs'); ``None`` without
+    constraints.
+    """
+
+    configs: rec.Configurations
+    mean: torch.Tensor
+    std: torch.Tensor
+    kappa: float
+    n_checks: int
+    rule: rec.Rule
+    feasibility: torch.Tensor | None = None
+
+
+def choose_recommendation(
+    study: Study,
+    space: SearchSpace,
+    completed: list[FrozenTrial],
+    evidence: TargetEvidence | None,
+    rule: rec.Rule | None,
+    feasible: torch.Tensor | None = None,
+) -> Recommendation:
+    """The recommendation under ``rule`` (:func:`~optuna_isbo.recommendation.recommendation_rule`).
+
+    Without a model (``evidence`` is ``None``), the best value observed at the highest fidelity.
+    In a constrained study the candidates are the configurations feasible at the target with
+    probability at least 1/2 (``evidence.feasibility``; without a model, the trials observed
+    feasible, ``feasible (n,)``), as long as there is one. The parameters are those of the
+    configuration's best trial, preferring target evaluations: parameters outside the joint
+    search space (conditional ones, a range that changed) then come from one real run.
+    """
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    X, s = space.encode_trials(completed)
+    if space.fidelity_param is None:
+        s = torch.ones(X.shape[0], dtype=torch.float64)
+    y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
+    feasibility: float | None = None
+    if evidence is None:
+        eligible = s >= s.max()
+        if feasible is not None and bool((eligible & feasible).any()):
+            eligible = eligible & feasible
+        best = int(torch.where(eligible, y, math.inf).argmin())
+        trial = completed[best]
+        value, std = float(trial.values[0]), math.nan
+        n_target = int(rec.is_target(s[(X == X[best]).all(dim=1)]).sum())
+        if feasible is not None:
+            feasibility = float(feasible[best])
+    else:
+        configs = evidence.configs
+        mean = evidence.mean
+        observed = rule == "observed" and bool(rec.is_target(s).any())
+        if evidence.feasibility is not None:
+            ok = evidence.feasibility >= 0.5
+            if observed or (rule != "extrapolate" and bool((configs.n_target > 0).any())):
+                ok_candidates = ok & (configs.n_target > 0)
+            else:
+                ok_candidates = ok
+            if bool(ok_candidates.any()):
+                mean = torch.where(ok, mean, math.inf)
+                y = torch.where(ok[configs.index], y, math.inf)
+        if observed:
+            k = rec.best_observed_at_target(configs, s, y)
+        else:
+            k = rec.choose_supported(
+                mean, evidence.std, configs.n_target, extrapolate=rule == "extrapolate"
+            )
+        # The posterior mean, not the observed value: the best of several noisy target values
+        # is biased low, and the posterior's standard deviation is about the latent value.
+        value = sign * float(evidence.mean[k])
+        members = configs.index == k
+        trial = completed[_best_member(members, rec.is_target(s), y)]
+        std = float(evidence.std[k])
+        n_target = int(configs.n_target[k])
+        if evidence.feasibility is not None:
+            feasibility = float(evidence.feasibility[k])
+    params = dict(trial.params)
+    if space.fidelity_param is not None:
+        params[space.fidelity_param] = space.unit_to_fidelity(1.0)
+    return Recommendation(
+        params=params,
+        value=value,
+        std=std,
+        trial_number=trial.number,
+        n_target_evaluations=n_target,
+        feasibility_probability=feasibility,
+    )
+
+
+def _best_member(members: torch.Tensor, at_target: torch.Tensor, y: torch.Tensor) -> int:
+    """Index of the best trial among ``members (n,)``, target evaluations first."""
+    pool = members & at_target if bool((members & at_target).any()) else members
+    finite_y = torch.where(torch.isfinite(y), y, torch.finfo(y.dtype).max)
+    return int(torch.where(pool, finite_y, math.inf).argmin())
+
+
+def feasibility_of_configurations(
+    configs: rec.Configurations,
+    s: torch.Tensor,
+    feasible: torch.Tensor,
+    model_probability: torch.Tensor,
+) -> torch.Tensor:
+    """``(k,)`` probability of feasibility at the target of each configuration.
+
+    The share of its target evaluations observed feasible where it has some (``feasible``
+    ``(n,)``, ``s`` ``(n,)``), otherwise ``model_probability`` ``(k,)`` of the constraint GPs.
+    """
+    at_target = rec.is_target(s)
+    k = configs.X.shape[0]
+    n_ok = torch.zeros(k, dtype=torch.float64).scatter_add(
+        0, configs.index, (at_target & feasible).to(torch.float64)
+    )
+    n = configs.n_target.to(torch.float64)
+    return torch.where(n > 0, n_ok / n.clamp_min(1.0), model_probability)
+
+
+def model_inputs(space: SearchSpace, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Model inputs ``(n, D)``: ``x`` columns, then ``s`` when the space has a fidelity axis."""
+    if space.fidelity_param is None:
+        return X
+    return torch.cat([X, s[:, None]], dim=1)

@@ -1,0 +1,136 @@
+"""Bayesian optimization at the target fidelity, delegated to Optuna's ``GPSampler``.
+
+A multi-fidelity sampler is only worth its name if it is never worse than the plain
+single-fidelity GP search it competes with. The surest way to guarantee that is to *run* that
+search, not to re-derive it: whenever :class:`~optuna_isbo.ISBOSampler` searches at the target
+fidelity (a study without a fidelity parameter, a fidelity pinned by the objective, the share of
+the cost that is the target search's, or a study whose cheap fidelities failed their checks),
+the proposal comes from :class:`optuna.samplers.GPSampler` run on the trials evaluated at the
+target alone. It brings Optuna's dimension-aware kernel priors, integer and categorical
+handling, log expected improvement (constrained, and batched over running trials) and its
+multi-start mixed acquisition optimizer (``optuna/_gp/``).
+
+``GPSampler`` reads the study only through ``Study._get_trials``, ``Study.directions`` and the
+storage, so it is handed a :class:`TargetView` of the study: the same study whose trial
+listing keeps only the completed trials at the target fidelity with a finite value, plus the
+running trials, which ``GPSampler`` treats as pending points (batched log EI, ``qLogEI``).
+
+Trials that taught nothing about the objective (failed, pruned, or completed at an infinite
+value) are listed too. ``GPSampler`` alone would forget them and, its acquisition unchanged,
+propose the same failing configuration again (an out-of-memory error, a diverged run). The view
+lists each as completed at the worst value observed so far, as a diverged run reported at the
+worst value is: the acquisition then leaves a region that keeps failing instead of probing it
+point by point. (Where that is not possible, before any observation or where the trial lacks
+the study's constraint values, it is listed as running: a pending point, which keeps the
+acquisition from proposing it again.) On a study without a fidelity parameter and without
+such trials, the proposals are exactly those of
+``GPSampler(seed=seed, independent_sampler=...)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Container, Sequence
+from typing import Any
+
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, GPSampler
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+
+class TargetView:
+    """A study whose trial listing keeps the completed trials that ``keep`` accepts, the running
+    trials, and the failed configurations ``marks``.
+
+    Every other attribute (directions, storage, study id) is the study's own.
+
+    Parameters
+    ----------
+    study
+        The study to view (single-objective).
+    keep
+        Predicate on a completed trial: whether it is an observation for the target search.
+    marks
+        Finished trials that must not be proposed again (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        study: Study,
+        keep: Callable[[FrozenTrial], bool],
+        marks: Sequence[FrozenTrial] = (),
+    ) -> None:
+        self._study = study
+        self._keep = keep
+        self._marks = list(marks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        everything = self._study._get_trials(deepcopy=deepcopy, use_cache=use_cache)
+        observed = [t for t in everything if t.state == TrialState.COMPLETE and self._keep(t)]
+        listed = observed + [t for t in everything if t.state == TrialState.RUNNING]
+        listed += [self._listed_mark(t, observed) for t in self._marks]
+        return [t for t in listed if states is None or t.state in states]
+
+    def _listed_mark(self, trial: FrozenTrial, observed: list[FrozenTrial]) -> FrozenTrial:
+        """``trial`` completed at the worst observed value, or else running (pending)."""
+        listed = copy.copy(trial)
+        constraint_keys = {tuple(sorted(t.constraints)) for t in observed}
+        if observed and constraint_keys == {tuple(sorted(trial.constraints))}:
+            values = [float(t.value) for t in observed if t.value is not None]
+            maximize = self._study.direction == StudyDirection.MAXIMIZE
+            listed.state = TrialState.COMPLETE
+            listed.values = [min(values) if maximize else max(values)]
+        else:
+            listed.state = TrialState.RUNNING
+            listed.values = None
+        return listed
+
+    def get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+def make_target_sampler(
+    seed: int | None, independent_sampler: BaseSampler, n_startup_trials: int
+) -> GPSampler:
+    """The ``GPSampler`` behind the target search, seeded as the user seeded ISBOSampler.
+
+    ``independent_sampler`` is shared with :class:`~optuna_isbo.ISBOSampler`, so that on a study
+    without a fidelity the startup trials are drawn exactly as ``GPSampler`` draws them.
+    """
+    return GPSampler(
+        seed=seed,
+        independent_sampler=independent_sampler,
+        n_startup_trials=n_startup_trials,
+        warn_independent_sampling=False,
+    )
+
+
+def sample_at_target(
+    sampler: GPSampler,
+    view: Study | TargetView,
+    trial: FrozenTrial,
+    search_space: dict[str, BaseDistribution],
+) -> dict[str, Any]:
+    """``GPSampler``'s proposal over ``search_space`` from the trials in ``view``.
+
+    Returns an empty dict while ``view`` has fewer completed trials than the sampler's startup
+    count; the caller then draws the startup point.
+    """
+    return sampler.sample_relative(view, trial, search_space)  # type: ignore[arg-type]

@@ -1,0 +1,137 @@
+"""The target search: Optuna's GPSampler behind ISBOSampler, and how the cost is split.
+
+The promise is "never worse than GPSampler by construction". Without a fidelity the sampler
+*is* GPSampler, which these tests check to the last bit of every proposal; with a fidelity the
+multi-fidelity search may take only its share of the cost, which they check trial by trial.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optuna_isbo import ISBOSampler
+from optuna_isbo.cost import trial_cost_seconds
+from optuna_isbo.decisions import TARGET_PHASE, search_at_target
+
+FIDELITY = "super_batch_size"
+
+
+def _mixed_objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -3.0, 3.0)
+    lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    depth = trial.suggest_int("depth", 1, 6)
+    act = trial.suggest_categorical("act", ["relu", "tanh", "gelu"])
+    return (x - 1.0) ** 2 + (math.log10(lr) + 2.0) ** 2 + 0.3 * (depth - 4) ** 2 + (act != "tanh")
+
+
+def _constrained_objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0.0, 1.0)
+    y = trial.suggest_float("y", 0.0, 1.0)
+    trial.set_constraint("memory", x + y - 1.0)  # feasible iff x + y <= 1
+    return -(x + 2.0 * y)
+
+
+def _pinned_objective(trial: optuna.Trial) -> float:
+    # The objective pins the fidelity: a one-valued distribution is no fidelity axis.
+    trial.suggest_int(FIDELITY, 256, 256)
+    return _mixed_objective(trial)
+
+
+def _params(sampler: optuna.samplers.BaseSampler, objective: Any, n_trials: int) -> list[Any]:
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=n_trials)
+    return [(t.params, t.value) for t in study.trials]
+
+
+@pytest.mark.parametrize(
+    ("objective", "kwargs"),
+    [
+        (_mixed_objective, {}),
+        (_mixed_objective, {"fidelity_param": None}),
+        (_pinned_objective, {}),
+        (_constrained_objective, {"fidelity_param": None}),
+    ],
+)
+def test_without_a_fidelity_the_sampler_is_gpsampler(objective: Any, kwargs: Any) -> None:
+    n_trials = 14  # 10 startup trials, then 4 from the GP
+    reference = _params(optuna.samplers.GPSampler(seed=5), objective, n_trials)
+    assert _params(ISBOSampler(seed=5, **kwargs), objective, n_trials) == reference
+
+
+def test_search_at_target_splits_the_cost() -> None:
+    phases = ["startup", "target", "model"]
+    # 10 s of multi-fidelity cost out of 30: a third.
+    assert not search_at_target(phases, [4.0, 20.0, 6.0], "supported", 0.5)
+    assert search_at_target(phases, [4.0, 20.0, 6.0], "supported", 0.3)
+    # Failed checks send every trial to the target search, whatever the split.
+    assert search_at_target(phases, [4.0, 20.0, 6.0], "observed", 1.0)
+    assert not search_at_target(phases, [4.0, 20.0, 6.0], "extrapolate", 1.0)
+    # Only the target search's own trials count for it: an unlabelled trial (an enqueued
+    # one) is the multi-fidelity search's.
+    assert search_at_target([None, "target"], [10.0, 10.0], "supported", 0.4)
+
+
+def _fidelity_objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0.0, 1.0)
+    y = trial.suggest_float("y", 0.0, 1.0)
+    b = trial.suggest_int(FIDELITY, 16, 256, log=True)
+    # Simulated seconds far above any ask, so that the durations never decide the cost.
+    trial.set_user_attr("isbo:cost", 10.0 * (1.0 + 30.0 * (math.log(b / 16) / math.log(16)) ** 2))
+    return (x - 0.3) ** 2 + (y - 0.6) ** 2 + 0.2 * (1.0 - math.log(b / 16) / math.log(16))
+
+
+@pytest.mark.parametrize("mf_cost_fraction", [0.25, 0.5])
+def test_the_multi_fidelity_search_takes_only_its_share_of_the_cost(
+    mf_cost_fraction: float,
+) -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=4, mf_cost_fraction=mf_cost_fraction)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_fidelity_objective, n_trials=22)
+    trials = study.trials
+    phases = [t.user_attrs["isbo:phase"] for t in trials]
+    costs = [trial_cost_seconds(t) for t in trials]
+    assert TARGET_PHASE in phases and "model" in phases
+    for k in range(4, len(trials)):
+        mf_before = sum(c for p, c in zip(phases[:k], costs[:k], strict=True) if p != "target")
+        share = mf_before / sum(costs[:k])
+        if phases[k] == TARGET_PHASE:
+            assert share > mf_cost_fraction
+            assert trials[k].params[FIDELITY] == 256
+        else:
+            assert share <= mf_cost_fraction
+    # The target search never takes so much that the multi-fidelity search falls far behind
+    # its share: one target trial at most overshoots it.
+    mf_total = sum(c for p, c in zip(phases, costs, strict=True) if p != "target")
+    assert mf_total >= mf_cost_fraction * sum(costs) - max(costs)
+
+
+def _fails_near_the_optimum(trial: optuna.Trial, with_fidelity: bool) -> float:
+    x = trial.suggest_float("x", 0.0, 1.0)
+    y = trial.suggest_float("y", 0.0, 1.0)
+    if with_fidelity:
+        b = trial.suggest_int(FIDELITY, 16, 256, log=True)
+        trial.set_user_attr("isbo:cost", 10.0 * b / 16)
+    if abs(x - 0.3) < 0.1 and abs(y - 0.6) < 0.1:
+        raise RuntimeError("out of memory")  # the best region cannot be run at all
+    return (x - 0.3) ** 2 + (y - 0.6) ** 2
+
+
+@pytest.mark.parametrize("with_fidelity", [False, True])
+def test_a_failed_configuration_is_not_proposed_again(with_fidelity: bool) -> None:
+    """A deterministic acquisition that forgot a failure would propose it again and again."""
+    sampler = ISBOSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(
+        lambda t: _fails_near_the_optimum(t, with_fidelity), n_trials=24, catch=(RuntimeError,)
+    )
+    failed = [t.params for t in study.trials if t.state == TrialState.FAIL]
+    for i, a in enumerate(failed):
+        for b in failed[:i]:
+            assert abs(a["x"] - b["x"]) + abs(a["y"] - b["y"]) > 2e-3, (a, b)
+    # Most trials still run: the region that fails is left after a few tries.
+    assert len(failed) <= 8
