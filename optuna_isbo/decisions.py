@@ -12,10 +12,12 @@ r"""The sampler's decisions: which search proposes a trial, what to verify, what
 
 :func:`search_at_target` splits the cost between them. The multi-fidelity search (its startup
 design, its model-chosen trials and its verifications) proposes the next trial while it has
-spent at most ``rho`` (``mf_cost_fraction``) of the cost so far; otherwise the target search
-does. Where the fidelity has failed its checks (the model's predictions at the target missed by
-more than their stated uncertainty, :mod:`optuna_isbo.recommendation`), the cheap fidelities
-misled the model and the target search proposes every trial. The split is a hedge, not a bet:
+spent at most its share of the cost so far; otherwise the target search does. The share
+(:func:`mf_share`) is ``rho`` (``mf_cost_fraction``) until verifications have tested the
+model's predictions at the target; while they pass, it grows towards 0.8, and where they
+failed (the predictions missed by more than their stated uncertainty,
+:mod:`optuna_isbo.recommendation`) the cheap fidelities misled the model, the share is 0 and
+the target search proposes every trial. The split is a hedge, not a bet:
 a cheap fidelity that predicts the target gives the target search scouted configurations at a
 fraction of their price; one that misleads costs at most ``rho`` of the budget before the
 checks stop it.
@@ -44,13 +46,37 @@ from optuna_isbo.search_space import SearchSpace
 ATTR_PREFIX = "isbo:"
 #: ``isbo:phase`` of the trials proposed by the target search.
 TARGET_PHASE = "target"
+#: The largest share of the cost the multi-fidelity search takes once its checks have passed.
+TRUSTED_MF_COST_FRACTION = 0.8
+
+
+def mf_share(rule: rec.Rule, n_checks: int, mf_cost_fraction: float) -> float:
+    r"""The share of the cost the multi-fidelity search may take, given the checks so far.
+
+    ``rho`` (``mf_cost_fraction``) until the verifications say something. Each verification
+    is a held-out test of what the cheap runs predict at the target; while they pass (rule
+    ``"extrapolate"``), the share grows with their number ``k`` towards ``max(rho, 0.8)``,
+
+    .. math::
+
+        \rho_k = \rho + (\max(\rho, 0.8) - \rho)\,(1 - 2^{-k}),
+
+    so the target search keeps a fifth of the cost however well the cheap runs predicted.
+    Once they failed (rule ``"observed"``) the share is 0: the target search proposes every
+    trial.
+    """
+    if rule == "observed":
+        return 0.0
+    if rule == "extrapolate":
+        trusted = max(mf_cost_fraction, TRUSTED_MF_COST_FRACTION)
+        return mf_cost_fraction + (trusted - mf_cost_fraction) * (1.0 - 0.5**n_checks)
+    return mf_cost_fraction
 
 
 def search_at_target(
     phases: Sequence[object],
     cost_seconds: Sequence[float],
-    rule: rec.Rule,
-    mf_cost_fraction: float,
+    share: float,
 ) -> bool:
     """Whether the target search proposes the next trial.
 
@@ -60,23 +86,18 @@ def search_at_target(
         ``isbo:phase`` of each completed trial (``None`` where absent).
     cost_seconds
         Cost of each completed trial, in seconds.
-    rule
-        The recommendation rule set by the checks so far
-        (:func:`~optuna_isbo.recommendation.recommendation_rule`).
-    mf_cost_fraction
-        ``rho``: the share of the cost the multi-fidelity search may take.
+    share
+        The share of the cost the multi-fidelity search may take (:func:`mf_share`).
 
     Returns
     -------
     bool
-        ``True`` when the checks failed (rule ``"observed"``), or when the trials not proposed
-        by the target search cost more than ``rho`` of the total.
+        ``True`` when the trials not proposed by the target search cost more than ``share``
+        of the total (always when ``share`` is 0).
     """
-    if rule == "observed":
-        return True
     total = float(sum(cost_seconds))
     mf = float(sum(c for p, c in zip(phases, cost_seconds, strict=True) if p != TARGET_PHASE))
-    return mf > mf_cost_fraction * total
+    return share <= 0.0 or mf > share * total
 
 
 def verification_candidate(

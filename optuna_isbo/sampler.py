@@ -44,6 +44,7 @@ from optuna_isbo.decisions import (
     calibration_checks,
     choose_recommendation,
     feasibility_of_configurations,
+    mf_share,
     model_inputs,
     search_at_target,
     target_posterior,
@@ -142,8 +143,11 @@ class ISBOSampler(BaseSampler):
         on them would otherwise never check the one it recommends. 0 turns verification off.
         Unused without a fidelity.
     mf_cost_fraction
-        Largest share of the cost that the multi-fidelity search (the startup design, its
-        model-chosen trials and its verifications) may take; the target search, Optuna's
+        Share of the cost that the multi-fidelity search (the startup design, its
+        model-chosen trials and its verifications) may take until its verifications have
+        tested it; while they pass, the share grows towards 0.8 (towards 1 for
+        ``mf_cost_fraction=1``), and once they fail it is 0
+        (:func:`optuna_isbo.decisions.mf_share`). The target search, Optuna's
         ``GPSampler`` on the trials evaluated at the target (:mod:`optuna_isbo.target_search`),
         proposes every other trial (``isbo:phase`` is ``"target"``). The target search is
         therefore never starved: at worst the study is ``GPSampler`` at ``1 - rho`` of the
@@ -678,12 +682,11 @@ class ISBOSampler(BaseSampler):
         """
         if self._prior is not None:
             return False
-        _, _, rule = calibration_checks(completed, study)
+        _, n_checks, rule = calibration_checks(completed, study)
         return search_at_target(
             [t.user_attrs.get(ATTR_PREFIX + "phase") for t in completed],
             [trial_cost_seconds(t, self._cost_attr) for t in completed],
-            rule,
-            self._mf_cost_fraction,
+            mf_share(rule, n_checks, self._mf_cost_fraction),
         )
 
     def _target_params(

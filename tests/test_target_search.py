@@ -12,11 +12,12 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
 
 from optuna_isbo import ISBOSampler
 from optuna_isbo.cost import trial_cost_seconds
-from optuna_isbo.decisions import TARGET_PHASE, search_at_target
+from optuna_isbo.decisions import TARGET_PHASE, mf_share, search_at_target
 
 FIDELITY = "super_batch_size"
 
@@ -66,14 +67,26 @@ def test_without_a_fidelity_the_sampler_is_gpsampler(objective: Any, kwargs: Any
 def test_search_at_target_splits_the_cost() -> None:
     phases = ["startup", "target", "model"]
     # 10 s of multi-fidelity cost out of 30: a third.
-    assert not search_at_target(phases, [4.0, 20.0, 6.0], "supported", 0.5)
-    assert search_at_target(phases, [4.0, 20.0, 6.0], "supported", 0.3)
-    # Failed checks send every trial to the target search, whatever the split.
-    assert search_at_target(phases, [4.0, 20.0, 6.0], "observed", 1.0)
-    assert not search_at_target(phases, [4.0, 20.0, 6.0], "extrapolate", 1.0)
+    assert not search_at_target(phases, [4.0, 20.0, 6.0], 0.5)
+    assert search_at_target(phases, [4.0, 20.0, 6.0], 0.3)
+    assert search_at_target(phases, [4.0, 20.0, 6.0], 0.0)
     # Only the target search's own trials count for it: an unlabelled trial (an enqueued
     # one) is the multi-fidelity search's.
-    assert search_at_target([None, "target"], [10.0, 10.0], "supported", 0.4)
+    assert search_at_target([None, "target"], [10.0, 10.0], 0.4)
+
+
+def test_the_share_follows_the_checks() -> None:
+    # Untested: rho. Failed checks: nothing. Passed checks: towards 0.8, halving the gap
+    # with each one.
+    assert mf_share("supported", 0, 0.5) == 0.5
+    assert mf_share("supported", 1, 0.5) == 0.5  # one failed check decides nothing yet
+    assert mf_share("observed", 2, 1.0) == 0.0
+    assert mf_share("extrapolate", 1, 0.5) == pytest.approx(0.65)
+    assert mf_share("extrapolate", 2, 0.5) == pytest.approx(0.725)
+    assert mf_share("extrapolate", 30, 0.5) == pytest.approx(0.8)
+    # A user's larger or smaller rho is kept where it is beyond 0.8, or grows from it.
+    assert mf_share("extrapolate", 3, 1.0) == 1.0
+    assert mf_share("extrapolate", 1, 0.0) == pytest.approx(0.4)
 
 
 def _fidelity_objective(trial: optuna.Trial) -> float:
@@ -89,7 +102,10 @@ def _fidelity_objective(trial: optuna.Trial) -> float:
 def test_the_multi_fidelity_search_takes_only_its_share_of_the_cost(
     mf_cost_fraction: float,
 ) -> None:
-    sampler = ISBOSampler(seed=0, n_startup_trials=4, mf_cost_fraction=mf_cost_fraction)
+    # Without verifications the share stays at ``mf_cost_fraction`` (``mf_share``).
+    sampler = ISBOSampler(
+        seed=0, n_startup_trials=4, mf_cost_fraction=mf_cost_fraction, verify_cost_fraction=0.0
+    )
     study = optuna.create_study(sampler=sampler)
     study.optimize(_fidelity_objective, n_trials=22)
     trials = study.trials
@@ -135,3 +151,63 @@ def test_a_failed_configuration_is_not_proposed_again(with_fidelity: bool) -> No
             assert abs(a["x"] - b["x"]) + abs(a["y"] - b["y"]) > 2e-3, (a, b)
     # Most trials still run: the region that fails is left after a few tries.
     assert len(failed) <= 8
+
+
+_POOR, _GOOD = (0.1, 0.1), (0.75, 0.7)
+
+
+def _two_basins(x: float, y: float) -> float:
+    """A poor basin (0.35 at ``_POOR``) and a good one (0.10 at ``_GOOD``) at the target."""
+    poor = 0.35 + 2.0 * ((x - _POOR[0]) ** 2 + (y - _POOR[1]) ** 2)
+    good = 0.10 + 3.0 * ((x - _GOOD[0]) ** 2 + (y - _GOOD[1]) ** 2)
+    return min(poor, good, 1.0)
+
+
+def test_after_failed_checks_the_search_leaves_a_poor_basin() -> None:
+    """The collapse of an epoch-1 fidelity that misleads (LCBench task 167184): the cheap runs
+    favour the poor basin, the verifications there missed, and every target run so far sits
+    in it. The target search must still find the good basin, as GPSampler finds it from its
+    own start; a search that only refines around its target runs stays in the poor one."""
+    dists = {"x": FloatDistribution(0.0, 1.0), "y": FloatDistribution(0.0, 1.0)}
+    dists[FIDELITY] = IntDistribution(16, 256, log=True)
+    study = optuna.create_study(sampler=ISBOSampler(seed=0))
+    grid = [(i / 4 + 0.1, j / 4 + 0.1) for i in range(4) for j in range(4)]
+    for x, y in grid:  # cheap runs: the poor basin looks best by far
+        cheap = _two_basins(x, y) - 0.6 * math.exp(-4.0 * ((x - 0.1) ** 2 + (y - 0.1) ** 2))
+        study.add_trial(
+            create_trial(
+                value=cheap,
+                params={"x": x, "y": y, FIDELITY: 16},
+                distributions=dists,
+                user_attrs={"isbo:cost": 10.0},
+            )
+        )
+    for k, (x, y) in enumerate([(0.1, 0.1), (0.12, 0.08), (0.05, 0.15), (0.2, 0.1)]):
+        attrs: dict[str, Any] = {"isbo:cost": 160.0}
+        if k < 2:  # two verifications that missed by 8 stated standard deviations
+            attrs |= {
+                "isbo:phase": "verify",
+                "isbo:predicted_value_at_target": _two_basins(x, y) - 0.08,
+                "isbo:predicted_std_at_target": 0.01,
+            }
+        study.add_trial(
+            create_trial(
+                value=_two_basins(x, y),
+                params={"x": x, "y": y, FIDELITY: 256},
+                distributions=dists,
+                user_attrs=attrs,
+            )
+        )
+
+    def objective(trial: optuna.Trial) -> float:
+        x, y = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("y", 0.0, 1.0)
+        b = trial.suggest_int(FIDELITY, 16, 256, log=True)
+        trial.set_user_attr("isbo:cost", 10.0 * b / 16)
+        return _two_basins(x, y) if b == 256 else _two_basins(x, y) - 0.3
+
+    study.optimize(objective, n_trials=10)
+    new = study.trials[20:]
+    assert all(t.user_attrs["isbo:phase"] == "target" for t in new)
+    assert min(_two_basins(t.params["x"], t.params["y"]) for t in new) < 0.3
+    recommended = study.sampler.recommend(study)  # type: ignore[attr-defined]
+    assert _two_basins(recommended["x"], recommended["y"]) < 0.3
