@@ -295,6 +295,14 @@ class ISBOSampler(BaseSampler):
         if self._fidelity_param is not None:
             with_fidelity = [t for t in trials if self._fidelity_param in t.params]
             trials = with_fidelity or trials
+            ranges = {t.distributions[self._fidelity_param] for t in with_fidelity}
+            if len(ranges) > 1:
+                raise ValueError(
+                    f"The fidelity parameter {self._fidelity_param!r} changed its distribution "
+                    f"during the study ({', '.join(sorted(map(str, ranges)))}). ISBOSampler "
+                    "models one fidelity range per study, whose upper end is the target: keep "
+                    "the range, or start a new study for the new one."
+                )
         return {
             name: dist
             for name, dist in intersection_search_space(trials).items()
@@ -374,6 +382,12 @@ class ISBOSampler(BaseSampler):
                 )
                 params = self._startup_params(space, trial.number, completed)
                 attrs = {"phase": "fallback"}
+        fixed = trial.system_attrs.get("fixed_params") or {}
+        if fixed.keys() & params.keys():
+            # ``enqueue_trial`` fixed some parameters: the trial runs those, not the proposal,
+            # so it is labelled for what it runs and never counts as a verification.
+            params = {**params, **{k: v for k, v in fixed.items() if k in params}}
+            attrs = {"phase": "enqueued"}
         if space.fidelity_param is not None:
             attrs["fidelity"] = params[space.fidelity_param]
         _write_attrs(study, trial, attrs, params)

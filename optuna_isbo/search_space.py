@@ -162,7 +162,10 @@ def _grid_value(distribution: BaseDistribution, index: int) -> float | int:
     assert isinstance(distribution, (FloatDistribution, IntDistribution))
     assert distribution.step is not None
     if isinstance(distribution, IntDistribution):
-        return distribution.low + index * distribution.step
+        # The index comes from float arithmetic, which past 2**53 may land one step beyond.
+        return min(
+            max(distribution.low + index * distribution.step, distribution.low), distribution.high
+        )
     value = float(
         decimal.Decimal(str(distribution.low)) + index * decimal.Decimal(str(distribution.step))
     )
