@@ -556,6 +556,37 @@ def minimize_lbfgsb(
     return res.x, loss if math.isfinite(loss) and loss < _INFEASIBLE_LOSS else math.inf
 
 
+def tame_outliers(y: torch.Tensor, bad: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Values to model, with the bad extremes pulled in: ``(n,)``, minimization.
+
+    One diverged run reported at its actual loss (``1e6`` among errors below 1) would set the
+    scale of the standardized values and flatten the GP everywhere else. Values above the
+    fence :math:`q_{75} + 5 (q_{75} - q_{25})` of the others are set to the fence (Tukey's
+    far-out fence, widened), and the runs marked in ``bad`` (``isbo:diverged``) to the worst
+    remaining value: such a run says "at least as bad as anything seen", not how bad. Good
+    values are never changed, so the ranking of the best configurations is kept; with fewer
+    than 4 values only ``bad`` is applied.
+
+    Parameters
+    ----------
+    y
+        ``(n,)`` finite values (lower is better).
+    bad
+        ``(n,)`` mask of runs known to have failed, or ``None``.
+    """
+    y = y.to(torch.float64)
+    bad = torch.zeros_like(y, dtype=torch.bool) if bad is None else bad
+    good = y[~bad]
+    if good.numel() >= 4:
+        q25, q75 = torch.quantile(good, torch.tensor([0.25, 0.75], dtype=y.dtype))
+        spread = q75 - q25
+        if bool(spread > 0):
+            y = torch.minimum(y, q75 + 5.0 * spread)
+    if bool(bad.any()) and bool((~bad).any()):
+        y = torch.where(bad, y[~bad].max(), y)
+    return y
+
+
 def standardize(y: torch.Tensor) -> tuple[torch.Tensor, float, float]:
     """Standardize values without overflow: ``y = shift + scale * z``.
 

@@ -51,7 +51,14 @@ from optuna_isbo.decisions import (
     verification_candidate,
 )
 from optuna_isbo.meta import GPPrior
-from optuna_isbo.model import CostModel, GPParams, fit_cost_model, fit_gp, standardize
+from optuna_isbo.model import (
+    CostModel,
+    GPParams,
+    fit_cost_model,
+    fit_gp,
+    standardize,
+    tame_outliers,
+)
 from optuna_isbo.optim import maximize_acquisition, perturb
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import SearchSpace
@@ -327,7 +334,9 @@ class ISBOSampler(BaseSampler):
             # No fidelity: the search is the target search, Optuna's GPSampler (an empty result
             # during its startup sends every parameter to ``sample_independent``).
             usable = {t.number for t in completed}
-            view = target_search.TargetView(study, lambda t: t.number in usable, marks)
+            view = target_search.TargetView(
+                study, lambda t: t.number in usable, marks, _tamed_values(completed, study)
+            )
             with self._lock:
                 params = target_search.sample_at_target(self._target, view, trial, search_space)
             if params:
@@ -650,6 +659,7 @@ class ISBOSampler(BaseSampler):
         inputs = model_inputs(space, X, s)
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
         y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
+        y = tame_outliers(y, torch.tensor([not _ran_in_full(t) for t in completed]))
         if self._prior is not None:
             self._prior.check_search_space(
                 space.distributions, space.fidelity_param, target_fidelity=space.target_fidelity
@@ -728,7 +738,10 @@ class ISBOSampler(BaseSampler):
         x_space = {name: d for name, d in search_space.items() if name != fidelity}
         params: dict[str, Any] = {}
         if x_space:
-            view = target_search.TargetView(study, lambda t: t.number in at_target, marks)
+            observed = [t for t in completed if t.number in at_target]
+            view = target_search.TargetView(
+                study, lambda t: t.number in at_target, marks, _tamed_values(observed, study)
+            )
             params = target_search.sample_at_target(self._target, view, trial, x_space)
         if not params:
             with _on_cpu():
@@ -878,6 +891,23 @@ def _on_cpu() -> contextlib.AbstractContextManager[Any]:
     if torch.get_default_device().type == "cpu":
         return contextlib.nullcontext()
     return torch.device("cpu")
+
+
+def _tamed_values(completed: list[FrozenTrial], study: Study) -> dict[int, float]:
+    """Values, by trial number, that :func:`~optuna_isbo.model.tame_outliers` changed.
+
+    In the study's units and direction; diverged runs (``isbo:diverged``) count as bad.
+    """
+    if not completed:
+        return {}
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    y = torch.tensor([sign * float(t.values[0]) for t in completed], dtype=torch.float64)
+    tamed = tame_outliers(y, torch.tensor([not _ran_in_full(t) for t in completed]))
+    return {
+        t.number: sign * float(v)
+        for t, v, old in zip(completed, tamed.tolist(), y.tolist(), strict=True)
+        if v != old
+    }
 
 
 def _finite_completed_trials(study: Study) -> list[FrozenTrial]:

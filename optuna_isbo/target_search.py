@@ -53,6 +53,9 @@ class TargetView:
         Predicate on a completed trial: whether it is an observation for the target search.
     marks
         Finished trials that must not be proposed again (see the module docstring).
+    values
+        Values, by trial number, that replace the observed ones (the model's tamed outliers,
+        :func:`optuna_isbo.model.tame_outliers`).
     """
 
     def __init__(
@@ -60,10 +63,12 @@ class TargetView:
         study: Study,
         keep: Callable[[FrozenTrial], bool],
         marks: Sequence[FrozenTrial] = (),
+        values: dict[int, float] | None = None,
     ) -> None:
         self._study = study
         self._keep = keep
         self._marks = list(marks)
+        self._values = values or {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -75,10 +80,21 @@ class TargetView:
         use_cache: bool = False,
     ) -> list[FrozenTrial]:
         everything = self._study._get_trials(deepcopy=deepcopy, use_cache=use_cache)
-        observed = [t for t in everything if t.state == TrialState.COMPLETE and self._keep(t)]
+        observed = [
+            self._with_value(t)
+            for t in everything
+            if t.state == TrialState.COMPLETE and self._keep(t)
+        ]
         listed = observed + [t for t in everything if t.state == TrialState.RUNNING]
         listed += [self._listed_mark(t, observed) for t in self._marks]
         return [t for t in listed if states is None or t.state in states]
+
+    def _with_value(self, trial: FrozenTrial) -> FrozenTrial:
+        if trial.number not in self._values:
+            return trial
+        listed = copy.copy(trial)
+        listed.values = [self._values[trial.number]]
+        return listed
 
     def _listed_mark(self, trial: FrozenTrial, observed: list[FrozenTrial]) -> FrozenTrial:
         """``trial`` completed at the worst observed value, or else running (pending)."""

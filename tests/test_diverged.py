@@ -182,3 +182,29 @@ def test_digits_cnn_completes_a_diverged_trial_at_the_worst_error(
     with pytest.raises(digits_cnn.TrainingDiverged, match="diverged at step") as info:
         digits_cnn.train({**params, digits_cnn.FIDELITY: 32}, splits, seed=0, n_steps=50)
     assert isinstance(info.value, optuna.TrialPruned)
+
+
+@pytest.mark.parametrize(("loss", "marked"), [(1e6, True), (1e12, True), (1e12, False)])
+def test_a_diverged_run_at_its_actual_loss_does_not_wreck_the_model(
+    loss: float, marked: bool
+) -> None:
+    """A practitioner reports the loss the run ended at: one extreme value must not flatten
+    the GP. The reference is the same study with the diverged runs reported at 1.0."""
+
+    def at_actual_loss(trial: optuna.Trial) -> float:
+        value = synthetic_training(trial)
+        if trial.user_attrs.get("isbo:diverged"):
+            if not marked:
+                trial.set_user_attr("isbo:diverged", False)
+            return loss
+        return value
+
+    sampler, study, _ = run(at_actual_loss, "mes")
+    assert any(t.value == loss for t in study.trials)
+    recommendation = sampler.recommendation(study)
+    # The objective lies in [0.05, 0.65] below the boundary: the prediction must too, and
+    # the recommendation must be as good as with the diverged runs at 1.0 (whose
+    # recommendation is within half a decade of the optimum, see above).
+    assert 0.0 < recommendation.value < 1.0
+    assert recommendation.std < 0.5
+    assert abs(math.log10(recommendation.params["lr"] / BEST_LR)) < 0.5
