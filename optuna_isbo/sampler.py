@@ -226,6 +226,19 @@ class ISBOSampler(BaseSampler):
     ) -> None:
         if prior is not None and not isinstance(prior, GPPrior):
             raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
+        _check_types(
+            fidelity_param=(fidelity_param, (str, type(None))),
+            cost_attr=(cost_attr, str),
+            n_startup_trials=(n_startup_trials, (int, type(None))),
+            n_fidelities=(n_fidelities, int),
+            seed=(seed, (int, type(None))),
+            target_fidelity=(target_fidelity, (int, float, type(None))),
+            verify_cost_fraction=(verify_cost_fraction, (int, float)),
+            mf_cost_fraction=(mf_cost_fraction, (int, float)),
+            prior_refit_log_sd=(prior_refit_log_sd, (int, float)),
+        )
+        if constraints_func is not None and not callable(constraints_func):
+            raise TypeError("`constraints_func` must be callable or None.")
         if n_startup_trials is None:
             n_startup_trials = 10 if prior is None else 1
         if not (math.isfinite(prior_refit_log_sd) and prior_refit_log_sd >= 0):
@@ -908,6 +921,22 @@ def _tamed_values(completed: list[FrozenTrial], study: Study) -> dict[int, float
         for t, v, old in zip(completed, tamed.tolist(), y.tolist(), strict=True)
         if v != old
     }
+
+
+def _check_types(**arguments: tuple[Any, type | tuple[type, ...]]) -> None:
+    """Raise ``TypeError`` naming the first argument whose value is not of its types.
+
+    NumPy integers and floats count as ``int`` and ``float``; ``bool`` is not a number here.
+    """
+    for name, (value, types) in arguments.items():
+        allowed = types if isinstance(types, tuple) else (types,)
+        if isinstance(value, np.integer):
+            value = int(value)
+        elif isinstance(value, np.floating):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            expected = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise TypeError(f"`{name}` must be {expected}, got {value!r}.")
 
 
 def _finite_completed_trials(study: Study) -> list[FrozenTrial]:

@@ -236,6 +236,30 @@ def test_maximize_recommends_near_the_maximum() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
+        ({"n_fidelities": 2.5}, "n_fidelities"),
+        ({"n_fidelities": True}, "n_fidelities"),
+        ({"n_startup_trials": "10"}, "n_startup_trials"),
+        ({"fidelity_param": 3}, "fidelity_param"),
+        ({"cost_attr": None}, "cost_attr"),
+        ({"seed": 1.5}, "seed"),
+        ({"mf_cost_fraction": "half"}, "mf_cost_fraction"),
+        ({"constraints_func": 3}, "constraints_func"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_refused(kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(TypeError, match=name):
+        ISBOSampler(**kwargs)
+
+
+def test_numpy_numbers_are_accepted_as_arguments() -> None:
+    import numpy as np
+
+    ISBOSampler(n_fidelities=np.int64(4), seed=np.int32(3), mf_cost_fraction=np.float32(0.5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
         ({"acquisition": "foo"}, "acquisition"),
         ({"n_startup_trials": -1}, "n_startup_trials"),
         ({"n_fidelities": 0}, "n_fidelities"),
