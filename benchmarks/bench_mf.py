@@ -150,6 +150,7 @@ from optuna_isbo.recommendation import Recommendation, Rule
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_synthetic import PROBLEMS as SYNTHETIC  # noqa: E402
 from bench_synthetic import load_runs  # noqa: E402
+from harness import run_tasks  # noqa: E402
 
 N_STEPS = "n_steps"
 N_STEPS_HIGH = 128
@@ -1508,31 +1509,18 @@ def main() -> None:
         if has_cost(PROBLEMS[name], cost_model)
         for method in args.methods
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(run: dict[str, Any]) -> None:
-        with args.out.open("a") as fh:
-            fh.write(json.dumps(run) + "\n")
+    def describe(run: dict[str, Any]) -> str:
         n = len(run["cost"])
-        print(
+        return (
             f"seed {run['seed']} {run['problem']:14s} {run['cost_model']:6s} "
             f"{run['method']:13s} trials {n:3d} final regret {run['regret'][-1]:.4g} "
-            f"method {run['sampler_seconds'] / n:.2f} s/trial wall {run['wall_seconds']:.1f} s",
-            flush=True,
+            f"method {run['sampler_seconds'] / n:.2f} s/trial wall {run['wall_seconds']:.1f} s"
         )
 
-    if args.jobs == 1:
-        for task in tasks:
-            write(_task(task))
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker) as pool:
-        futures = [pool.submit(_task, task) for task in tasks]
-        for future in as_completed(futures):
-            write(future.result())
+    run_tasks(
+        _task, tasks, jobs=args.jobs, out=args.out, describe=describe, initializer=_init_worker
+    )
 
 
 if __name__ == "__main__":
