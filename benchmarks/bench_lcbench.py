@@ -277,6 +277,81 @@ def _task(task: tuple[str, str, str, int, float, int]) -> dict[str, Any]:
     )
 
 
+def goals(runs: list[dict[str, Any]], method: str = "isbo-mes") -> dict[str, Any]:
+    """The robust-core goals on LCBench, per task and in total; printed as a table.
+
+    Per task, over the seeds every method has: ``method``'s final median and 90th percentile
+    regret against the best peer's; the cost at which ``method``'s median curve first reaches
+    GPSampler's (``gp-target``) final median, as a share of the budget; the worst seed of
+    ``method`` against random search's median (``random-target``).
+    """
+    tasks = sorted({r["problem"] for r in runs})
+    table: dict[str, Any] = {}
+    print(
+        f"\n### Goals for {method}\n\n| task | {method} median [90th] | best peer median | "
+        "best peer 90th | best median | best 90th | 90th / best peer's | reaches GPSampler's "
+        "final median at | worst seed / random's median |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    for task in tasks:
+        group = [r for r in runs if r["problem"] == task]
+        by: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in group:
+            by.setdefault(r["method"], {})[r["seed"]] = r
+        if method not in by:
+            continue
+        seeds = sorted(set.intersection(*(set(v) for v in by.values())))
+        budget = float(np.median([r["budget_cost"] for r in group]))
+        final = {
+            m: np.array([bench_mf.regret_at(v[s], budget) for s in seeds]) for m, v in by.items()
+        }
+        peers = [m for m in final if m not in (method, "isbo-target")]
+        med = {m: float(np.median(final[m])) for m in final}
+        p90 = {m: float(np.percentile(final[m], 90)) for m in final}
+        best_med = min(med[m] for m in peers)
+        best_p90 = min(p90[m] for m in peers)
+        reach = math.inf
+        if "gp-target" in by:
+            grid = np.linspace(budget / 200, budget, 200)
+            curve = np.median(
+                [[bench_mf.regret_at(by[method][s], c) for c in grid] for s in seeds], axis=0
+            )
+            hits = np.nonzero(curve <= med["gp-target"] + 1e-12)[0]
+            reach = float(grid[hits[0]] / budget) if hits.size else math.inf
+        random_median = med.get("random-target", math.nan)
+        row = {
+            "median": med[method],
+            "p90": p90[method],
+            "best_peer_median": best_med,
+            "best_peer_p90": best_p90,
+            "best_median": med[method] <= best_med,
+            "best_p90": p90[method] <= best_p90,
+            "p90_ratio": p90[method] / best_p90 if best_p90 > 0 else math.inf,
+            "reach_gp_fraction": reach,
+            "worst_over_random_median": float(final[method].max()) / random_median,
+            "seeds": len(seeds),
+        }
+        table[task] = row
+        print(
+            f"| {task} | {row['median']:.4f} [{row['p90']:.4f}] | {best_med:.4f} | "
+            f"{best_p90:.4f} | {'yes' if row['best_median'] else 'no'} | "
+            f"{'yes' if row['best_p90'] else 'no'} | {row['p90_ratio']:.2f} | "
+            f"{row['reach_gp_fraction']:.2f} of the budget | "
+            f"{row['worst_over_random_median']:.2f} |"
+        )
+    n = len(table)
+    print(
+        f"\nBest median on {sum(r['best_median'] for r in table.values())} of {n}; best 90th "
+        f"percentile on {sum(r['best_p90'] for r in table.values())} of {n}; 90th percentile "
+        f"within 1.2x the best peer's on {sum(r['p90_ratio'] <= 1.2 for r in table.values())} "
+        f"of {n}; GPSampler's final median reached in 1/3 of the budget on "
+        f"{sum(r['reach_gp_fraction'] <= 1 / 3 for r in table.values())} of {n}; no seed worse "
+        f"than random's median on "
+        f"{sum(r['worst_over_random_median'] <= 1 for r in table.values())}"
+        f" of {n}."
+    )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(DEV_TASKS))
@@ -291,7 +366,9 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.report:
-        bench_mf.report(bench_mf.load_runs(args.report), args.out_dir)
+        runs = bench_mf.load_runs(args.report)
+        bench_mf.report(runs, args.out_dir)
+        goals(runs)
         return
     folder = data_dir(args.data_dir)
     if not (folder / "model.onnx").exists():

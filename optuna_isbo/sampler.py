@@ -275,8 +275,11 @@ class ISBOSampler(BaseSampler):
         self._prior_refit_log_sd = prior_refit_log_sd
         self._verify_cost_fraction = verify_cost_fraction
         self._mf_cost_fraction = mf_cost_fraction
+        # The target search's startup count: observations at the target before its GP is used
+        # (failed configurations, which its view lists at the worst value, do not count).
+        self._target_startup = max(n_startup_trials, 1)
         self._target = target_search.make_target_sampler(
-            seed, self._independent_sampler, max(n_startup_trials, 1)
+            seed, self._independent_sampler, self._target_startup
         )
         self._lock = threading.Lock()
         self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
@@ -346,6 +349,8 @@ class ISBOSampler(BaseSampler):
         if space.fidelity_param is None and self._prior is None:
             # No fidelity: the search is the target search, Optuna's GPSampler (an empty result
             # during its startup sends every parameter to ``sample_independent``).
+            if len(completed) < self._target_startup:
+                return {}
             usable = {t.number for t in completed}
             view = target_search.TargetView(
                 study, lambda t: t.number in usable, marks, _tamed_values(completed, study)
@@ -750,7 +755,7 @@ class ISBOSampler(BaseSampler):
         }
         x_space = {name: d for name, d in search_space.items() if name != fidelity}
         params: dict[str, Any] = {}
-        if x_space:
+        if x_space and len(at_target) >= self._target_startup:
             observed = [t for t in completed if t.number in at_target]
             view = target_search.TargetView(
                 study, lambda t: t.number in at_target, marks, _tamed_values(observed, study)

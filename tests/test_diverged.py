@@ -14,12 +14,16 @@ i.e. at most 1 trial. With ``acquisition="mes"`` seed 0 (the one tested) puts 0 
 
 What could make this pass for the wrong reason: a smooth error that already steers the model
 away from high learning rates. The optimum therefore sits close to the boundary, and the
-control test runs the same objective without the divergence (the smooth error continues above
-0.2): a sampler that does not learn of the divergence goes there, and the control checks that
-it does. (With the optimum at ``lr = 0.05``, a sampler that models the smooth error closely
-enough never went above 0.2 even when blind, and the control showed nothing.) Pruning the
-diverged runs is no longer a blind control: pruned trials leave a mark too (the target search
-sees them at the worst value observed, the multi-fidelity search as pending points).
+control used to prune the same diverged runs: the sampler then ignored them and put 13 of its
+14 model-based trials above 0.2. Pruned trials now leave a mark (the target search sees them at
+the worst value observed, the multi-fidelity search as pending points), so that control keeps
+the sampler away too (``test_pruned_divergence_also_keeps_the_sampler_away``), and no Optuna
+state is left in which a sampler is blind to the region. Without any divergence (the smooth
+error continuing above 0.2) the current sampler also stays below 0.2 at seed 0 (0 of 15
+model-based trials above it, measured), so this test alone no longer shows that the divergence
+is what keeps it away; the marks are tested directly in ``tests/test_target_search.py``. (An
+error still falling at the boundary, minimum at 0.3, made every sampler probe just above it:
+64 % of the model-based trials, reported divergence or not.)
 
 What may fail: ``acquisition="es"``. The cost model leaves diverged runs out (their truncated
 cost would make the region look cheap), and still ES put 3 of the 15 model-based trials above
@@ -64,16 +68,6 @@ def synthetic_training(trial: optuna.Trial) -> float:
         trial.set_user_attr("isbo:diverged", True)
         return 1.0
     trial.set_user_attr("isbo:cost", full_cost)
-    decades = math.log10(lr / BEST_LR)
-    return 0.05 + 0.5 * (1.0 - math.exp(-0.5 * decades**2)) + 0.1 * (1.0 - s) ** 2
-
-
-def without_divergence(trial: optuna.Trial) -> float:
-    """The same runs had nothing diverged: the smooth error continues above ``DIVERGE_LR``."""
-    lr = trial.suggest_float("lr", *LR_RANGE, log=True)
-    b = trial.suggest_int("super_batch_size", *B_RANGE, log=True)
-    s = math.log(b / B_RANGE[0]) / math.log(B_RANGE[1] / B_RANGE[0])
-    trial.set_user_attr("isbo:cost", 1.0 + 15.0 * b / B_RANGE[1])
     decades = math.log10(lr / BEST_LR)
     return 0.05 + 0.5 * (1.0 - math.exp(-0.5 * decades**2)) + 0.1 * (1.0 - s) ** 2
 
@@ -126,12 +120,6 @@ def test_sampler_moves_away_from_a_region_that_always_diverges(acquisition: str)
     # ... and it found the good region below the boundary
     assert study.best_trial.params["lr"] <= DIVERGE_LR
     assert abs(math.log10(sampler.recommend(study)["lr"] / BEST_LR)) < 0.5, lrs
-
-
-def test_control_without_divergence_the_sampler_goes_above_the_boundary() -> None:
-    _, _, model = run(without_divergence, "mes")
-    lrs = sorted(round(t.params["lr"], 4) for t in model)
-    assert diverged_share(model) > DIVERGED_SHARE, lrs
 
 
 def test_pruned_divergence_also_keeps_the_sampler_away() -> None:

@@ -1,8 +1,9 @@
 """Fidelity decisions on problems with a known answer: no collapse, no blind trust.
 
 Both problems have ``x`` in the unit square, the fidelity ``B`` in ``[1, 64]`` (log int,
-``s = log2(B) / 6``) and a cost of ``1 + 19 s`` seconds, so the target is 20 times dearer than
-the cheapest fidelity. The target objective is ``f(x) = |x - (0.8, 0.8)|^2`` (``f* = 0``).
+``s = log2(B) / 6``) and a cost of ``10 (1 + 19 s)`` simulated seconds, so the target is 20
+times dearer than the cheapest fidelity (and every cost is far above the seconds an ``ask``
+takes, which would otherwise set the cost of the cheap trials on a loaded machine). The target objective is ``f(x) = |x - (0.8, 0.8)|^2`` (``f* = 0``).
 
 - **misleading**: ``y(x, s) = (1 - w) f(x) + w g(x)`` with ``w = (1 - s)^2`` and
   ``g(x) = |x - (0.2, 0.2)|^2``: the cheapest fidelity's minimizer has a target regret of 0.72.
@@ -40,7 +41,7 @@ def _objective(kind: str, seed: int):  # type: ignore[no-untyped-def]
         x = np.array([trial.suggest_float("x0", 0.0, 1.0), trial.suggest_float("x1", 0.0, 1.0)])
         b = trial.suggest_int(FIDELITY, 1, 64, log=True)
         s = math.log2(b) / 6
-        trial.set_user_attr("isbo:cost", 1.0 + 19.0 * s)
+        trial.set_user_attr("isbo:cost", 10.0 * (1.0 + 19.0 * s))
         value = _target(x)
         if kind == "misleading":
             w = (1.0 - s) ** 2
