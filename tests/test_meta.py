@@ -661,15 +661,7 @@ def test_loader_raises_only_value_errors_for_any_misplaced_value(mixed_prior: GP
 def test_load_rejects_huge_integers_and_misplaced_lists(
     tmp_path: Path, mixed_prior: GPPrior, path: tuple[Any, ...], value: Any, fragment: str
 ) -> None:
-    data = mixed_prior.to_dict()
-    target = data
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
-    file = tmp_path / "prior.json"
-    file.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=fragment):
-        GPPrior.load(file)
+    _assert_load_refuses(tmp_path, mixed_prior, path, value, fragment)
 
 
 @pytest.mark.parametrize(
@@ -704,15 +696,7 @@ def test_load_rejects_absurd_finite_numbers(
 ) -> None:
     # Before the fix such a file loaded, and the sampler recommended values like -2.8e295.
     assert abs(mixed_prior.y_shift) > 1e-3 * mixed_prior.y_scale  # y_scale=1e-300 is absurd
-    data = mixed_prior.to_dict()
-    target = data
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
-    file = tmp_path / "prior.json"
-    file.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=fragment):
-        GPPrior.load(file)
+    _assert_load_refuses(tmp_path, mixed_prior, path, value, fragment)
 
 
 def test_ranges_are_checked_on_construction_and_include_their_bounds(
@@ -853,3 +837,18 @@ def test_fit_prior_integer_arguments() -> None:
     ]:
         with pytest.raises(ValueError, match=f"`{name}` must be an integer"):
             fit_prior(studies, fidelity_param=None, mean="mlp", **{name: value})
+
+
+def _assert_load_refuses(
+    tmp_path: Path, prior: GPPrior, path: tuple[Any, ...], value: Any, fragment: str
+) -> None:
+    """Save ``prior`` with the entry at ``path`` set to ``value``; loading must refuse it."""
+    data = prior.to_dict()
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    file = tmp_path / "prior.json"
+    file.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=fragment):
+        GPPrior.load(file)
