@@ -249,7 +249,7 @@ def choose_recommendation(
     if space.fidelity_param is None:
         s = torch.ones(X.shape[0], dtype=torch.float64)
     y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
-    feasibility: float | None = None
+    p_feasible: float | None = None
     if evidence is None:
         eligible = s >= s.max()
         if feasible is not None and bool((eligible & feasible).any()):
@@ -259,20 +259,23 @@ def choose_recommendation(
         value, std = float(trial.values[0]), math.nan
         n_target = int(rec.is_target(s[(X == X[best]).all(dim=1)]).sum())
         if feasible is not None:
-            feasibility = float(feasible[best])
+            p_feasible = float(feasible[best])
     else:
         configs = evidence.configs
         mean = evidence.mean
         observed = rule == "observed" and bool(rec.is_target(s).any())
         if evidence.feasibility is not None:
-            ok = evidence.feasibility >= 0.5
+            feasibility = evidence.feasibility
             if observed or (rule != "extrapolate" and bool((configs.n_target > 0).any())):
-                ok_candidates = ok & (configs.n_target > 0)
+                candidates = configs.n_target > 0
             else:
-                ok_candidates = ok
-            if bool(ok_candidates.any()):
-                mean = torch.where(ok, mean, math.inf)
-                y = torch.where(ok[configs.index], y, math.inf)
+                candidates = torch.ones_like(configs.n_target, dtype=torch.bool)
+            eligible = candidates & (feasibility >= 0.5)
+            if not bool(eligible.any()):  # none is likely feasible: the likeliest ones
+                likeliest = torch.where(candidates, feasibility, -1.0).max()
+                eligible = candidates & (feasibility >= likeliest)
+            mean = torch.where(eligible, mean, math.inf)
+            y = torch.where(eligible[configs.index], y, math.inf)
         if observed:
             k = rec.best_observed_at_target(configs, s, y)
         else:
@@ -287,7 +290,7 @@ def choose_recommendation(
         std = float(evidence.std[k])
         n_target = int(configs.n_target[k])
         if evidence.feasibility is not None:
-            feasibility = float(evidence.feasibility[k])
+            p_feasible = float(evidence.feasibility[k])
     params = dict(trial.params)
     if space.fidelity_param is not None:
         params[space.fidelity_param] = space.unit_to_fidelity(1.0)
@@ -297,7 +300,7 @@ def choose_recommendation(
         std=std,
         trial_number=trial.number,
         n_target_evaluations=n_target,
-        feasibility_probability=feasibility,
+        feasibility_probability=p_feasible,
     )
 
 
