@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_isbo import acquisition as acq
 from optuna_isbo import constraints, target_search
 from optuna_isbo import recommendation as rec
+from optuna_isbo import trials as study_trials
 from optuna_isbo.cost import trial_cost_seconds
 from optuna_isbo.decisions import (
     TARGET_PHASE,
@@ -344,8 +345,8 @@ class ISBOSampler(BaseSampler):
                 search_space, space.fidelity_param, target_fidelity=space.target_fidelity
             )
         trials = study._get_trials(deepcopy=False, states=_LISTED_STATES, use_cache=False)
-        completed = _usable_completed_trials(trials, search_space)
-        marks = _failed_configurations(trials, search_space, space.fidelity_param)
+        completed = study_trials.usable_completed_trials(trials, search_space)
+        marks = study_trials.failed_configurations(trials, search_space, space.fidelity_param)
         if space.fidelity_param is None and self._prior is None:
             # No fidelity: the search is the target search, Optuna's GPSampler (an empty result
             # during its startup sends every parameter to ``sample_independent``).
@@ -353,7 +354,10 @@ class ISBOSampler(BaseSampler):
                 return {}
             usable = {t.number for t in completed}
             view = target_search.TargetView(
-                study, lambda t: t.number in usable, marks, _tamed_values(completed, study)
+                study,
+                lambda t: t.number in usable,
+                marks,
+                study_trials.tamed_values(completed, study),
             )
             with self._lock:
                 params = target_search.sample_at_target(self._target, view, trial, search_space)
@@ -389,7 +393,7 @@ class ISBOSampler(BaseSampler):
                 and (now - t.datetime_start).total_seconds() < _MAX_ASK_SECONDS
                 for t in trials
             )
-            pending_marks = [_mark_params(t, space) for t in marks]
+            pending_marks = [study_trials.mark_params(t, space) for t in marks]
             try:
                 with self._lock, _on_cpu():
                     params, attrs = self._model_params(
@@ -427,7 +431,7 @@ class ISBOSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        completed = _finite_completed_trials(study)
+        completed = study_trials.finite_completed_trials(study)
         in_startup = len(completed) < max(self._n_startup_trials, 1)
         if in_startup and param_name == self._fidelity_param and not param_distribution.single():
             # The very first trials have no joint search space yet; keep them cheap too.
@@ -456,7 +460,7 @@ class ISBOSampler(BaseSampler):
         )
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        if len(_finite_completed_trials(study)) < max(self._n_startup_trials, 1):
+        if len(study_trials.finite_completed_trials(study)) < max(self._n_startup_trials, 1):
             # Also marks the trials sampled before a joint search space exists.
             study._storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + "phase", "startup")
         self._independent_sampler.before_trial(study, trial)
@@ -547,7 +551,7 @@ class ISBOSampler(BaseSampler):
         """The joint search space and the completed trials a recommendation is made from."""
         search_space = self._joint_search_space(study)
         trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        completed = _usable_completed_trials(trials, search_space)
+        completed = study_trials.usable_completed_trials(trials, search_space)
         if not completed:
             raise ValueError("`recommend` needs at least one completed trial with a finite value.")
         return SearchSpace(search_space, self._fidelity_param, self._target_fidelity), completed
@@ -633,7 +637,7 @@ class ISBOSampler(BaseSampler):
         observed = [
             (space.fidelity_to_unit(t.params[name]), trial_cost_seconds(t, self._cost_attr))
             for t in completed
-            if name in t.params and _ran_in_full(t)
+            if name in t.params and study_trials.ran_in_full(t)
         ]
         with _on_cpu():
             engine = torch.quasirandom.SobolEngine(1, scramble=True, seed=self._seed + 1)
@@ -677,7 +681,7 @@ class ISBOSampler(BaseSampler):
         inputs = model_inputs(space, X, s)
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
         y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
-        y = tame_outliers(y, torch.tensor([not _ran_in_full(t) for t in completed]))
+        y = tame_outliers(y, torch.tensor([not study_trials.ran_in_full(t) for t in completed]))
         if self._prior is not None:
             self._prior.check_search_space(
                 space.distributions, space.fidelity_param, target_fidelity=space.target_fidelity
@@ -758,7 +762,10 @@ class ISBOSampler(BaseSampler):
         if x_space and len(at_target) >= self._target_startup:
             observed = [t for t in completed if t.number in at_target]
             view = target_search.TargetView(
-                study, lambda t: t.number in at_target, marks, _tamed_values(observed, study)
+                study,
+                lambda t: t.number in at_target,
+                marks,
+                study_trials.tamed_values(observed, study),
             )
             params = target_search.sample_at_target(self._target, view, trial, x_space)
         if not params:
@@ -785,7 +792,7 @@ class ISBOSampler(BaseSampler):
         cost_seconds = torch.tensor(
             [trial_cost_seconds(t, self._cost_attr) for t in completed], dtype=torch.float64
         )
-        full_runs = torch.tensor([_ran_in_full(t) for t in completed])
+        full_runs = torch.tensor([study_trials.ran_in_full(t) for t in completed])
         if not bool(full_runs.any()):
             full_runs[:] = True
         cost_model = self._fit_cost(space, cost_seconds[full_runs], inputs[full_runs])
@@ -911,23 +918,6 @@ def _on_cpu() -> contextlib.AbstractContextManager[Any]:
     return torch.device("cpu")
 
 
-def _tamed_values(completed: list[FrozenTrial], study: Study) -> dict[int, float]:
-    """Values, by trial number, that :func:`~optuna_isbo.model.tame_outliers` changed.
-
-    In the study's units and direction; diverged runs (``isbo:diverged``) count as bad.
-    """
-    if not completed:
-        return {}
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    y = torch.tensor([sign * float(t.values[0]) for t in completed], dtype=torch.float64)
-    tamed = tame_outliers(y, torch.tensor([not _ran_in_full(t) for t in completed]))
-    return {
-        t.number: sign * float(v)
-        for t, v, old in zip(completed, tamed.tolist(), y.tolist(), strict=True)
-        if v != old
-    }
-
-
 def _check_types(**arguments: tuple[Any, type | tuple[type, ...]]) -> None:
     """Raise ``TypeError`` naming the first argument whose value is not of its types.
 
@@ -942,74 +932,6 @@ def _check_types(**arguments: tuple[Any, type | tuple[type, ...]]) -> None:
         if isinstance(value, bool) or not isinstance(value, allowed):
             expected = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
             raise TypeError(f"`{name}` must be {expected}, got {value!r}.")
-
-
-def _finite_completed_trials(study: Study) -> list[FrozenTrial]:
-    """The study's completed trials with a finite value: the observations."""
-    trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t for t in trials if t.value is not None and math.isfinite(t.value)]
-
-
-def _failed_configurations(
-    trials: Sequence[FrozenTrial], search_space: dict[str, BaseDistribution], fidelity: str | None
-) -> list[FrozenTrial]:
-    """Finished trials that taught nothing about the objective, but must not be proposed again.
-
-    Failed and pruned trials, trials completed at a non-finite value, and completed trials
-    that returned before suggesting the fidelity (a configuration rejected early), each with
-    every parameter of ``x`` (``search_space`` less the fidelity). They enter the searches as
-    pending points: a deterministic acquisition that forgot them would propose the same
-    failing configuration again.
-    """
-    x_names = search_space.keys() - {fidelity}
-    marks = []
-    for t in trials:
-        if not x_names <= t.params.keys():
-            continue
-        if t.state in (TrialState.FAIL, TrialState.PRUNED):
-            marks.append(t)
-        elif t.state == TrialState.COMPLETE and (
-            t.value is None
-            or not math.isfinite(t.value)
-            or not search_space.keys() <= t.params.keys()
-        ):
-            marks.append(t)
-    return marks
-
-
-def _mark_params(trial: FrozenTrial, space: SearchSpace) -> dict[str, Any]:
-    """Parameters of a failed configuration as a pending point; at the target if it has none."""
-    params = dict(trial.params)
-    if space.fidelity_param is not None:
-        params.setdefault(space.fidelity_param, space.unit_to_fidelity(1.0))
-    return params
-
-
-def _usable_completed_trials(
-    trials: Sequence[FrozenTrial], search_space: dict[str, BaseDistribution]
-) -> list[FrozenTrial]:
-    usable = []
-    for t in trials:
-        if t.state != TrialState.COMPLETE or not search_space.keys() <= t.params.keys():
-            continue
-        if t.value is None or not math.isfinite(t.value):
-            warnings.warn(
-                f"Trial {t.number} has a non-finite value ({t.value}); ISBOSampler ignores it.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            continue
-        usable.append(t)
-    return usable
-
-
-def _ran_in_full(trial: FrozenTrial) -> bool:
-    """Whether a trial's cost is that of a whole run: not one marked ``isbo:diverged``.
-
-    A diverged run stopped early, so its cost says little about what a run there costs, and a
-    cheap-looking region that always fails would attract an acquisition per second.
-    """
-    return trial.user_attrs.get(ATTR_PREFIX + "diverged") is not True
 
 
 def _pending_params(trial: FrozenTrial) -> dict[str, Any]:

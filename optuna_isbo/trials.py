@@ -1,0 +1,108 @@
+"""Which trials count, and as what: observations, marks of failed configurations, costs.
+
+The sampler reads a study's trials through these functions only: the completed trials with a
+finite value are the observations (:func:`usable_completed_trials`); failed, pruned and
+non-finite trials and early returns are marks that must not be proposed again
+(:func:`failed_configurations`); a diverged run's value is the worst other value and its cost
+is not a whole run's (:func:`ran_in_full`, :func:`tamed_values`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from optuna.distributions import BaseDistribution
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_isbo.model import tame_outliers
+from optuna_isbo.search_space import SearchSpace
+
+
+def tamed_values(completed: list[FrozenTrial], study: Study) -> dict[int, float]:
+    """Values, by trial number, that :func:`~optuna_isbo.model.tame_outliers` changed.
+
+    In the study's units and direction; diverged runs (``isbo:diverged``) count as bad.
+    """
+    if not completed:
+        return {}
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    y = torch.tensor([sign * float(t.values[0]) for t in completed], dtype=torch.float64)
+    tamed = tame_outliers(y, torch.tensor([not ran_in_full(t) for t in completed]))
+    return {
+        t.number: sign * float(v)
+        for t, v, old in zip(completed, tamed.tolist(), y.tolist(), strict=True)
+        if v != old
+    }
+
+
+def finite_completed_trials(study: Study) -> list[FrozenTrial]:
+    """The study's completed trials with a finite value: the observations."""
+    trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in trials if t.value is not None and math.isfinite(t.value)]
+
+
+def failed_configurations(
+    trials: Sequence[FrozenTrial], search_space: dict[str, BaseDistribution], fidelity: str | None
+) -> list[FrozenTrial]:
+    """Finished trials that taught nothing about the objective, but must not be proposed again.
+
+    Failed and pruned trials, trials completed at a non-finite value, and completed trials
+    that returned before suggesting the fidelity (a configuration rejected early), each with
+    every parameter of ``x`` (``search_space`` less the fidelity). They enter the searches as
+    pending points: a deterministic acquisition that forgot them would propose the same
+    failing configuration again.
+    """
+    x_names = search_space.keys() - {fidelity}
+    marks = []
+    for t in trials:
+        if not x_names <= t.params.keys():
+            continue
+        if t.state in (TrialState.FAIL, TrialState.PRUNED):
+            marks.append(t)
+        elif t.state == TrialState.COMPLETE and (
+            t.value is None
+            or not math.isfinite(t.value)
+            or not search_space.keys() <= t.params.keys()
+        ):
+            marks.append(t)
+    return marks
+
+
+def mark_params(trial: FrozenTrial, space: SearchSpace) -> dict[str, Any]:
+    """Parameters of a failed configuration as a pending point; at the target if it has none."""
+    params = dict(trial.params)
+    if space.fidelity_param is not None:
+        params.setdefault(space.fidelity_param, space.unit_to_fidelity(1.0))
+    return params
+
+
+def usable_completed_trials(
+    trials: Sequence[FrozenTrial], search_space: dict[str, BaseDistribution]
+) -> list[FrozenTrial]:
+    usable = []
+    for t in trials:
+        if t.state != TrialState.COMPLETE or not search_space.keys() <= t.params.keys():
+            continue
+        if t.value is None or not math.isfinite(t.value):
+            warnings.warn(
+                f"Trial {t.number} has a non-finite value ({t.value}); ISBOSampler ignores it.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            continue
+        usable.append(t)
+    return usable
+
+
+def ran_in_full(trial: FrozenTrial) -> bool:
+    """Whether a trial's cost is that of a whole run: not one marked ``isbo:diverged``.
+
+    A diverged run stopped early, so its cost says little about what a run there costs, and a
+    cheap-looking region that always fails would attract an acquisition per second.
+    """
+    return trial.user_attrs.get("isbo:diverged") is not True
