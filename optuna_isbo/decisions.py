@@ -264,6 +264,7 @@ def choose_recommendation(
         configs = evidence.configs
         mean = evidence.mean
         observed = rule == "observed" and bool(rec.is_target(s).any())
+        extrapolate = rule == "extrapolate"
         if evidence.feasibility is not None:
             feasibility = evidence.feasibility
             if observed or (rule != "extrapolate" and bool((configs.n_target > 0).any())):
@@ -271,17 +272,20 @@ def choose_recommendation(
             else:
                 candidates = torch.ones_like(configs.n_target, dtype=torch.bool)
             eligible = candidates & (feasibility >= 0.5)
-            if not bool(eligible.any()):  # none is likely feasible: the likeliest ones
-                likeliest = torch.where(candidates, feasibility, -1.0).max()
-                eligible = candidates & (feasibility >= likeliest)
+            if not bool(eligible.any()):
+                # No candidate is likely feasible: a configuration known from cheap runs that
+                # is likely feasible at the target beats one seen infeasible there, ranked by
+                # the model; failing that, the likeliest configurations.
+                observed, extrapolate = False, True
+                eligible = feasibility >= 0.5
+                if not bool(eligible.any()):
+                    eligible = feasibility >= feasibility.max()
             mean = torch.where(eligible, mean, math.inf)
             y = torch.where(eligible[configs.index], y, math.inf)
         if observed:
             k = rec.best_observed_at_target(configs, s, y)
         else:
-            k = rec.choose_supported(
-                mean, evidence.std, configs.n_target, extrapolate=rule == "extrapolate"
-            )
+            k = rec.choose_supported(mean, evidence.std, configs.n_target, extrapolate=extrapolate)
         # The posterior mean, not the observed value: the best of several noisy target values
         # is biased low, and the posterior's standard deviation is about the latent value.
         value = sign * float(evidence.mean[k])

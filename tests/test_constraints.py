@@ -113,3 +113,26 @@ def test_infinite_constraint_values_are_clipped_with_a_warning() -> None:
 def test_missing_constraint_values_count_as_unknown() -> None:
     C = torch.tensor([[math.nan, 1.0], [-1.0, math.nan]], dtype=torch.float64)
     assert observed_feasible(C).tolist() == [False, True]
+
+
+def test_a_likely_feasible_configuration_beats_one_seen_infeasible_at_the_target() -> None:
+    """Right after startup the only target evaluation may be infeasible: the recommendation is
+    then a configuration known from cheap runs that the constraint model expects feasible."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=0)
+    study = optuna.create_study(sampler=sampler)
+    dists = {"x": FloatDistribution(0.0, 1.0), FIDELITY: IntDistribution(16, 256, log=True)}
+    rows = [(0.9, 256, -1.0), (0.1, 16, 0.2), (0.2, 16, 0.3), (0.3, 16, 0.4), (0.8, 16, -0.9)]
+    for x, b, value in rows:
+        trial = create_trial(
+            value=value,
+            params={"x": x, FIDELITY: b},
+            distributions=dists,
+            system_attrs={"constraints:c": x - 0.5},  # feasible iff x <= 0.5
+        )
+        study.add_trial(trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        recommendation = sampler.recommendation(study)
+    assert recommendation.params["x"] <= 0.5
+    assert recommendation.feasibility_probability is not None
+    assert recommendation.feasibility_probability >= 0.5
