@@ -158,8 +158,9 @@ class ISBOSampler(BaseSampler):
         (:func:`optuna_isbo.decisions.mf_share`). The target search, Optuna's
         ``GPSampler`` on the trials evaluated at the target (:mod:`optuna_isbo.target_search`),
         proposes every other trial (``isbo:phase`` is ``"target"``). The target search is
-        therefore never starved: at worst the study is ``GPSampler`` at ``1 - rho`` of the
-        budget, and the target evaluations that the multi-fidelity search buys feed it too
+        therefore never starved: until verifications vouch for the cheap runs the study is at
+        worst ``GPSampler`` at ``1 - rho`` of the budget, afterwards at no less than a fifth of
+        it, and the target evaluations that the multi-fidelity search buys feed it too
         (:mod:`optuna_isbo.decisions`). 1 lets the multi-fidelity search decide every trial,
         0 leaves it the startup design only. Unused without a fidelity (the search is then the
         target search alone) and with a ``prior`` (the multi-fidelity search, which uses it,
@@ -170,12 +171,14 @@ class ISBOSampler(BaseSampler):
     - Without a fidelity parameter (``fidelity_param=None``, a fidelity the objective pins, or
       one it never suggests), and without a ``prior``, the sampler is Optuna's ``GPSampler``
       seeded with ``seed``: the same proposals, its constraint handling
-      (``trial.set_constraint``) included, except that failed configurations (below) are
-      pending points instead of being forgotten.
+      (``trial.set_constraint``) included, except that failed configurations (below) leave a
+      mark instead of being forgotten and outlying values are tamed
+      (:func:`optuna_isbo.model.tame_outliers`).
     - Only ``COMPLETE`` trials with a finite value are data; infinite values are ignored with
       a warning. Failed and pruned trials, trials completed at an infinite value and trials
-      that returned before suggesting the fidelity enter both searches as pending points that
-      never resolve, so that the next proposals move away from them. Report a training run that
+      that returned before suggesting the fidelity leave a mark, so that the next proposals
+      move away from them: the target search sees them at the worst value observed so far,
+      the multi-fidelity search as pending points that never resolve. Report a training run that
       diverged as a completed trial at the worst value with the user attribute
       ``isbo:diverged`` set to ``True``: the objective model then learns that the region is
       bad, and the cost model leaves out its truncated cost.
