@@ -26,6 +26,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -38,49 +39,115 @@ from optuna.distributions import (
 
 from optuna_isbo import ISBOSampler
 
-DISTRIBUTIONS: dict[str, BaseDistribution] = {
-    "lr": FloatDistribution(1e-4, 1.0, log=True),
-    "momentum": FloatDistribution(0.0, 0.99),
-    "dropout": FloatDistribution(0.0, 0.5, step=0.05),
-    "width": IntDistribution(8, 256, log=True),
-    "activation": CategoricalDistribution(["relu", "tanh", "gelu"]),
-    "super_batch_size": IntDistribution(32, 4096, log=True),
-}
+FIDELITY = "super_batch_size"
+FIDELITY_DISTRIBUTION = IntDistribution(32, 4096, log=True)
+# The share of the filled trials run at the target fidelity and labelled as the target
+# search's; the others are spread over the fidelity range and labelled as the model's.
+TARGET_SHARE = 1 / 3
+
+
+def search_space(n_params: int) -> dict[str, BaseDistribution]:
+    """``n_params`` hyperparameters plus the fidelity.
+
+    Of every ten parameters six are floats (one with a step), one a log-float, two integers
+    (one log) and one categorical, as in a network's tuning space; fewer than ten take the
+    first ``n_params`` of that pattern in the order log-float, float, stepped float, log-int,
+    categorical, int, float, ...
+    """
+    pattern: list[tuple[str, BaseDistribution]] = [
+        ("lr", FloatDistribution(1e-4, 1.0, log=True)),
+        ("momentum", FloatDistribution(0.0, 0.99)),
+        ("dropout", FloatDistribution(0.0, 0.5, step=0.05)),
+        ("width", IntDistribution(8, 256, log=True)),
+        ("activation", CategoricalDistribution(["relu", "tanh", "gelu"])),
+        ("depth", IntDistribution(1, 8)),
+        ("wd", FloatDistribution(0.0, 0.1)),
+        ("beta", FloatDistribution(0.5, 0.999)),
+        ("warmup", FloatDistribution(0.0, 0.3)),
+        ("smoothing", FloatDistribution(0.0, 0.2)),
+    ]
+    space: dict[str, BaseDistribution] = {}
+    for i in range(n_params):
+        name, dist = pattern[i % len(pattern)]
+        space[name if i < len(pattern) else f"{name}_{i // len(pattern)}"] = dist
+    space[FIDELITY] = FIDELITY_DISTRIBUTION
+    return space
+
+
+def _random_value(dist: BaseDistribution, rng: np.random.Generator) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[int(rng.integers(len(dist.choices)))]
+    assert isinstance(dist, (FloatDistribution, IntDistribution))
+    low, high = float(dist.low), float(dist.high)
+    if dist.log:
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+    else:
+        value = rng.uniform(low, high)
+    if isinstance(dist, IntDistribution):
+        return int(min(max(round(value), dist.low), dist.high))
+    if dist.step is not None:
+        return float(low + round((value - low) / dist.step) * dist.step)
+    return float(value)
+
 
 SAMPLERS: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-    # Verification off: the filled studies have almost no target-fidelity trials, so every ask
-    # would verify the best configuration, which only fits the two GPs. The acquisition path
-    # measured here is the expensive one.
-    "isbo-es": lambda: ISBOSampler(seed=0, n_startup_trials=1, verify_cost_fraction=0.0),
-    "isbo-mes": lambda: ISBOSampler(
-        seed=0, n_startup_trials=1, acquisition="mes", verify_cost_fraction=0.0
+    # The default sampler: on these studies its target search (GPSampler on the target trials)
+    # and its multi-fidelity search alternate by their shares of the cost.
+    "isbo": lambda: ISBOSampler(seed=0, n_startup_trials=1),
+    # The multi-fidelity search alone (its own GP over all trials and the entropy search),
+    # verification off: the expensive path.
+    "isbo-mf": lambda: ISBOSampler(
+        seed=0, n_startup_trials=1, verify_cost_fraction=0.0, mf_cost_fraction=1.0
     ),
-    "isbo-es-verify": lambda: ISBOSampler(seed=0, n_startup_trials=1),
     "gp": lambda: optuna.samplers.GPSampler(seed=0, n_startup_trials=1),
     "tpe": lambda: optuna.samplers.TPESampler(seed=0, n_startup_trials=1),
 }
 
 
-def _filled_study(sampler: optuna.samplers.BaseSampler, n: int, seed: int) -> optuna.Study:
+def _filled_study(
+    sampler: optuna.samplers.BaseSampler,
+    n: int,
+    seed: int,
+    distributions: dict[str, BaseDistribution],
+) -> optuna.Study:
+    """A study with ``n`` completed random trials of ``distributions``.
+
+    A third run at the target fidelity (labelled ``isbo:phase = "target"``), the rest at
+    random fidelities (``"model"``); the value is a smooth function of the parameters plus a
+    bias that shrinks with the fidelity, the cost ``1 + B / 256`` seconds.
+    """
     rng = np.random.default_rng(seed)
     study = optuna.create_study(sampler=sampler)
+    high = FIDELITY_DISTRIBUTION.high
+    low = FIDELITY_DISTRIBUTION.low
     for _ in range(n):
-        params = {
-            "lr": float(10 ** rng.uniform(-4, 0)),
-            "momentum": float(rng.uniform(0, 0.99)),
-            "dropout": float(rng.integers(0, 11) * 0.05),
-            "width": int(round(2 ** rng.uniform(3, 8))),
-            "activation": str(rng.choice(["relu", "tanh", "gelu"])),
-            "super_batch_size": int(round(2 ** rng.uniform(5, 12))),
-        }
-        s = math.log(params["super_batch_size"] / 32) / math.log(4096 / 32)
-        value = (math.log10(params["lr"]) + 2) ** 2 + params["dropout"] + (1 - s) * rng.normal()
+        params = {k: _random_value(d, rng) for k, d in distributions.items()}
+        at_target = rng.uniform() < TARGET_SHARE
+        if at_target:
+            params[FIDELITY] = high
+        s = math.log(params[FIDELITY] / low) / math.log(high / low)
+        unit = [
+            d.to_internal_repr(params[k]) / max(len(d.choices) - 1, 1)
+            if isinstance(d, CategoricalDistribution)
+            else (
+                (math.log(params[k]) - math.log(d.low)) / (math.log(d.high) - math.log(d.low))
+                if d.log
+                else (params[k] - d.low) / (d.high - d.low)
+            )
+            for k, d in distributions.items()
+            if k != FIDELITY
+            and isinstance(d, (FloatDistribution, IntDistribution, CategoricalDistribution))
+        ]
+        value = sum((u - 0.3) ** 2 for u in unit) + (1 - s) * rng.normal()
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
-                distributions=DISTRIBUTIONS,
+                distributions=distributions,
                 value=value,
-                user_attrs={"isbo:cost": 1.0 + params["super_batch_size"] / 256},
+                user_attrs={
+                    "isbo:cost": 1.0 + params[FIDELITY] / 256,
+                    "isbo:phase": "target" if at_target else "model",
+                },
             )
         )
     return study
@@ -113,9 +180,11 @@ def _plot(medians: dict[tuple[str, int], float], names: list[str], path: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100, 200, 500])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--n-params", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    parser.add_argument("--warmup", type=int, default=1, help="untimed asks before the timed ones")
+    parser.add_argument("--samplers", nargs="+", default=["isbo", "isbo-mf", "gp"])
     parser.add_argument(
         "--isbo-max-size",
         type=int,
@@ -123,72 +192,87 @@ def main() -> None:
         help="skip the ISBO samplers at sizes above this (they are the slow ones)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+        "--threads", type=int, default=1, help="torch threads (0: torch's default)"
     )
     parser.add_argument("--out-json", type=Path, default=Path("benchmarks/results/overhead.json"))
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.threads is not None:
+    if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
 
     medians: dict[tuple[str, int], float] = {}
     all_times: dict[str, list[float]] = {}
-    for n in args.sizes:
-        for name in args.samplers:
-            if (
-                name.startswith("isbo")
-                and args.isbo_max_size is not None
-                and n > args.isbo_max_size
-            ):
-                print(f"n={n:4d} {name:9s} skipped (--isbo-max-size)", flush=True)
-                continue
-            study = _filled_study(SAMPLERS[name](), n, seed=n)
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                trial = study.ask(DISTRIBUTIONS)
-                times.append(time.perf_counter() - start)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            medians[(name, n)] = statistics.median(times)
-            all_times[f"{name}@{n}"] = times
-            print(f"n={n:4d} {name:9s} median ask {medians[(name, n)]:.3f} s", flush=True)
+    rows = []
+    for d in args.n_params:
+        distributions = search_space(d)
+        for n in args.sizes:
+            for name in args.samplers:
+                if (
+                    name.startswith("isbo")
+                    and args.isbo_max_size is not None
+                    and n > args.isbo_max_size
+                ):
+                    print(f"d={d:2d} n={n:4d} {name:8s} skipped (--isbo-max-size)", flush=True)
+                    continue
+                study = _filled_study(SAMPLERS[name](), n, seed=n, distributions=distributions)
+                # One untimed ask first: in a study the sampler has answered the previous ask
+                # (its warm starts and caches are set), and so has GPSampler.
+                for _ in range(args.warmup):
+                    trial = study.ask(distributions)
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                times = []
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    trial = study.ask(distributions)
+                    times.append(time.perf_counter() - start)
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                key = f"{name}@d{d}"
+                medians[(key, n)] = statistics.median(times)
+                all_times[f"{key}@{n}"] = times
+                rows.append({"sampler": name, "n_params": d, "n_trials": n, "seconds": times})
+                print(
+                    f"d={d:2d} n={n:4d} {name:8s} median ask {medians[(key, n)]:.3f} s", flush=True
+                )
 
-    header = "| n | " + " | ".join(args.samplers) + " | isbo-es / gp | isbo-mes / gp |"
-    print("\n" + header)
+    print("\n| params | trials | " + " | ".join(args.samplers) + " | ratios to gp |")
     print("|" + "---|" * (len(args.samplers) + 3))
-    for n in args.sizes:
-        cells = [
-            f"{medians[(name, n)]:.3f}" if (name, n) in medians else "skipped"
-            for name in args.samplers
-        ]
-        ratios = [
-            f"{medians[(k, n)] / medians[('gp', n)]:.2f}"
-            if (k, n) in medians and ("gp", n) in medians
-            else "-"
-            for k in ("isbo-es", "isbo-mes")
-        ]
-        print(f"| {n} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    for d in args.n_params:
+        for n in args.sizes:
+            cells = [
+                f"{medians[(f'{k}@d{d}', n)]:.3f}" if (f"{k}@d{d}", n) in medians else "skipped"
+                for k in args.samplers
+            ]
+            gp = medians.get((f"gp@d{d}", n))
+            ratios = [
+                f"{k} {medians[(f'{k}@d{d}', n)] / gp:.2f}"
+                for k in args.samplers
+                if k != "gp" and gp and (f"{k}@d{d}", n) in medians
+            ]
+            print(f"| {d} | {n} | " + " | ".join(cells) + " | " + ", ".join(ratios) + " |")
 
     print("\nlog-log slope of the median between consecutive sizes:\n")
-    print("| n1 -> n2 | " + " | ".join(args.samplers) + " |")
-    print("|" + "---|" * (len(args.samplers) + 1))
+    keys = sorted({k for k, _ in medians})
+    print("| n1 -> n2 | " + " | ".join(keys) + " |")
+    print("|" + "---|" * (len(keys) + 1))
     for n1, n2 in zip(args.sizes, args.sizes[1:], strict=False):
-        cells = [_slope(medians, name, n1, n2) for name in args.samplers]
+        cells = [_slope(medians, key, n1, n2) for key in keys]
         print(f"| {n1} -> {n2} | " + " | ".join(cells) + " |")
 
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(
         json.dumps(
-            {"repeats": args.repeats, "times_seconds": all_times, "sizes": args.sizes}, indent=1
+            {
+                "repeats": args.repeats,
+                "threads": args.threads,
+                "rows": rows,
+                "times_seconds": all_times,
+            },
+            indent=1,
         )
     )
-    _plot(
-        medians,
-        [k for k in args.samplers if any(name == k for name, _ in medians)],
-        args.out_json.with_suffix(".png"),
-    )
+    _plot(medians, keys, args.out_json.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def max_value_entropy_search(
     model: GPModel,
     min_value_samples: torch.Tensor,
     *,
-    n_quadrature: int = 32,
+    n_quadrature: int = 16,
 ) -> AcquisitionFunc:
     """Build the multi-fidelity max-value entropy gain about ``min f(., 1)``.
 
@@ -300,7 +300,11 @@ def max_value_entropy_search(
     min_value_samples
         ``(k,)`` samples of ``f*``.
     n_quadrature
-        Gauss–Hermite nodes over the observation.
+        Gauss–Hermite nodes over the observation. The integrand is smooth except where the
+        candidate's observation nearly determines ``f(x, 1)``; there the rule converges
+        slowly whatever the count, and 16 nodes choose the same candidates as 256 do
+        (``tests/test_acquisition.py``) at half the cost of 32, the largest term of an ``ask``
+        in small studies.
 
     Returns
     -------
@@ -312,9 +316,11 @@ def max_value_entropy_search(
 
     def gain(C: torch.Tensor) -> torch.Tensor:
         C1 = to_target_fidelity(C, model.has_fidelity)
-        _, var_c = model.mean_var(C)
-        mean_1, var_1 = model.mean_var(C1)
-        cross = model.cross_cov_diag(C, C1)
+        index = None
+        if model.has_fidelity and not C1.requires_grad:
+            # The candidates of one configuration at several fidelities share their target.
+            C1, index = torch.unique(C1, dim=0, return_inverse=True)
+        var_c, mean_1, var_1, cross = model.paired_moments(C, C1, index)
         var_y = var_c + model.noise_var(C)
         sd_1 = var_1.sqrt()
         gamma = (mean_1[:, None] - min_value_samples) / sd_1[:, None]  # (q, k)

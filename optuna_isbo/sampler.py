@@ -848,11 +848,14 @@ class ISBOSampler(BaseSampler):
             model = model.with_pending(pending)
 
         # Representer points at the target fidelity: Sobol points, the evaluated
-        # configurations, and local moves around the best of them.
+        # configurations of lowest posterior mean there (at most _MAX_POOL_SEEN: in a long
+        # study the others are where the minimum is not), and local moves around the best.
         X_seen = _unique_rows(inputs[:, : space.dim])
         ones = torch.ones(X_seen.shape[0], dtype=torch.float64)
         mean_seen = model.mean(model_inputs(space, X_seen, ones))
-        seed_points = X_seen[torch.argsort(mean_seen)[:8]]
+        by_mean = torch.argsort(mean_seen)
+        seed_points = X_seen[by_mean[:8]]
+        X_seen = X_seen[by_mean[:_MAX_POOL_SEEN]]
         if space.dim > 0:
             pool_X = torch.cat(
                 [
@@ -898,6 +901,10 @@ class ISBOSampler(BaseSampler):
             "n_target_checks": n_checks,
         }
         return space.decode(best.x, best.s), attrs
+
+
+# Evaluated configurations in the representer pool, at most.
+_MAX_POOL_SEEN = 128
 
 
 def _unique_rows(X: torch.Tensor) -> torch.Tensor:

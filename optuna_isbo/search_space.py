@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import decimal
 import enum
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,6 +154,25 @@ def _unit_of_grid_index(param: _Param, index: torch.Tensor) -> torch.Tensor:
     return (index + 0.5) / param.n_values
 
 
+def _unit_of_grid_index_scalar(param: _Param, index: int) -> float:
+    """:func:`_unit_of_grid_index` of one index, as a Python float (the same bits)."""
+    if not param.log:
+        return (index + 0.5) / param.n_values
+    return _log_unit_of_grid_index(param.low, param.high, param.step, param.n_values, index)
+
+
+@functools.lru_cache(maxsize=65536)
+def _log_unit_of_grid_index(
+    low: float, high: float, step: float, n_values: int, index: int
+) -> float:
+    # Cached: a study encodes the same grid values on every ``ask``. Computed by the tensor
+    # function, so that both give the same bits.
+    param = _Param(
+        "", FloatDistribution(0.0, 1.0), _Kind.GRID, slice(0, 1), low, high, step, True, n_values
+    )
+    return float(_unit_of_grid_index(param, torch.tensor(float(index), dtype=_DTYPE)))
+
+
 def _grid_index_of_value(low: float, step: float, last_index: int, value: float) -> int:
     return min(max(math.floor((value - low) / step + 0.5), 0), last_index)
 
@@ -263,6 +283,7 @@ class SearchSpace:
 
         self.names = sorted(name for name in distributions if name != self.fidelity_param)
         self._params: list[_Param] = []
+        self._choice_lookup: dict[str, dict[tuple[type, Any], int]] = {}
         n_columns = 0
         for name in self.names:
             param = _make_param(name, distributions[name], n_columns)
@@ -414,32 +435,62 @@ class SearchSpace:
         tuple
             ``x`` of shape ``(dim,)`` and the fidelity ``s`` (``1.0`` without a fidelity axis).
         """
-        x = torch.empty(self.dim, dtype=_DTYPE)
+        row = self._encode_row(params)
+        x = torch.tensor(row, dtype=_DTYPE)
+        s = 1.0
+        if self.fidelity_param is not None:
+            s = self.fidelity_to_unit(float(self._get(params, self.fidelity_param)))
+        return x, s
+
+    def _encode_row(self, params: dict[str, Any]) -> list[float]:
+        """The ``dim`` encoded values of ``params`` as floats (see :meth:`encode_params`)."""
+        row = [0.0] * self.dim
         for param in self._params:
             if param.kind == _Kind.SINGLE:
                 continue
             value = self._get(params, param.name)
             if param.kind == _Kind.CONTINUOUS:
-                x[param.columns] = _continuous_unit_of_value(param, float(value))
+                row[param.columns.start] = _continuous_unit_of_value(param, float(value))
             elif param.kind == _Kind.GRID:
                 index = _grid_index_of_value(
                     param.low, param.step, param.n_values - 1, float(value)
                 )
-                index_tensor = torch.tensor(float(index), dtype=_DTYPE)
-                x[param.columns] = _unit_of_grid_index(param, index_tensor)
+                row[param.columns.start] = _unit_of_grid_index_scalar(param, index)
             else:
-                assert isinstance(param.distribution, CategoricalDistribution)
-                try:
-                    choice = int(param.distribution.to_internal_repr(value))
-                except ValueError:
-                    x[param.columns] = 1.0 / param.n_values
+                choice = self._choice_index(param, value)
+                if choice is None:
+                    row[param.columns] = [1.0 / param.n_values] * param.n_values
                 else:
-                    x[param.columns] = 0.0
-                    x[param.columns.start + choice] = 1.0
-        s = 1.0
-        if self.fidelity_param is not None:
-            s = self.fidelity_to_unit(float(self._get(params, self.fidelity_param)))
-        return x, s
+                    row[param.columns.start + choice] = 1.0
+        return row
+
+    def _choice_index(self, param: _Param, value: Any) -> int | None:
+        """Index of ``value`` among a categorical's choices, or ``None`` if it is not one."""
+        assert isinstance(param.distribution, CategoricalDistribution)
+        lookup = self._choice_lookup.get(param.name)
+        if lookup is None:
+            lookup = {}
+            choices = param.distribution.choices
+            for i, choice in enumerate(choices):
+                # The fast path holds the choices that equal no earlier one (``1 == 1.0 ==
+                # True``; the slow path returns the first equal choice) and are hashable.
+                if choice != choice or any(choice == earlier for earlier in choices[:i]):
+                    continue
+                try:
+                    lookup[(type(choice), choice)] = i
+                except TypeError:
+                    continue
+            self._choice_lookup[param.name] = lookup
+        try:
+            index = lookup.get((type(value), value))
+        except TypeError:
+            index = None
+        if index is not None:
+            return index
+        try:
+            return int(param.distribution.to_internal_repr(value))
+        except ValueError:
+            return None
 
     def encode_trials(self, trials: Sequence[FrozenTrial]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the parameters of trials.
@@ -455,11 +506,13 @@ class SearchSpace:
         tuple
             ``X`` of shape ``(n, dim)`` and ``s`` of shape ``(n,)``, ``n = len(trials)``.
         """
-        X = torch.empty(len(trials), self.dim, dtype=_DTYPE)
-        s = torch.empty(len(trials), dtype=_DTYPE)
-        for i, trial in enumerate(trials):
-            X[i], s[i] = self.encode_params(trial.params)
-        return X, s
+        rows = [self._encode_row(trial.params) for trial in trials]
+        X = torch.tensor(rows, dtype=_DTYPE).reshape(len(trials), self.dim)
+        if self.fidelity_param is None:
+            return X, torch.ones(len(trials), dtype=_DTYPE)
+        name = self.fidelity_param
+        s = [self.fidelity_to_unit(float(self._get(t.params, name))) for t in trials]
+        return X, torch.tensor(s, dtype=_DTYPE)
 
     @staticmethod
     def _get(params: dict[str, Any], name: str) -> Any:

@@ -268,3 +268,105 @@ def test_heteroscedastic_noise_grows_toward_low_fidelity() -> None:
     ratios_t = torch.tensor(ratios)
     print("RMSE ratio (heteroscedastic / homoscedastic):", ratios_t)
     assert ratios_t.median() <= 1.0
+
+
+def test_matern52_by_expansion_matches_differences_at_the_shortest_lengthscale() -> None:
+    """The kernel forms ``r^2`` as ``|a|^2 + |b|^2 - 2 a.b``. Its rounding error is at most a
+    few ``eps * |a|^2``; at the lengthscale bound 0.025 in 11 dimensions ``|a|^2 <= 11 / 0.025^2
+    = 17600``, about ``4e-12`` in ``r^2`` and in the correlation (slope ``5/6`` at 0)."""
+    gen = torch.Generator().manual_seed(3)
+    A = torch.rand(200, 11, dtype=torch.float64, generator=gen)
+    B = torch.cat([A[:50], torch.rand(60, 11, dtype=torch.float64, generator=gen)])
+    for ls in (torch.full((11,), 0.025, dtype=torch.float64), torch.linspace(0.1, 3.0, 11)):
+        ls = ls.to(torch.float64)
+        reference = _Matern52.apply(((A[:, None] - B[None]) / ls).square().sum(-1))
+        assert (matern52(A, B, ls) - reference).abs().max() < 2e-11
+        # Coincident points have correlation 1 (to the same rounding).
+        assert torch.allclose(matern52(A[:50], A[:50], ls).diagonal(), A.new_ones(50), atol=2e-11)
+
+
+def test_training_kernel_from_squared_differences_matches_kernel() -> None:
+    from optuna_isbo.model import _kernel, _train_kernel, squared_differences
+
+    gen = torch.Generator().manual_seed(4)
+    X = torch.rand(40, 4, dtype=torch.float64, generator=gen)
+    p = _params(3)
+    K_fit = _train_kernel(squared_differences(X, 3), X, p, has_fidelity=True)
+    assert torch.allclose(K_fit, _kernel(X, X, p, True), rtol=0, atol=1e-12)
+    p4 = _params(4)
+    K_plain = _train_kernel(squared_differences(X, 4), X, p4, has_fidelity=False)
+    assert torch.allclose(K_plain, _kernel(X, X, p4, False), rtol=0, atol=1e-12)
+
+
+def test_fit_subset_keeps_the_best_and_spreads_the_rest() -> None:
+    from optuna_isbo.model import fit_subset
+
+    y = torch.arange(10, dtype=torch.float64)
+    assert fit_subset(y, 20).tolist() == list(range(10))
+    y = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    idx = fit_subset(y, 300)
+    assert idx.shape == (300,) and torch.unique(idx).shape == (300,)
+    assert bool((idx[1:] > idx[:-1]).all())
+    assert set(torch.argsort(y)[:75].tolist()) <= set(idx.tolist())
+    # The rest is spread over the trial order: every tenth of the study is represented.
+    assert torch.bincount(idx // 100, minlength=10).min() >= 15
+
+
+def test_a_large_fit_evaluates_the_likelihood_on_the_subset_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cost of a fit must not grow as ``n^3`` per iteration past ``MAX_FIT_POINTS`` (an
+    ``ask`` at 2,000 trials spent seconds there)."""
+    import optuna_isbo.model as model_module
+
+    sizes: list[int] = []
+    original = model_module._neg_log_posterior
+
+    def spy(theta: torch.Tensor, X: torch.Tensor, *args: object) -> torch.Tensor:
+        sizes.append(X.shape[0])
+        return original(theta, X, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model_module, "_neg_log_posterior", spy)
+    gen = torch.Generator().manual_seed(5)
+    X = torch.rand(700, 3, dtype=torch.float64, generator=gen)
+    y = torch.sin(6 * X[:, 0]) + 0.1 * torch.randn(700, dtype=torch.float64, generator=gen)
+    model = fit_gp(X, (y - y.mean()) / y.std(), has_fidelity=True)
+    assert sizes and max(sizes) == model_module.MAX_FIT_POINTS
+    assert model.X.shape[0] == 700  # conditioned on everything
+
+
+def test_subset_fit_predicts_as_well_as_the_full_fit() -> None:
+    """Hyperparameters from 200 of 600 points: held-out error within 10 % of the full fit's
+    (the two fits differ only in the estimate of a handful of hyperparameters, which a few
+    hundred points already determine; the posterior uses all 600 points in both)."""
+    gen = torch.Generator().manual_seed(6)
+
+    def f(X: torch.Tensor) -> torch.Tensor:
+        return torch.sin(5 * X[:, 0]) + (X[:, 1] - 0.5) ** 2 * 3 + 0.0 * X[:, 2]
+
+    X = torch.rand(600, 3, dtype=torch.float64, generator=gen)
+    y = f(X) + 0.05 * torch.randn(600, dtype=torch.float64, generator=gen)
+    X_test = torch.rand(500, 3, dtype=torch.float64, generator=gen)
+    shift, scale = float(y.mean()), float(y.std())
+    errors = []
+    for m in (600, 200):
+        model = fit_gp(X, (y - shift) / scale, has_fidelity=False, max_fit_points=m)
+        errors.append(float(((model.mean(X_test) * scale + shift - f(X_test)) ** 2).mean().sqrt()))
+    assert errors[1] <= 1.1 * errors[0] + 1e-3
+
+
+def test_paired_moments_match_separate_posteriors() -> None:
+    gen = torch.Generator().manual_seed(7)
+    X = torch.rand(30, 3, dtype=torch.float64, generator=gen)
+    y = torch.randn(30, dtype=torch.float64, generator=gen)
+    model = condition(X, y, _params(2), has_fidelity=True, heteroscedastic=True)
+    A = torch.rand(12, 3, dtype=torch.float64, generator=gen)
+    B = torch.rand(4, 3, dtype=torch.float64, generator=gen)
+    index = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 3, 3, 0, 0])
+    var_a, mean_b, var_b, cross = model.paired_moments(A, B, index)
+    m_b, v_b = model.mean_var(B[index])
+    assert torch.allclose(var_a, model.var(A), atol=1e-12)
+    assert torch.allclose(mean_b, m_b, atol=1e-12) and torch.allclose(var_b, v_b, atol=1e-12)
+    assert torch.allclose(cross, model.cross_cov_diag(A, B[index]), atol=1e-12)
+    var_a2, _, _, cross2 = model.paired_moments(A, A)
+    assert torch.allclose(cross2, var_a2, atol=1e-12)

@@ -473,3 +473,33 @@ def test_sample_sobol_balances_choices_and_grid_values() -> None:
     x_column = X[:, space.param_columns["x"]].flatten()
     counts = torch.histc(x_column, bins=16, min=0.0, max=1.0)
     assert torch.equal(counts, torch.full((16,), 4.0, dtype=counts.dtype))
+
+
+def test_categorical_encoding_agrees_with_optuna_for_equal_and_odd_choices() -> None:
+    """The encoding looks choices up in a table; where choices compare equal across types
+    (``True == 1 == 1.0``), are unhashable or NaN, it must still pick the choice Optuna's
+    ``to_internal_repr`` picks (the first equal one)."""
+    choices = (True, 1, 1.0, "a", None, float("nan"), (1, 2), 2.5)
+    dist = CategoricalDistribution(choices)
+    space = SearchSpace({"c": dist})
+    columns = space.param_columns["c"]
+    for value in (True, 1, 1.0, "a", None, (1, 2), 2.5):
+        x, _ = space.encode_params({"c": value})
+        expected = dist.to_internal_repr(value)
+        assert int(torch.argmax(x[columns])) == expected
+        assert float(x[columns].sum()) == 1.0
+    # A value that is no choice (a stale study) keeps the uniform encoding.
+    x, _ = space.encode_params({"c": "zzz"})
+    assert torch.allclose(x[columns], x.new_full((len(choices),), 1.0 / len(choices)))
+
+
+def test_log_grid_encoding_is_bitwise_the_tensor_formula() -> None:
+    from optuna_isbo.search_space import _unit_of_grid_index
+
+    dist = IntDistribution(3, 1000, log=True)
+    space = SearchSpace({"k": dist})
+    param = space._params[0]
+    for value in (3, 4, 17, 999, 1000):
+        x, _ = space.encode_params({"k": value})
+        index = torch.tensor(float(value - 3), dtype=torch.float64)
+        assert float(x[0]) == float(_unit_of_grid_index(param, index))
