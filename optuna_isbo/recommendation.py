@@ -105,6 +105,30 @@ class Recommendation:
         z = math.sqrt(2.0) * float(torch.special.erfinv(torch.tensor(level, dtype=torch.float64)))
         return self.value - z * self.std, self.value + z * self.std
 
+    def summary(self) -> str:
+        """One line for people: the trial, its parameters and what is predicted at the target.
+
+        For example ``trial 17 (lr=0.0031, super_batch_size=512): 0.1234 +- 0.0040 at the
+        target, 2 target evaluations, feasible with probability 0.97``. The study's
+        ``isbo:recommendation`` user attribute holds it, where optuna-dashboard shows it.
+        """
+        params = ", ".join(f"{name}={_short(value)}" for name, value in self.params.items())
+        text = f"trial {self.trial_number} ({params}): {_short(self.value)}"
+        if math.isfinite(self.std):
+            text += f" +- {_short(self.std)}"
+        evaluations = self.n_target_evaluations
+        text += f" at the target, {evaluations} target evaluation{'s' * (evaluations != 1)}"
+        if evaluations == 0:
+            text += " (extrapolated from cheaper runs)"
+        if self.feasibility_probability is not None:
+            text += f", feasible with probability {self.feasibility_probability:.2f}"
+        return text
+
+
+def _short(value: Any) -> str:
+    """A value as a person reads it: floats to four significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
 
 @dataclass(frozen=True)
 class Configurations:

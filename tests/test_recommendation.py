@@ -112,3 +112,29 @@ def test_calibration_factor_measures_misses_in_stated_stds() -> None:
     assert rec.calibration_factor(nan, nan, nan) == 1.0
     zero = torch.zeros(1, dtype=torch.float64)
     assert rec.calibration_factor(zero + 1.0, zero, zero) == 1.0
+
+
+def test_the_recommendation_is_one_line_on_the_dashboard() -> None:
+    """optuna-dashboard's "Best Trial" card shows the best value at any fidelity; the
+    recommendation must be findable among the study's attributes as a line a person reads."""
+    import optuna
+
+    from optuna_isbo import ISBOSampler
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1.0, 1.0)
+        b = trial.suggest_int("super_batch_size", 16, 256, log=True)
+        trial.set_user_attr("isbo:cost", float(b))
+        return x * x + 1.0 / b
+
+    sampler = ISBOSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=12)
+    result = sampler.recommendation(study)
+    line = study.user_attrs["isbo:recommendation"]
+    assert line == result.summary()
+    assert line.startswith(f"trial {result.trial_number} (x=")
+    assert "super_batch_size=256" in line
+    assert f"{result.value:.4g} +- {result.std:.4g} at the target" in line
+    assert "target evaluation" in line and "feasible" not in line
+    assert study.user_attrs["isbo:recommended_trial"] == result.trial_number
