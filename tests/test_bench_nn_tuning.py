@@ -40,7 +40,7 @@ def tiny_task(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "_RETRAINED", {})
 
 
-@pytest.mark.parametrize("method", ["isbo-steps", "tpe-hyperband", "random"])
+@pytest.mark.parametrize("method", ["isbo-steps", "tpe-hyperband", "random", "tpe+is"])
 @pytest.mark.usefixtures("tiny_task")
 def test_run_record(method: str) -> None:
     run = bench.run_one(method, 0, SETTINGS)
@@ -59,9 +59,11 @@ def test_run_record(method: str) -> None:
     final = run["recommendations"][-1]
     assert len(final["test_errors"]) == len(final["validation_errors"]) == 2
     assert final["test_error"] == pytest.approx(sum(final["test_errors"]) / 2)
-    # The choice is retrained at its method's target: all steps, B = b for these methods.
+    # The choice is retrained at its method's target: all steps, B = b for these methods
+    # and the IS target for a peer whose choice is retrained with ISSGD.
     assert bench.STEPS_PARAM not in final["params"]
-    assert final["params"][bench.FIDELITY] == bench.BATCH_SIZE
+    retrained_b = bench.TARGET_SUPER_BATCH if method == "tpe+is" else bench.BATCH_SIZE
+    assert final["params"][bench.FIDELITY] == retrained_b
     if method == "isbo-steps":
         lo, hi = final["prediction"]["interval80"]
         assert lo <= final["prediction"]["value"] <= hi or math.isnan(lo)
