@@ -41,8 +41,8 @@ the fresh seeds ``--retrain-seeds`` (3 by default, disjoint from every trial's s
 median of its test errors is recorded (its validation errors too: their mean is the value that
 ISBO's interval predicts). The target is ``B = 512`` for ``isbo`` and
 ``isbo-target`` (the fidelity they tune at or train with) and for ``tpe+is`` and ``gp+is``,
-and ``B = b`` with ``--steps`` steps for the rest (the uniform SGD they train with). Retraining is outside the budget, and a process
-retrains each (configuration, seed) once.
+and ``B = b`` with ``--steps`` steps for the rest (the uniform SGD they train with).
+Retraining is outside the budget, and a process retrains each (configuration, seed) once.
 
 Runs are independent (method, seed) studies, ordered seed-major with the methods round-robin so
 that machine load affects the methods alike; ``--jobs`` runs them in parallel processes with one
