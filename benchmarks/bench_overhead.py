@@ -1,11 +1,23 @@
-"""Latency of one ``ask`` (the sampler's own work) as the study grows.
+"""Latency and memory of one ``ask`` (the sampler's own work) as the study grows.
 
-For each number of completed trials ``n``, a study is filled with ``n`` random trials of a
-search space with five mixed parameters plus the fidelity ``super_batch_size`` (values from a
-synthetic function, costs in ``isbo:cost``), then the time of ``study.ask(distributions)`` is
-measured several times; ``ask`` with fixed distributions runs the relative sampling inside it.
-All samplers are measured in the same run, so their ratios are meaningful on a shared machine.
-Torch runs with its default number of threads, as a user's study would, unless ``--threads``.
+For each number of parameters ``d`` (``--n-params``: 5, 10, 20; see :func:`search_space`) and
+each number of completed trials ``n`` (``--sizes``), a study is filled with ``n`` random
+trials plus the fidelity ``super_batch_size``: a third at the target fidelity, labelled as the
+target search's trials, the rest spread over the fidelity range, values from a synthetic
+function, costs in ``isbo:cost``. Then, in a fresh process per (sampler, ``d``, ``n``), one
+untimed ``ask`` (a sampler in a study has answered the previous one: warm starts and caches
+set, GPSampler's too) and ``--repeats`` timed ones; ``ask`` with fixed distributions runs the
+relative sampling inside it. Torch gets one thread (``--threads``, 0 for torch's default),
+which makes the timings comparable on a shared machine; still, run it alone.
+
+Samplers: ``isbo`` (the default sampler; on these studies its multi-fidelity search proposes,
+the cheap trials being under its share of the cost), ``isbo-target`` (its target search,
+Optuna's GPSampler on the target trials), ``isbo-mf`` (the multi-fidelity search with
+verification off, the expensive path), ``gp`` (Optuna's GPSampler on all trials, the
+fidelity an ordinary parameter) and ``tpe``.
+
+Memory: the peak resident set during the timed asks above the resident set before them
+(Linux ``/proc``), and the process's peak.
 
 The growth with ``n`` is summarized by the log-log slope ``log(t2 / t1) / log(n2 / n1)``
 between consecutive sizes (1 = linear, 3 = cubic). Results go to ``--out-json`` and a PNG next
@@ -13,8 +25,8 @@ to it.
 
 Usage::
 
-    python benchmarks/bench_overhead.py --sizes 10 50 100 200 500 --repeats 3
-    python benchmarks/bench_overhead.py --sizes 10 50 100 200 500 --isbo-max-size 200
+    python benchmarks/bench_overhead.py                       # 5/10/20 params, 100/500/1000
+    python benchmarks/bench_overhead.py --n-params 10 --sizes 1000 2000 --samplers isbo gp
 """
 
 from __future__ import annotations
@@ -22,9 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +110,8 @@ SAMPLERS: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
     "isbo": lambda: ISBOSampler(seed=0, n_startup_trials=1),
     # The multi-fidelity search alone (its own GP over all trials and the entropy search),
     # verification off: the expensive path.
+    # The target search alone (GPSampler on the target trials, a third of the study).
+    "isbo-target": lambda: ISBOSampler(seed=0, n_startup_trials=1, mf_cost_fraction=0.0),
     "isbo-mf": lambda: ISBOSampler(
         seed=0, n_startup_trials=1, verify_cost_fraction=0.0, mf_cost_fraction=1.0
     ),
@@ -178,6 +194,58 @@ def _plot(medians: dict[tuple[str, int], float], names: list[str], path: Path) -
     fig.savefig(path, dpi=120)
 
 
+def _memory_mib(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` (peak) of this process from ``/proc``, in MiB; NaN elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return math.nan
+
+
+def measure(name: str, d: int, n: int, repeats: int, warmup: int, threads: int) -> dict[str, Any]:
+    """Time ``repeats`` asks of sampler ``name`` on a filled study of ``n`` trials, ``d`` params.
+
+    Runs in its own process. Memory: the process's peak resident set is reset after the study
+    is built (``/proc/self/clear_refs``, Linux), so ``ask_peak_mib`` is the peak during the
+    asks above the resident set before them.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    distributions = search_space(d)
+    study = _filled_study(SAMPLERS[name](), n, seed=n, distributions=distributions)
+    # Untimed asks first: in a study the sampler has answered the previous ask (its warm
+    # starts and caches are set), and so has GPSampler.
+    for _ in range(warmup):
+        trial = study.ask(distributions)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    before = _memory_mib("VmRSS")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        trial = study.ask(distributions)
+        times.append(time.perf_counter() - start)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    peak = _memory_mib("VmHWM")
+    return {
+        "sampler": name,
+        "n_params": d,
+        "n_trials": n,
+        "seconds": times,
+        "peak_rss_mib": peak,
+        "ask_peak_mib": peak - before,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
@@ -196,17 +264,12 @@ def main() -> None:
     )
     parser.add_argument("--out-json", type=Path, default=Path("benchmarks/results/overhead.json"))
     args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
 
     medians: dict[tuple[str, int], float] = {}
     all_times: dict[str, list[float]] = {}
     rows = []
+    context = multiprocessing.get_context("spawn")
     for d in args.n_params:
-        distributions = search_space(d)
         for n in args.sizes:
             for name in args.samplers:
                 if (
@@ -216,24 +279,20 @@ def main() -> None:
                 ):
                     print(f"d={d:2d} n={n:4d} {name:8s} skipped (--isbo-max-size)", flush=True)
                     continue
-                study = _filled_study(SAMPLERS[name](), n, seed=n, distributions=distributions)
-                # One untimed ask first: in a study the sampler has answered the previous ask
-                # (its warm starts and caches are set), and so has GPSampler.
-                for _ in range(args.warmup):
-                    trial = study.ask(distributions)
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                times = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    trial = study.ask(distributions)
-                    times.append(time.perf_counter() - start)
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                # A fresh process per measurement: no cache or memory peak carries over.
+                with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                    row = pool.submit(
+                        measure, name, d, n, args.repeats, args.warmup, args.threads
+                    ).result()
                 key = f"{name}@d{d}"
-                medians[(key, n)] = statistics.median(times)
-                all_times[f"{key}@{n}"] = times
-                rows.append({"sampler": name, "n_params": d, "n_trials": n, "seconds": times})
+                medians[(key, n)] = statistics.median(row["seconds"])
+                all_times[f"{key}@{n}"] = row["seconds"]
+                rows.append(row)
                 print(
-                    f"d={d:2d} n={n:4d} {name:8s} median ask {medians[(key, n)]:.3f} s", flush=True
+                    f"d={d:2d} n={n:4d} {name:8s} median ask {medians[(key, n)]:.3f} s, "
+                    f"peak memory during ask +{row['ask_peak_mib']:.0f} MiB "
+                    f"(process {row['peak_rss_mib']:.0f} MiB)",
+                    flush=True,
                 )
 
     print("\n| params | trials | " + " | ".join(args.samplers) + " | ratios to gp |")
