@@ -120,6 +120,32 @@ SAMPLERS: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
 }
 
 
+def _unit(value: Any, dist: BaseDistribution) -> float:
+    """``value`` of ``dist`` mapped to [0, 1] (log scale for log distributions)."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.to_internal_repr(value) / max(len(dist.choices) - 1, 1)
+    assert isinstance(dist, (FloatDistribution, IntDistribution))
+    if dist.log:
+        return (math.log(value) - math.log(dist.low)) / (math.log(dist.high) - math.log(dist.low))
+    return (value - dist.low) / (dist.high - dist.low)
+
+
+def synthetic_value(
+    params: dict[str, Any], distributions: dict[str, BaseDistribution], rng: np.random.Generator
+) -> float:
+    """``sum((u - 0.3)^2)`` over the parameters but the fidelity, each mapped to ``u`` in
+    [0, 1], plus ``(1 - s) N(0, 1)``, ``s`` the fidelity in [0, 1] on a log scale."""
+    low, high = FIDELITY_DISTRIBUTION.low, FIDELITY_DISTRIBUTION.high
+    s = math.log(params[FIDELITY] / low) / math.log(high / low)
+    mean = sum((_unit(params[k], d) - 0.3) ** 2 for k, d in distributions.items() if k != FIDELITY)
+    return mean + (1 - s) * float(rng.normal())
+
+
+def synthetic_cost(params: dict[str, Any]) -> float:
+    """The cost of a trial in seconds: ``1 + B / 256``."""
+    return 1.0 + params[FIDELITY] / 256
+
+
 def _filled_study(
     sampler: optuna.samplers.BaseSampler,
     n: int,
@@ -135,33 +161,19 @@ def _filled_study(
     rng = np.random.default_rng(seed)
     study = optuna.create_study(sampler=sampler)
     high = FIDELITY_DISTRIBUTION.high
-    low = FIDELITY_DISTRIBUTION.low
     for _ in range(n):
         params = {k: _random_value(d, rng) for k, d in distributions.items()}
         at_target = rng.uniform() < TARGET_SHARE
         if at_target:
             params[FIDELITY] = high
-        s = math.log(params[FIDELITY] / low) / math.log(high / low)
-        unit = [
-            d.to_internal_repr(params[k]) / max(len(d.choices) - 1, 1)
-            if isinstance(d, CategoricalDistribution)
-            else (
-                (math.log(params[k]) - math.log(d.low)) / (math.log(d.high) - math.log(d.low))
-                if d.log
-                else (params[k] - d.low) / (d.high - d.low)
-            )
-            for k, d in distributions.items()
-            if k != FIDELITY
-            and isinstance(d, (FloatDistribution, IntDistribution, CategoricalDistribution))
-        ]
-        value = sum((u - 0.3) ** 2 for u in unit) + (1 - s) * rng.normal()
+        value = synthetic_value(params, distributions, rng)
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
                 distributions=distributions,
                 value=value,
                 user_attrs={
-                    "isbo:cost": 1.0 + params[FIDELITY] / 256,
+                    "isbo:cost": synthetic_cost(params),
                     "isbo:phase": "target" if at_target else "model",
                 },
             )
