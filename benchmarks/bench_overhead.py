@@ -27,6 +27,7 @@ Usage::
 
     python benchmarks/bench_overhead.py                       # 5/10/20 params, 100/500/1000
     python benchmarks/bench_overhead.py --n-params 10 --sizes 1000 2000 --samplers isbo gp
+    python benchmarks/bench_overhead.py --n-params 10 --sizes 1000 --samplers isbo --profile
 """
 
 from __future__ import annotations
@@ -258,6 +259,31 @@ def measure(name: str, d: int, n: int, repeats: int, warmup: int, threads: int) 
     }
 
 
+def profile_ask(name: str, d: int, n: int, threads: int, top: int = 30) -> None:
+    """Print a cProfile of one warm ask (cumulative time, the ``top`` entries)."""
+    import cProfile
+    import pstats
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    distributions = search_space(d)
+    study = _filled_study(SAMPLERS[name](), n, seed=n, distributions=distributions)
+    trial = study.ask(distributions)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    trial = study.ask(distributions)
+    profiler.disable()
+    print(
+        f"\n## {name}, {d} parameters, {n} trials: one ask {time.perf_counter() - start:.3f} s\n"
+    )
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
@@ -275,7 +301,18 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads (0: torch's default)"
     )
     parser.add_argument("--out-json", type=Path, default=Path("benchmarks/results/overhead.json"))
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile one warm ask per (sampler, d, n) with cProfile and print where it goes",
+    )
     args = parser.parse_args()
+    if args.profile:
+        for d in args.n_params:
+            for n in args.sizes:
+                for name in args.samplers:
+                    profile_ask(name, d, n, args.threads)
+        return
 
     medians: dict[tuple[str, int], float] = {}
     all_times: dict[str, list[float]] = {}
