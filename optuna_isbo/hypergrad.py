@@ -424,10 +424,10 @@ def hypergradient(
     train_data, val_data:
         The whole data set as ``(inputs, targets)``: tensors, NumPy arrays or (nested) lists, or
         a two-tensor :class:`~torch.utils.data.TensorDataset`. Arrays and lists become tensors
-        on the device of the model's parameters, floating ones in their dtype and signed
-        integer ones in ``torch.long``; tensors are used as they are. Not a
-        :class:`~torch.utils.data.DataLoader`: the minibatches are drawn here
-        (:func:`minibatch_indices`). Every value must be finite.
+        on the device of the model's parameters, floating ones in their dtype, signed integer
+        ones and unsigned integer targets (``uint8`` labels) in ``torch.long``; tensors are
+        used as they are. Not a :class:`~torch.utils.data.DataLoader`: the minibatches are
+        drawn here (:func:`minibatch_indices`). Every value must be finite.
     schedules
         Schedules of the run; ``schedules.n_steps`` steps are taken.
     batch_size
@@ -625,7 +625,7 @@ def learn_schedules(
     sign of its hypergradient flips. A diverged run (non-finite training loss, validation loss
     or hypergradient) is rejected: the schedules go back to the last accepted ones, every step
     size halves, and the step is retaken; when no run has been accepted yet the learning rates
-    are halved instead.
+    are halved instead, down to ``lr_bounds[0]``: a run that diverges there ends the search.
 
     Parameters
     ----------
@@ -687,7 +687,8 @@ def learn_schedules(
         ``(inputs, targets)`` pair (a DataLoader, say), or if ``loss_fn`` does not return a
         tensor.
     RuntimeError
-        If every training run diverged.
+        If every training run diverged (the last one at the lower bound of ``lr_bounds``, or
+        after ``n_outer_steps`` runs).
     """
     n_steps, n_blocks = _check_horizon(n_steps, n_blocks)
     batch_size, n_outer_steps = _check_positive(batch_size=batch_size, n_outer_steps=n_outer_steps)
@@ -737,7 +738,9 @@ def learn_schedules(
     previous_sign = torch.zeros(3, n_blocks, dtype=torch.float64)
     best: tuple[float, Schedules] | None = None
     start = time.perf_counter()
+    index = 0
     for index in range(n_outer_steps):
+        exhausted = False
         schedules = Schedules.from_tensor(values, n_steps)
         result = hypergradient(
             model,
@@ -760,8 +763,12 @@ def learn_schedules(
             accepted_values = values
             values = torch.clamp(values - step_sizes * sign, lows, highs)
         elif accepted_values is None:
+            # Halved, but not below the lower bound; at the bound the run, deterministic, would
+            # diverge again, and the search stops.
+            halved = torch.clamp(0.5 * values[_LR], min=bounds[_LR][0])
+            exhausted = bool((halved == values[_LR]).all())
             values = values.clone()
-            values[_LR] *= 0.5
+            values[_LR] = halved
         else:
             step_sizes = 0.5 * step_sizes
             values = torch.clamp(accepted_values - step_sizes * previous_sign, lows, highs)
@@ -783,9 +790,12 @@ def learn_schedules(
         )
         if callback is not None:
             callback(record)
+        if exhausted:
+            break
     if best is None:
         raise RuntimeError(
-            f"All {n_outer_steps} training runs diverged; lower lr_init or lr_bounds."
+            f"All {index + 1} training runs diverged, the last with lr={min(schedules.lr):g} "
+            f"(lr_bounds={bounds[_LR]}); lower lr_init or lr_bounds."
         )
     return best[1]
 
@@ -810,6 +820,8 @@ def _validation_gradient(
         total_loss += weight * loss.detach()
     return total_grad, total_loss
 
+
+_UNSIGNED_DTYPES = (torch.uint8, torch.uint16, torch.uint32, torch.uint64)
 
 _DATA_FORMS = (
     "(inputs, targets) tensors, NumPy arrays or lists, or a two-tensor "
@@ -847,8 +859,8 @@ def _as_tensors(
     """``(inputs, targets)`` of ``data`` as tensors, checked to be finite and of equal length.
 
     Array-likes (NumPy arrays, lists) become tensors on the device of ``model``'s first
-    floating parameter, floating ones in its dtype and signed integer ones (class indices) in
-    ``torch.long``; tensors are returned as they are.
+    floating parameter, floating ones in its dtype, signed integer ones and unsigned integer
+    targets (class indices) in ``torch.long``; tensors are returned as they are.
     """
     parameters = () if model is None else model.parameters()
     reference = next((p for p in parameters if p.is_floating_point()), None)
@@ -867,8 +879,12 @@ def _as_tensors(
                 ) from err
             if tensor.is_floating_point() and reference is not None:
                 tensor = tensor.to(reference.dtype)
-            elif tensor.dtype in (torch.int8, torch.int16, torch.int32):
-                tensor = tensor.long()  # class indices, as cross_entropy wants them
+            elif tensor.dtype in (torch.int8, torch.int16, torch.int32) or (
+                part == "targets" and tensor.dtype in _UNSIGNED_DTYPES
+            ):
+                # Class indices, as cross_entropy wants them; labels are often stored unsigned
+                # (uint8 in IDX files), while unsigned inputs (pixels) keep their dtype.
+                tensor = tensor.long()
             if reference is not None:
                 tensor = tensor.to(reference.device)
         if tensor.ndim == 0:

@@ -72,6 +72,7 @@ from optuna_isbo.issgd_callback import ISSGDCallback, ISSGDStats, model_device
 from optuna_isbo.issgd_checks import (
     IGNORE_INDEX,
     as_int,
+    as_sizes,
     check_item,
     check_model,
     check_target_kind,
@@ -219,8 +220,7 @@ class ISSGD:
     ) -> None:
         check_model(model)
         n_samples = dataset_size(dataset, "ISSGD")
-        batch_size = as_int("batch_size", batch_size, 1)
-        super_batch_size = as_int("super_batch_size", super_batch_size, batch_size)
+        batch_size, super_batch_size = as_sizes(batch_size, super_batch_size)
         if super_batch_size > n_samples:
             raise ValueError(
                 f"super_batch_size must be <= len(dataset) = {n_samples}, got {super_batch_size}."

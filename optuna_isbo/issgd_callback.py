@@ -54,6 +54,7 @@ from optuna_isbo.issgd_checks import (
     as_float,
     as_int,
     as_seed,
+    as_sizes,
     batch_rows,
     check_model,
     check_per_sample,
@@ -218,8 +219,7 @@ class ISSGDCallback:
         inference_mode: bool = True,
     ) -> None:
         self._model = check_model(model)
-        batch_size = as_int("batch_size", batch_size, 1)
-        super_batch_size = as_int("super_batch_size", super_batch_size, batch_size)
+        batch_size, super_batch_size = as_sizes(batch_size, super_batch_size)
         self._validate(loss_fn, score, autocast_dtype, inference_mode)
         if tau_threshold is not None:
             tau_threshold = as_float("tau_threshold", tau_threshold)

@@ -40,6 +40,19 @@ def as_int(name: str, value: object, minimum: int | None = None) -> int:
     return result
 
 
+def as_sizes(batch_size: object, super_batch_size: object) -> tuple[int, int]:
+    """``(b, B)`` as ``int``: ``b >= 1`` and ``B >= b``, the message naming both otherwise."""
+    b = as_int("batch_size", batch_size, 1)
+    big_b = as_int("super_batch_size", super_batch_size, 1)
+    if big_b < b:
+        raise ValueError(
+            f"super_batch_size must be an integer >= {b} (batch_size), got {big_b}: the "
+            "minibatch of batch_size samples is drawn from a super-batch of super_batch_size "
+            "samples (super_batch_size == batch_size is plain uniform SGD)."
+        )
+    return b, big_b
+
+
 def as_float(name: str, value: object) -> float:
     """``value`` as a ``float``: any real number (Python, NumPy), no bool."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from optuna_isbo.issgd_checks import as_int
+from optuna_isbo.issgd_checks import as_int, as_sizes
 from optuna_isbo.issgd_switch import ISSwitch, usable_scores
 
 __all__ = ["ISBatchSampler", "draw_by_score", "importance_weights", "sample_by_score"]
@@ -176,8 +176,7 @@ class ISBatchSampler(Sampler[list[int]]):
         generator: torch.Generator,
     ) -> None:
         self._n_samples = as_int("n_samples", n_samples, 1)
-        self._b = as_int("batch_size", batch_size, 1)
-        self._big_b = as_int("super_batch_size", super_batch_size, self._b)
+        self._b, self._big_b = as_sizes(batch_size, super_batch_size)
         if self._big_b > self._n_samples:
             raise ValueError(
                 f"super_batch_size must be <= len(dataset) = {self._n_samples}, got {self._big_b}."

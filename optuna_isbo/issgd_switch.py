@@ -86,12 +86,13 @@ The rule behind the latest decision is in :attr:`ISSwitch.rule`: ``"uniform"`` (
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal, TypedDict
 
 import torch
 from torch import Tensor
 
-from optuna_isbo.issgd_checks import as_float, as_int
+from optuna_isbo.issgd_checks import as_float, as_int, as_sizes
 
 __all__ = [
     "FIDELITY_VARIANCE_RATIO",
@@ -263,8 +264,7 @@ class ISSwitch:
         momentum: float = 0.9,
         warmup_steps: int | None = None,
     ) -> None:
-        batch_size = as_int("batch_size", batch_size, 1)
-        super_batch_size = as_int("super_batch_size", super_batch_size, batch_size)
+        batch_size, super_batch_size = as_sizes(batch_size, super_batch_size)
         if switch not in ("fidelity", "speed"):
             raise ValueError(f"switch must be 'fidelity' or 'speed', got {switch!r}.")
         if tau_threshold is not None:
@@ -286,6 +286,8 @@ class ISSwitch:
         self._tau = 0.0
         self._n_updates = 0
         self._pending: list[Tensor] = []
+        self._pending_negative: list[Tensor] = []
+        self._warned_negative = False
         self._rule = ""
         self._uniform_seconds: float | None = None
         self._is_other_seconds: float | None = None
@@ -315,11 +317,14 @@ class ISSwitch:
     def update(self, scores: Tensor) -> None:
         """Feed the scores of uniformly drawn samples, shape ``(n,)``; unusable ones are skipped.
 
-        Scores that are non-finite, negative or all zero leave :attr:`tau` unchanged.
+        Scores that are non-finite, negative or all zero leave :attr:`tau` unchanged; negative
+        ones, a mistake of ``score="loss"``, also give one :class:`RuntimeWarning`.
         """
         if len(scores) == 0:
             return
         self._pending.append(variance_reduction_tensor(scores))
+        if not self._warned_negative:
+            self._pending_negative.append((scores.detach() < 0).any())
         if len(self._pending) >= _MAX_PENDING:
             self._fold()
 
@@ -330,6 +335,17 @@ class ISSwitch:
             if math.isfinite(value):
                 self._tau = self._momentum * self._tau + (1.0 - self._momentum) * value
                 self._n_updates += 1
+        negative, self._pending_negative = self._pending_negative, []
+        if negative and not self._warned_negative and bool(torch.stack(negative).any()):
+            # Gradient norms are never negative: only score="loss" with a loss below 0 is.
+            self._warned_negative = True
+            warnings.warn(
+                "ISSGD: some scores are negative, so those batches leave tau unchanged and "
+                "importance sampling stays off while they last. score='loss' needs a "
+                "non-negative per-sample loss: shift the loss, or use score='gnorm'.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------------------- timings
 

@@ -38,8 +38,12 @@ the ``log det S`` term (infinite when ``M <= n``) being a constant of the parame
 Both are minimized with L-BFGS-B on torch gradients.
 
 **Units.** Values are sign-flipped for maximized studies (so that the prior is always about a
-minimized objective), then pooled over all studies and standardized *once* with the pooled mean
-and standard deviation (``y_shift``, ``y_scale``). Studies are not standardized one by one:
+minimized objective), and each study's outliers are tamed as the sampler tames them
+(:func:`~optuna_isbo.model.tame_outliers`: values beyond :math:`q_{75} + 5 (q_{75} - q_{25})`
+of the study are set to that fence, runs marked ``isbo:diverged`` to its worst other value), so
+that one diverged run reported at its loss cannot set the scale. The values are then pooled
+over all studies and standardized *once* with the pooled mean and standard deviation
+(``y_shift``, ``y_scale``). Studies are not standardized one by one:
 objective values of related tasks share a scale, and the prior mean is what they have in
 common. A new study's values go through the same transform (:meth:`GPPrior.transform`). The
 mean and standard deviation are taken of the values divided by their largest magnitude, so
@@ -117,8 +121,10 @@ from optuna_isbo.model import (
     _noise_var,
     condition,
     minimize_lbfgsb,
+    tame_outliers,
 )
 from optuna_isbo.search_space import SearchSpace
+from optuna_isbo.trials import ran_in_full
 
 __all__ = ["GPPrior", "MeanFunction", "fit_prior"]
 
@@ -921,6 +927,9 @@ def _collect(
         inputs = X if space.fidelity_param is None else torch.cat([X, s[:, None]], dim=1)
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
         y = torch.tensor([sign * float(t.value) for t in trials], dtype=_DTYPE)  # type: ignore[arg-type]
+        # As the sampler does: one diverged run reported at its loss (1e12) would otherwise
+        # set the pooled scale and flatten the prior everywhere else.
+        y = tame_outliers(y, torch.tensor([not ran_in_full(t) for t in trials]))
         data.append(_StudyData(study.study_name, inputs, y))
     return space, data
 
@@ -1061,7 +1070,8 @@ def fit_prior(
         (any storage) or ``(storage, study_name)`` pairs, ``storage`` a URL or a
         :class:`~optuna.storages.BaseStorage`. Their search spaces must match (same parameter
         names and distributions; parameters with a single value are ignored). Maximized
-        studies are sign-flipped. Only ``COMPLETE`` trials with a finite value count.
+        studies are sign-flipped. Only ``COMPLETE`` trials with a finite value count, their
+        outliers and diverged runs (``isbo:diverged``) tamed as the sampler tames them.
     mean
         Mean function: ``"constant"``, ``"linear"`` (default) or ``"mlp"``.
     objective

@@ -365,7 +365,10 @@ class ISBOSampler(BaseSampler):
             with self._lock:
                 params = target_search.sample_at_target(self._target, view, trial, search_space)
             if params:
-                _write_attrs(study, trial, {"phase": TARGET_PHASE}, params)
+                enqueued = bool(trial.system_attrs.get("fixed_params"))
+                _write_attrs(
+                    study, trial, {"phase": "enqueued" if enqueued else TARGET_PHASE}, params
+                )
             return params
         attrs: dict[str, Any]
         if len(completed) < max(self._n_startup_trials, 1):
@@ -463,9 +466,16 @@ class ISBOSampler(BaseSampler):
         )
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        if len(study_trials.finite_completed_trials(study)) < max(self._n_startup_trials, 1):
+        phase = None
+        if trial.system_attrs.get("fixed_params"):
+            # ``enqueue_trial``: the user chose (some of) what it runs. A trial whose every
+            # parameter is fixed never reaches ``sample_relative``, so it is labelled here.
+            phase = "enqueued"
+        elif len(study_trials.finite_completed_trials(study)) < max(self._n_startup_trials, 1):
             # Also marks the trials sampled before a joint search space exists.
-            study._storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + "phase", "startup")
+            phase = "startup"
+        if phase is not None:
+            study._storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + "phase", phase)
         self._independent_sampler.before_trial(study, trial)
 
     def after_trial(

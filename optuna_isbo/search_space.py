@@ -335,7 +335,11 @@ class SearchSpace:
             )
         self.fidelity_param = name
         self.fidelity_low = float(distribution.low)
-        self.target_fidelity = target
+        # The distribution's own type: an int ``target_fidelity`` of a float parameter is
+        # handed back (``recommend``) as a float.
+        self.target_fidelity = (
+            float(target) if isinstance(distribution, FloatDistribution) else target
+        )
         self._fidelity_distribution = distribution
 
     # ---- fidelity ------------------------------------------------------------------------

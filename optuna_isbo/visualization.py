@@ -8,9 +8,10 @@ plots against the wall-clock actually spent instead.
 For completed trials :math:`t_1, \\dots, t_n` in trial-number order with costs
 :math:`c_i` (seconds) and objective values :math:`y_i`, the x coordinate of trial
 :math:`t_k` is the cumulative cost :math:`C_k = \\sum_{i \\le k} c_i`, and the best-so-far
-line is :math:`\\min_{i \\le k} y_i` (:math:`\\max` when the study maximizes). The cost of a
-trial is :func:`optuna_isbo.cost.trial_cost_seconds`, the cost the sampler models: the larger
-of the user attribute ``"isbo:cost"`` (written by ``ISSGD.report``) and the trial's duration.
+line is :math:`\\min_{i \\le k} y_i` (:math:`\\max` when the study maximizes) over the finite
+values, as the sampler ignores the others. The cost of a trial is
+:func:`optuna_isbo.cost.trial_cost_seconds`, the cost the sampler models: the larger of the
+user attribute ``"isbo:cost"`` (written by ``ISSGD.report``) and the trial's duration.
 """
 
 from __future__ import annotations
@@ -87,10 +88,19 @@ def _get_cost_history_info(
 
     cost_seconds = np.array([trial_cost_seconds(t, cost_attr) for t in trials])
     values = np.array([float(t.values[0]) for t in trials])
+    finite = np.isfinite(values)
+    if not finite.all():
+        # The sampler ignores these values too: an infinite value is no best value.
+        _logger.warning(
+            "Trials %s have non-finite values; the best-value line ignores them.",
+            [t.number for t, ok in zip(trials, finite, strict=True) if not ok],
+        )
     if study.direction == StudyDirection.MINIMIZE:
-        best_values = np.minimum.accumulate(values)
+        best_values = np.minimum.accumulate(np.where(finite, values, np.inf))
     else:
-        best_values = np.maximum.accumulate(values)
+        best_values = np.maximum.accumulate(np.where(finite, values, -np.inf))
+    # No line before the first finite value.
+    best_values = np.where(np.isfinite(best_values), best_values, np.nan)
 
     if fidelity_param is None:
         fidelities: list[float | None] = [None] * len(trials)
@@ -243,7 +253,8 @@ def plot_cost_history(
     its ticks labelled with fidelity values that occur); trials without the fidelity parameter
     are grey. With ``fidelity_param=None`` (a study without a fidelity, such as one run by
     ``ISBOSampler(fidelity_param=None)``) the markers are not split by fidelity. A step line
-    shows the best value so far, respecting the study direction.
+    shows the best value so far, respecting the study direction; like the sampler, it ignores
+    values that are not finite (a trial completed at ``inf``), with a logged warning.
 
     The figure is a plotly figure: ``fig.show()`` opens it in a browser or notebook, and
     ``fig.write_html("cost_history.html")`` saves it as an interactive page with nothing more
@@ -286,8 +297,9 @@ def plot_cost_history(
     Raises
     ------
     ValueError
-        If ``study`` is multi-objective, if a cost attribute is not a finite non-negative
-        number, or if a fidelity value is not numeric.
+        If ``study`` is multi-objective, or if a fidelity value is not numeric. A cost
+        attribute that is not a finite non-negative number is ignored with a warning, and the
+        trial's duration counts (as for the sampler).
     ImportError
         If plotly is not installed.
     """

@@ -151,3 +151,25 @@ def test_recommend_works_on_a_read_only_storage(tmp_path: Path) -> None:
     with pytest.warns(RuntimeWarning, match="could not be written"):
         recommended: dict[str, Any] = sampler.recommend(read_only)
     assert recommended == {"x": 0.5, FIDELITY: 256}
+
+
+@pytest.mark.parametrize("fidelity_param", [FIDELITY, None])
+def test_a_fully_enqueued_trial_is_labelled_enqueued(fidelity_param: str | None) -> None:
+    """Every parameter fixed: the sampler never proposes, in startup or after it."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=2, fidelity_param=fidelity_param)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        b = trial.suggest_int(FIDELITY, 16, 256, log=True)
+        trial.set_user_attr("isbo:cost", float(b))
+        return (x - 0.3) ** 2 + 1.0 / b
+
+    study.enqueue_trial({"x": 0.5, FIDELITY: 64})
+    study.optimize(objective, n_trials=4)
+    study.enqueue_trial({"x": 0.5, FIDELITY: 64})
+    study.enqueue_trial({"x": 0.25})
+    study.optimize(objective, n_trials=2)
+    phases = [t.user_attrs.get("isbo:phase") for t in study.trials]
+    assert phases[0] == "enqueued" and phases[4] == "enqueued" and phases[5] == "enqueued"
+    assert phases[1] == "startup"

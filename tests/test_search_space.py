@@ -503,3 +503,16 @@ def test_log_grid_encoding_is_bitwise_the_tensor_formula() -> None:
         x, _ = space.encode_params({"k": value})
         index = torch.tensor(float(value - 3), dtype=torch.float64)
         assert float(x[0]) == float(_unit_of_grid_index(param, index))
+
+
+def test_an_int_target_of_a_float_fidelity_decodes_to_a_float() -> None:
+    space = SearchSpace(
+        {"x": FloatDistribution(0.0, 1.0), "frac": FloatDistribution(0.1, 1.0)},
+        fidelity_param="frac",
+        target_fidelity=1,
+    )
+    value = space.unit_to_fidelity(1.0)
+    assert isinstance(value, float) and value == 1.0
+    assert isinstance(
+        space.decode(torch.zeros(space.dim, dtype=torch.float64), 1.0)["frac"], float
+    )
