@@ -136,19 +136,3 @@ def test_a_likely_feasible_configuration_beats_one_seen_infeasible_at_the_target
     assert recommendation.params["x"] <= 0.5
     assert recommendation.feasibility_probability is not None
     assert recommendation.feasibility_probability >= 0.5
-
-
-def test_the_target_search_starts_from_likely_feasible_points() -> None:
-    """The target search's startup design is screened by the constraint model the earlier
-    trials fitted. Random points break ``x + y <= 1`` half the time: of 10 startup trials,
-    2 or fewer are infeasible with probability 0.055 (binomial); screened points almost never
-    are (unscreened, these two studies had 7 of 10)."""
-    startup: list[optuna.trial.FrozenTrial] = []
-    for seed in (0, 2):
-        study = optuna.create_study(sampler=ISBOSampler(seed=seed))
-        study.optimize(_budget, n_trials=40)
-        phases = [t for t in study.trials if t.user_attrs.get("isbo:phase") == "target"]
-        startup += phases[:5]
-        assert len({(t.params["x"], t.params["y"]) for t in phases[:5]}) == len(phases[:5])
-    assert len(startup) == 10
-    assert sum(t.constraints["budget"] > 0 for t in startup) <= 2
