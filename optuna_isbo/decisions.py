@@ -126,9 +126,10 @@ def verification_candidate(
     if not rec.verification_due(verify_seconds, total_seconds, verify_cost_fraction):
         return None
     configs = rec.group_configurations(fit.inputs[:, : space.dim], s)
-    mean, _ = target_posterior(fit, space, configs.X)
+    ones = torch.ones(configs.X.shape[0], dtype=torch.float64)
+    # The mean alone (``O(n^2)``; the variances of every configuration would be ``O(n^3)``).
+    mean = fit.model.mean(model_inputs(space, configs.X, ones))
     if feasibility is not None:
-        ones = torch.ones(configs.X.shape[0], dtype=torch.float64)
         ok = feasibility.probability(model_inputs(space, configs.X, ones)) >= 0.5
         if not bool(ok.any()):
             return None

@@ -410,11 +410,23 @@ class GPModel:
         """
         if X_pending.shape[0] == 0:
             return self
+        # The Cholesky factor grows by a block instead of being recomputed: with
+        # ``B = L^{-1} K(X, X_p)`` and ``C C^T = K(X_p, X_p) + noise - B^T B``,
+        # ``[[L, 0], [B^T, C]]`` factors the joint covariance; ``O(n^2 k)``, not ``O(n^3)``.
+        KxP = self.kernel(self.X, X_pending)
+        B = torch.linalg.solve_triangular(self.chol, KxP, upper=False)
+        K_pp = self.kernel(X_pending, X_pending) + torch.diag(self.noise_var(X_pending) + _JITTER)
+        C = _robust_cholesky(K_pp - B.T @ B)
+        n, k = self.X.shape[0], X_pending.shape[0]
+        chol = self.chol.new_zeros(n + k, n + k)
+        chol[:n, :n] = self.chol
+        chol[n:, :n] = B.T
+        chol[n:, n:] = C
         X = torch.cat([self.X, X_pending])
-        y = torch.cat([self.y, self.mean(X_pending)])
-        return condition(
-            X, y, self.params, self.has_fidelity, self.heteroscedastic, mean_fn=self.mean_fn
-        )
+        y = torch.cat([self.y, self.prior_mean(X_pending) + KxP.T @ self.alpha])
+        resid = y - self.prior_mean(X)
+        alpha = torch.cholesky_solve(resid[:, None], chol)[:, 0]
+        return replace(self, X=X, y=y, chol=chol, alpha=alpha)
 
 
 def _prior_mean(
@@ -880,9 +892,14 @@ def fit_cost_model(
     log_mean = float(log_cost.mean())
     log_std = float(log_cost.std()) if log_cost.shape[0] > 1 else 0.0
     log_std = log_std if log_std > 1e-6 else 1.0
+    # Beyond ``MAX_FIT_POINTS`` trials the cost GP is conditioned on the fit subset alone
+    # (:func:`fit_subset`): the acquisition evaluates it at every candidate, and a few hundred
+    # runs pin down a smooth log cost; the objective GP keeps every observation.
+    z = (log_cost - log_mean) / log_std
+    subset = fit_subset(z, MAX_FIT_POINTS)
     gp = fit_gp(
-        X,
-        (log_cost - log_mean) / log_std,
+        X[subset],
+        z[subset],
         has_fidelity=False,
         warm_start=warm_start,
         max_iter=max_iter,
