@@ -39,9 +39,10 @@ from optuna.trial import FrozenTrial
 
 from optuna_isbo import recommendation as rec
 from optuna_isbo.constraints import ConstraintModel
-from optuna_isbo.model import GPModel
+from optuna_isbo.model import GPModel, tame_outliers
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import SearchSpace
+from optuna_isbo.trials import ran_in_full
 
 ATTR_PREFIX = "isbo:"
 #: ``isbo:phase`` of the trials proposed by the target search.
@@ -250,6 +251,7 @@ def choose_recommendation(
     if space.fidelity_param is None:
         s = torch.ones(X.shape[0], dtype=torch.float64)
     y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
+    y_raw = y.clone()
     p_feasible: float | None = None
     if evidence is None:
         eligible = s >= s.max()
@@ -294,6 +296,12 @@ def choose_recommendation(
         trial = completed[_best_member(members, rec.is_target(s), y)]
         std = float(evidence.std[k])
         n_target = int(configs.n_target[k])
+        clipped = _clipped_target_values(y_raw, s, members, completed)
+        if clipped is not None:
+            # The model saw this configuration's target values pulled in to the outlier fence
+            # (:func:`~optuna_isbo.model.tame_outliers`): its posterior describes the fence, not
+            # the configuration. Report what was observed, and no model uncertainty.
+            value, std = sign * clipped, math.nan
         if evidence.feasibility is not None:
             p_feasible = float(evidence.feasibility[k])
     params = dict(trial.params)
@@ -307,6 +315,23 @@ def choose_recommendation(
         n_target_evaluations=n_target,
         feasibility_probability=p_feasible,
     )
+
+
+def _clipped_target_values(
+    y: torch.Tensor, s: torch.Tensor, members: torch.Tensor, completed: list[FrozenTrial]
+) -> float | None:
+    """Mean observed target value of ``members``, if the outlier fence changed any of them.
+
+    ``y (n,)`` are the values in minimized units, ``s (n,)`` the fidelities, ``members (n,)``
+    the trials of one configuration. ``None`` when its target values reached the model as
+    they are.
+    """
+    bad = torch.tensor([not ran_in_full(t) for t in completed])
+    tamed = tame_outliers(y, bad)
+    at_target = members & rec.is_target(s)
+    if not bool((at_target & (tamed != y)).any()):
+        return None
+    return float(y[at_target].mean())
 
 
 def _best_member(members: torch.Tensor, at_target: torch.Tensor, y: torch.Tensor) -> int:

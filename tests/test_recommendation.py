@@ -138,3 +138,43 @@ def test_the_recommendation_is_one_line_on_the_dashboard() -> None:
     assert f"{result.value:.4g} +- {result.std:.4g} at the target" in line
     assert "target evaluation" in line and "feasible" not in line
     assert study.user_attrs["isbo:recommended_trial"] == result.trial_number
+
+
+def test_a_recommended_outlier_reports_its_observed_value_not_the_fence() -> None:
+    """The only target evaluation is far above the cheap values, beyond the outlier fence:
+    the model saw it at the fence (about 0.21). Recommending it is right (it is the only
+    supported candidate); saying it is predicted at 0.21 +- 0.005 was silently wrong."""
+    import math
+
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from optuna_isbo import ISBOSampler
+
+    distributions = {
+        "x": FloatDistribution(0.0, 1.0),
+        "super_batch_size": IntDistribution(32, 512, log=True),
+    }
+    sampler = ISBOSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    for i, value in enumerate([0.10, 0.11, 0.12, 0.13, 0.105, 0.115, 0.125]):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 0.1 * i, "super_batch_size": 32},
+                distributions=distributions,
+                value=value,
+                user_attrs={"isbo:cost": 0.2},
+            )
+        )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.95, "super_batch_size": 512},
+            distributions=distributions,
+            value=2.0,
+            user_attrs={"isbo:cost": 1.0},
+        )
+    )
+    result = sampler.recommendation(study)
+    assert result.n_target_evaluations == 1 and result.params["x"] == 0.95
+    assert result.value == 2.0 and math.isnan(result.std)
+    assert study.user_attrs["isbo:recommended_value"] == 2.0
