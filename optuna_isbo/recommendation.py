@@ -78,10 +78,12 @@ class Recommendation:
         maximized study gets the predicted maximum, not its negation).
     std
         Posterior standard deviation of that value (of the noise-free objective). ``nan`` when
-        no model could be fitted (a single completed trial, or a failed fit).
+        no model could be fitted (a single completed trial, or a failed fit), and when the
+        configuration's target values are outliers the model saw pulled in to its fence
+        (:func:`~optuna_isbo.model.tame_outliers`): ``value`` is then their observed mean.
     trial_number
-        The completed trial whose configuration this is (the first of them, if several share
-        it).
+        The completed trial whose configuration this is (if several share it, the best of
+        them, target evaluations first; its parameters are the ones returned).
     n_target_evaluations
         Completed trials that evaluated this configuration at the target fidelity. 0 means the
         prediction rests on lower fidelities only.
