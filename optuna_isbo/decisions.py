@@ -244,7 +244,10 @@ def choose_recommendation(
     probability at least 1/2 (``evidence.feasibility``; without a model, the trials observed
     feasible, ``feasible (n,)``), as long as there is one. The parameters are those of the
     configuration's best trial, preferring target evaluations: parameters outside the joint
-    search space (conditional ones, a range that changed) then come from one real run.
+    search space (conditional ones, a range that changed) then come from one real run. Where
+    such parameters differ among the configuration's trials, the model cannot tell them apart;
+    the value and the number of target evaluations are then those of the exact parameters
+    returned (their mean observed target value, with ``std`` NaN).
     """
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
     X, s = space.encode_trials(completed)
@@ -260,7 +263,7 @@ def choose_recommendation(
         best = int(torch.where(eligible, y, math.inf).argmin())
         trial = completed[best]
         value, std = float(trial.values[0]), math.nan
-        n_target = int(rec.is_target(s[(X == X[best]).all(dim=1)]).sum())
+        n_target = int((rec.is_target(s) & _same_run(completed, best, space)).sum())
         if feasible is not None:
             p_feasible = float(feasible[best])
     else:
@@ -293,7 +296,8 @@ def choose_recommendation(
         # is biased low, and the posterior's standard deviation is about the latent value.
         value = sign * float(evidence.mean[k])
         members = configs.index == k
-        trial = completed[_best_member(members, rec.is_target(s), y)]
+        best = _best_member(members, rec.is_target(s), y)
+        trial = completed[best]
         std = float(evidence.std[k])
         n_target = int(configs.n_target[k])
         clipped = _clipped_target_values(y_raw, s, members, completed)
@@ -302,6 +306,16 @@ def choose_recommendation(
             # (:func:`~optuna_isbo.model.tame_outliers`): its posterior describes the fence, not
             # the configuration. Report what was observed, and no model uncertainty.
             value, std = sign * clipped, math.nan
+        exact = members & _same_run(completed, best, space)
+        if bool((members & ~exact).any()):
+            # Parameters outside the joint search space (conditional ones, a changed range)
+            # tell the configuration's trials apart where the model cannot: its posterior
+            # describes them all. Report what this exact configuration observed at the target
+            # (it has target values whenever the group has: ``_best_member``).
+            at_target = exact & rec.is_target(s)
+            n_target = int(at_target.sum())
+            if n_target > 0:
+                value, std = sign * float(y_raw[at_target].mean()), math.nan
         if evidence.feasibility is not None:
             p_feasible = float(evidence.feasibility[k])
     params = dict(trial.params)
@@ -332,6 +346,16 @@ def _clipped_target_values(
     if not bool((at_target & (tamed != y)).any()):
         return None
     return float(y[at_target].mean())
+
+
+def _same_run(completed: list[FrozenTrial], index: int, space: SearchSpace) -> torch.Tensor:
+    """``(n,)`` whether each trial ran the parameters of ``completed[index]``, fidelity aside."""
+
+    def key(trial: FrozenTrial) -> dict[str, object]:
+        return {k: v for k, v in trial.params.items() if k != space.fidelity_param}
+
+    reference = key(completed[index])
+    return torch.tensor([key(t) == reference for t in completed], dtype=torch.bool)
 
 
 def _best_member(members: torch.Tensor, at_target: torch.Tensor, y: torch.Tensor) -> int:

@@ -81,6 +81,9 @@ class Recommendation:
         no model could be fitted (a single completed trial, or a failed fit), and when the
         configuration's target values are outliers the model saw pulled in to its fence
         (:func:`~optuna_isbo.model.tame_outliers`): ``value`` is then their observed mean.
+        The same when the configuration's trials differ in parameters outside the joint search
+        space (a conditional parameter the model does not see): ``value`` and
+        ``n_target_evaluations`` are then those of the exact parameters returned.
     trial_number
         The completed trial whose configuration this is (if several share it, the best of
         them, target evaluations first; its parameters are the ones returned).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,33 @@ def test_a_conditional_parameter_comes_from_the_recommended_trial() -> None:
         )
     )
     assert sampler.recommend(study) == {"kind": "a", "xa": 0.1}
+
+
+def test_a_conditional_configuration_is_reported_for_itself() -> None:
+    """The model sees ``kind`` alone, one configuration ``kind=a`` with three target
+    evaluations; the recommended ``xa = 0.1`` ran once, so the report is that run's value, one
+    target evaluation, and no model uncertainty (the model cannot tell ``xa`` apart)."""
+    sampler = ISBOSampler(seed=0, fidelity_param=None)
+    study = optuna.create_study(sampler=sampler)
+    kind = CategoricalDistribution(["a", "b"])
+    for xa, value in [(0.9, 0.81), (0.1, 0.01), (0.5, 0.25)]:
+        study.add_trial(
+            create_trial(
+                value=value, params={"kind": "a", "xa": xa}, distributions={"kind": kind, "xa": X}
+            )
+        )
+    for xb, value in [(0.3, 2.0), (0.6, 2.5)]:
+        study.add_trial(
+            create_trial(
+                value=value, params={"kind": "b", "xb": xb}, distributions={"kind": kind, "xb": X}
+            )
+        )
+    recommendation = sampler.recommendation(study)
+    assert recommendation.params == {"kind": "a", "xa": 0.1}
+    assert recommendation.trial_number == 1
+    assert recommendation.n_target_evaluations == 1
+    assert recommendation.value == pytest.approx(0.01)
+    assert math.isnan(recommendation.std)
 
 
 def test_a_widened_range_keeps_a_real_configuration() -> None:
