@@ -119,7 +119,8 @@ def run_one(name: str, method: str, seed: int) -> dict[str, Any]:
     spent = 0.0
     best: tuple[float, dict[str, Any]] | None = None  # best feasible observed at the target
     out: dict[str, list[Any]] = {
-        k: [] for k in ("cumulative_cost", "fidelity", "infeasible", "regret", "rec_feasible")
+        k: []
+        for k in ("cumulative_cost", "fidelity", "infeasible", "regret", "rec_feasible", "phase")
     }
     while spent < budget:
         trial = study.ask()
@@ -146,7 +147,22 @@ def run_one(name: str, method: str, seed: int) -> dict[str, Any]:
         out["infeasible"].append(constraint > 0)
         out["regret"].append(true_value - problem.f_min)
         out["rec_feasible"].append(bool(feasible))
+        out["phase"].append(_phase(study, method, problem.fidelity, problem.high))
     return {"problem": name, "method": method, "seed": seed, "budget": budget, **out}
+
+
+def _phase(study: optuna.Study, method: str, fidelity: str, target: int) -> str:
+    """What proposed the latest trial: ``design`` for a space-filling startup point (GPSampler's
+    first ``N_STARTUP`` trials; ISBO's startup design and its target search's own startup,
+    which runs until ``N_STARTUP`` trials are at the target), else ``isbo:phase``/``model``."""
+    trials = study.trials
+    if method != "isbo":
+        return "design" if len(trials) <= N_STARTUP else "model"
+    phase = str(trials[-1].user_attrs.get("isbo:phase", "unknown"))
+    if phase == "startup":
+        return "design"
+    at_target = sum(1 for t in trials[:-1] if t.params.get(fidelity) == target)
+    return "design" if phase == "target" and at_target < N_STARTUP else phase
 
 
 def _task(task: tuple[str, str, int]) -> dict[str, Any]:
