@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from issgd_ratios import ratios
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
@@ -66,7 +67,6 @@ from optuna_isbo import ISSGDCallback
 from optuna_isbo.issgd.switch import SwitchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from bench_issgd import ratios  # noqa: E402  (the same per-seed ratios as the step benchmark)
 from digits_data import load_digits_splits  # noqa: E402  (examples/ helper modules)
 from small_nets import mlp, small_cnn  # noqa: E402
 
