@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from issgd_ratios import ratios
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -173,15 +174,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print_row(task, label, rows)
         out["tasks"][task] = rows
     return out
-
-
-def ratios(rows: dict[str, Any], label: str, view: str, key: str) -> list[float]:
-    """Per-seed ``key`` of ``label`` over that of uniform, in ``view``."""
-    return [
-        run[key] / base[key]
-        for run, base in zip(rows[label][view], rows["uniform"][view], strict=True)
-        if base[key] > 0
-    ]
 
 
 def print_row(task: str, label: str, rows: dict[str, Any]) -> None:

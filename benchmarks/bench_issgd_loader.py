@@ -1,7 +1,7 @@
 """IS-SGD against uniform SGD through a PyTorch DataLoader: the ``--loader`` mode of bench_issgd.
 
 Every method reads its data through a :class:`torch.utils.data.DataLoader` whose
-``batch_sampler`` is the :class:`~optuna_isbo.issgd_sampling.ISBatchSampler` of
+``batch_sampler`` is the :class:`~optuna_isbo.issgd.sampling.ISBatchSampler` of
 :meth:`ISSGDCallback.batch_sampler <optuna_isbo.ISSGDCallback.batch_sampler>`, and trains with
 the callback's hooks (``before_step``, ``weighted_loss``, ``after_step``). Methods:
 
@@ -59,14 +59,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from issgd_ratios import ratios
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from optuna_isbo import ISSGDCallback
-from optuna_isbo.issgd_switch import SwitchMode
+from optuna_isbo.issgd.switch import SwitchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from bench_issgd import ratios  # noqa: E402  (the same per-seed ratios as the step benchmark)
 from digits_data import load_digits_splits  # noqa: E402  (examples/ helper modules)
 from small_nets import mlp, small_cnn  # noqa: E402
 

@@ -132,7 +132,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,11 +152,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_synthetic import PROBLEMS as SYNTHETIC  # noqa: E402
 from bench_synthetic import load_runs  # noqa: E402
 from harness import run_tasks  # noqa: E402
+from mf_protocol import BestObserved, Driver, MFProblem, Rec, distributions_of  # noqa: E402
 
 N_STEPS = "n_steps"
 N_STEPS_HIGH = 128
 LEVEL = "fidelity_level"
-N_GRID = 5  # fidelity levels considered by ISBOSampler (its default) and by the BoTorch loop
 N_INIT = 10  # ISBOSampler's default startup trials; the BoTorch loop's initial design
 Z80 = 1.2815515655446004  # the 90 % normal quantile: value +- Z80 std is an 80 % interval
 METHODS = (
@@ -209,56 +208,6 @@ WINGWEIGHT_MIN = 123.25367170091783
 
 
 # -- problems --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MFProblem:
-    """A minimization problem with a fidelity ``n`` in ``[1, fidelity_high]`` (log int).
-
-    ``observe(params, s, rng, noise_scale)`` is the value at unit fidelity ``s``, ``target`` the
-    noiseless value at ``s = 1``; ``levels`` is the number of discrete fidelity levels (0 for a
-    continuous fidelity), ``source_cost`` the cost of the problem's source as a function of
-    ``s`` (None when it has none besides ``affine``).
-    """
-
-    name: str
-    suggest: Callable[[optuna.Trial], dict[str, Any]]
-    observe: Callable[[dict[str, Any], float, np.random.Generator, float], float]
-    target: Callable[[dict[str, Any]], float]
-    f_min: float
-    fidelity: str
-    fidelity_high: int
-    levels: int = 0
-    source_cost: Callable[[float], float] | None = None
-    noise: str = "noiseless"
-    #: cost of one run of ``params`` at ``s`` under the ``source`` cost model, where it depends
-    #: on the configuration (a surrogate's training time); ``source_cost`` is then its typical
-    #: value, which sets the budget and the plans of the methods that need one.
-    run_cost: Callable[[dict[str, Any], float], float] | None = None
-
-    def unit(self, n: float) -> float:
-        """``s = log(n) / log(fidelity_high)``, clipped to ``[0, 1]``."""
-        return min(max(math.log(n) / math.log(self.fidelity_high), 0.0), 1.0)
-
-    def value_of_unit(self, s: float) -> int:
-        """The nearest valid fidelity value to ``fidelity_high ** s``."""
-        n = round(self.fidelity_high ** min(max(s, 0.0), 1.0))
-        return min(max(n, 1), self.fidelity_high)
-
-    def grid(self) -> list[float]:
-        """The fidelity levels (as ``s``) considered by the model-based methods.
-
-        All levels of a discrete fidelity; else ``N_GRID`` levels evenly spaced in ``s`` and
-        rounded to ints, as ISBOSampler's ``SearchSpace.fidelity_grid`` does.
-        """
-        if self.levels:
-            values = list(range(1, self.levels + 1))
-        else:
-            values = [self.value_of_unit(k / (N_GRID - 1)) for k in range(N_GRID)]
-        return sorted({self.unit(v) for v in values})
-
-    def suggest_fidelity(self, trial: optuna.Trial) -> int:
-        return trial.suggest_int(self.fidelity, 1, self.fidelity_high, log=True)
-
-
 def _synthetic_problem(name: str) -> MFProblem:
     p = SYNTHETIC[name]
 
@@ -401,13 +350,6 @@ def has_cost(problem: MFProblem, cost_model: str) -> bool:
 
 
 # -- a unit-cube codec of the x part of a search space, for the non-Optuna methods -----------
-def distributions_of(problem: MFProblem) -> dict[str, BaseDistribution]:
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    trial = study.ask()
-    problem.suggest(trial)
-    return dict(trial.distributions)
-
-
 class Codec:
     """``x`` <-> ``[0, 1]^d``: floats linear or log; ints and categoricals relaxed and rounded.
 
@@ -461,54 +403,10 @@ class Codec:
 
 
 # -- methods ---------------------------------------------------------------------------------
-@dataclass
-class Rec:
-    """A recommendation: ``x`` and, for model-based methods, its predicted target value."""
-
-    params: dict[str, Any]
-    value: float | None = None
-    std: float | None = None
-    # ISBO: what other recommendation rules pick from the same posterior (``RULES``).
-    alternatives: dict[str, dict[str, Any]] | None = None
-
-
 # ISBO's recommendation under each fixed rule of ``optuna_isbo.recommendation.Rule``, next to
 # the default, which picks the rule from the verification checks: the same trials and the same
 # posterior, so the rules are compared on identical studies.
 RULES: tuple[Rule, ...] = ("extrapolate", "supported", "observed")
-
-
-class Driver:
-    """One method behind ask/tell. ``ask`` returns ``(x params, fidelity value, phase)``."""
-
-    #: whether ``recommend`` is a model fit (then it honours ``--recommend-every``)
-    expensive_recommend = False
-
-    def ask(self) -> tuple[dict[str, Any], int, str]:
-        raise NotImplementedError
-
-    def tell(self, value: float, cost: float) -> None:
-        raise NotImplementedError
-
-    def recommend(self) -> Rec:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release what the method holds (temporary directories)."""
-
-
-class BestObserved:
-    """Best observed value overall and at the target fidelity."""
-
-    def __init__(self) -> None:
-        self.best: tuple[float, dict[str, Any]] | None = None
-        self.best_target: tuple[float, dict[str, Any]] | None = None
-
-    def add(self, params: dict[str, Any], value: float, at_target: bool) -> None:
-        if self.best is None or value < self.best[0]:
-            self.best = (value, params)
-        if at_target and (self.best_target is None or value < self.best_target[0]):
-            self.best_target = (value, params)
 
 
 class OptunaDriver(Driver):

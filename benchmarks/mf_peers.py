@@ -18,7 +18,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
-from bench_mf import BestObserved, Driver, MFProblem, Rec, distributions_of
+from mf_protocol import BestObserved, Driver, MFProblem, Rec, distributions_of
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,

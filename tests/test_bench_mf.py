@@ -19,6 +19,7 @@ from optuna_isbo.search_space import SearchSpace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_mf  # noqa: E402
+import mf_protocol  # noqa: E402
 
 
 def test_fidelity_grid_is_isbo_grid() -> None:
@@ -31,7 +32,7 @@ def test_fidelity_grid_is_isbo_grid() -> None:
             problem.fidelity,
             None,
         )
-        assert problem.grid() == pytest.approx(space.fidelity_grid(bench_mf.N_GRID).tolist())
+        assert problem.grid() == pytest.approx(space.fidelity_grid(mf_protocol.N_GRID).tolist())
         assert problem.unit(problem.fidelity_high) == 1.0
 
 

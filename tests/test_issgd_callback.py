@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from optuna_isbo.issgd import ISSGD
-from optuna_isbo.issgd_callback import ISSGDCallback
-from optuna_isbo.issgd_sampling import draw_by_score, importance_weights, sample_by_score
+from optuna_isbo.issgd.callback import ISSGDCallback
+from optuna_isbo.issgd.sampling import draw_by_score, importance_weights, sample_by_score
 
 
 class _CountingDataset(Dataset[tuple[Tensor, Tensor]]):

@@ -16,7 +16,7 @@ import lightning.pytorch as pl  # noqa: E402
 from issgd_data import skewed_data  # noqa: E402  (tests/ helper)
 
 from optuna_isbo.integration.lightning import ISSGDLightningCallback  # noqa: E402
-from optuna_isbo.issgd_callback import ISSGDCallback  # noqa: E402
+from optuna_isbo.issgd.callback import ISSGDCallback  # noqa: E402
 
 # Lightning's own pytree helper uses an API that torch deprecates; nothing of ours.
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*")

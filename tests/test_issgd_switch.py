@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from optuna_isbo.issgd_switch import (
+from optuna_isbo.issgd.switch import (
     FIDELITY_VARIANCE_RATIO,
     PROBE_STEPS,
     WARMUP_STEPS,
@@ -70,7 +70,7 @@ def test_variance_ratio_at_finite_super_batch_matches_monte_carlo() -> None:
     b = 4
     for big_b, n_draws in ((4, 40_000), (16, 40_000), (128, 20_000)):
         measured, se = _two_stage_variance(grads, scores, b, big_b, n_draws, seed=big_b)
-        # exact for scores proportional to gradient norms (derived in issgd_switch)
+        # exact for scores proportional to gradient norms (derived in optuna_isbo.issgd.switch)
         exact = sigma2 / big_b + (1 - 1 / big_b) * (m1**2 - mean_sq) / b
         assert abs(measured - exact) < 5 * se, (big_b, measured, exact, se)
         uniform = sigma2 / b

@@ -1,12 +1,12 @@
 """IS-SGD in a PyTorch Lightning ``Trainer``: :class:`ISSGDLightningCallback`.
 
 Needs the optional extra ``lightning`` (``pip install "optuna-isbo[lightning]"``). The callback
-calls the hooks of an :class:`~optuna_isbo.issgd_callback.ISSGDCallback` from the Trainer's own
+calls the hooks of an :class:`~optuna_isbo.issgd.callback.ISSGDCallback` from the Trainer's own
 loop; the training data stay in the user's DataLoader:
 
 .. code-block:: python
 
-    from optuna_isbo.issgd_callback import ISSGDCallback
+    from optuna_isbo.issgd.callback import ISSGDCallback
     from optuna_isbo.integration.lightning import ISSGDLightningCallback
 
     class Net(lightning.LightningModule):
@@ -34,7 +34,7 @@ loop; the training data stay in the user's DataLoader:
 
 Before each training step the callback replaces the batch's inputs and targets, in place, by
 the ``b`` samples drawn by score from a super-batch (or leaves a minibatch as it is); the
-weights are those of :meth:`ISSGDCallback.weighted_loss <optuna_isbo.issgd_callback.
+weights are those of :meth:`ISSGDCallback.weighted_loss <optuna_isbo.issgd.callback.
 ISSGDCallback.weighted_loss>` when called without them (or ``issgd.weights``). The batch must
 therefore be a ``list`` ``[inputs, targets]``, as PyTorch's default ``collate_fn`` makes of
 ``(input, target)`` items. Scoring runs under the Trainer's precision (its autocast for
@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from optuna_isbo.issgd_callback import ISSGDCallback
+from optuna_isbo.issgd.callback import ISSGDCallback
 
 try:
     import lightning.pytorch as pl
@@ -99,7 +99,7 @@ class ISSGDLightningCallback(Callback):
     ) -> None:
         if not isinstance(issgd, ISSGDCallback):
             raise TypeError(
-                f"issgd must be an optuna_isbo.issgd_callback.ISSGDCallback, got "
+                f"issgd must be an optuna_isbo.issgd.callback.ISSGDCallback, got "
                 f"{type(issgd).__name__}."
             )
         super().__init__()

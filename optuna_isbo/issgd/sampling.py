@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from optuna_isbo.issgd_checks import as_int, as_sizes
-from optuna_isbo.issgd_switch import ISSwitch, usable_scores
+from optuna_isbo.issgd.checks import as_int, as_sizes
+from optuna_isbo.issgd.switch import ISSwitch, usable_scores
 
 __all__ = ["ISBatchSampler", "draw_by_score", "importance_weights", "sample_by_score"]
 
@@ -137,7 +137,7 @@ class ISBatchSampler(Sampler[list[int]]):
     """Batch sampler for a DataLoader: ``B`` uniform indices while IS is on, ``b`` while off.
 
     Pass it as ``DataLoader(dataset, batch_sampler=...)``; obtain it from
-    :meth:`ISSGDCallback.batch_sampler <optuna_isbo.issgd_callback.ISSGDCallback.batch_sampler>`,
+    :meth:`ISSGDCallback.batch_sampler <optuna_isbo.issgd.callback.ISSGDCallback.batch_sampler>`,
     which shares the callback's switch. Indices are drawn uniformly with replacement by a seeded
     CPU generator; each batch's size is decided, by the switch, when the DataLoader asks for
     its indices.
@@ -147,7 +147,7 @@ class ISBatchSampler(Sampler[list[int]]):
     n_samples
         Dataset size ``N`` (>= ``B``).
     switch
-        The :class:`~optuna_isbo.issgd_switch.ISSwitch` deciding each batch's kind.
+        The :class:`~optuna_isbo.issgd.switch.ISSwitch` deciding each batch's kind.
     batch_size, super_batch_size
         ``b`` and ``B``.
     n_steps

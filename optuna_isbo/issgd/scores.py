@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from optuna_isbo.issgd_checks import (
+from optuna_isbo.issgd.checks import (
     IGNORE_INDEX,
     batch_rows,
     check_cross_entropy,

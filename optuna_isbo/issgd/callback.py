@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from optuna_isbo.issgd_checks import (
+from optuna_isbo.issgd.checks import (
     IGNORE_INDEX,
     as_float,
     as_int,
@@ -63,8 +63,8 @@ from optuna_isbo.issgd_checks import (
     index_rows,
     shape,
 )
-from optuna_isbo.issgd_sampling import ISBatchSampler, default_n_steps, draw_by_score
-from optuna_isbo.issgd_scores import (
+from optuna_isbo.issgd.sampling import ISBatchSampler, default_n_steps, draw_by_score
+from optuna_isbo.issgd.scores import (
     LossFn,
     Score,
     check_outputs,
@@ -72,7 +72,7 @@ from optuna_isbo.issgd_scores import (
     score_samples,
     scores_from_logits,
 )
-from optuna_isbo.issgd_switch import ISSwitch, SwitchMode, SwitchStats
+from optuna_isbo.issgd.switch import ISSwitch, SwitchMode, SwitchStats
 
 if TYPE_CHECKING:
     import optuna
@@ -158,7 +158,7 @@ class ISSGDCallback:
         ``"gnorm"`` (default, the norm of the loss gradient with respect to the logits) or
         ``"loss"`` (the per-sample loss, non-negative).
     switch
-        When importance sampling is on (see :mod:`optuna_isbo.issgd_switch`).
+        When importance sampling is on (see :mod:`optuna_isbo.issgd.switch`).
         ``"fidelity"`` (default): whenever the estimated variance reduction at this ``B`` is
         real (variance ratio above 1.2) after 20 uniform warm-up steps, whatever the cost;
         use it when ``B`` is ISBO's fidelity. ``"speed"``: only when it pays per second, from
@@ -341,7 +341,7 @@ class ISSGDCallback:
         ``tau``, ``tau_threshold``, ``variance_ratio``, ``cost_ratio``, ``switch``,
         ``switch_rule``, ``uniform_step_seconds``, ``is_step_seconds``,
         ``scoring_seconds_per_sample``
-            The switch's state (:attr:`ISSwitch.stats <optuna_isbo.issgd_switch.ISSwitch.stats>`):
+            The switch's state (:attr:`ISSwitch.stats <optuna_isbo.issgd.switch.ISSwitch.stats>`):
             ``switch_rule`` names the rule behind the latest decision (``"warmup"``,
             ``"fidelity"``, ``"fixed-cost"``, ``"probe"``, ``"measured-cost"``,
             ``"threshold"``, ``"uniform"``).

@@ -92,7 +92,7 @@ from typing import Literal, TypedDict
 import torch
 from torch import Tensor
 
-from optuna_isbo.issgd_checks import as_float, as_int, as_sizes
+from optuna_isbo.issgd.checks import as_float, as_int, as_sizes
 
 __all__ = [
     "FIDELITY_VARIANCE_RATIO",
