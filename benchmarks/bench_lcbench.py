@@ -55,8 +55,8 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_mf  # noqa: E402
-from bench_mf import BestObserved, Driver, MFProblem, Rec  # noqa: E402
 from harness import run_tasks  # noqa: E402
+from mf_protocol import BestObserved, Driver, MFProblem, Rec  # noqa: E402
 
 DEV_TASKS = ("7593", "34539", "126025", "126026", "146212", "167104", "167149", "168330")
 EPOCHS = 52

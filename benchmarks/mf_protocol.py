@@ -89,6 +89,8 @@ class Rec:
     std: float | None = None
     # ISBO: what other recommendation rules pick from the same posterior (``bench_mf.RULES``).
     alternatives: dict[str, dict[str, Any]] | None = None
+    # ISBO: target-fidelity evaluations behind ``value`` (0: an extrapolation).
+    n_target: int | None = None
 
 
 class Driver:

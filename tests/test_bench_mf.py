@@ -109,6 +109,25 @@ def test_runs_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert set(entry["goals"]["isbo-mes"]) >= {"best_median", "best_p90", "coverage_met"}
 
 
+def test_extrapolation_coverage_counts_only_recommendations_without_target_evidence() -> None:
+    """z = (true - value) / std of 0.5, 1.0, 5.0 for three extrapolations; a supported one
+    (n_target 2) with z = 9 and a run without ``pred_n_target`` are left out."""
+    run = {
+        "method": "isbo-mes",
+        "pred_value": [0.0, 0.0, 0.0, 0.0, None],
+        "pred_std": [1.0, 2.0, 0.1, 1.0, None],
+        "true_value": [0.5, 2.0, 0.5, 9.0, 1.0],
+        "pred_n_target": [0, 0, 0, 2, None],
+    }
+    old_run = {**run, "pred_n_target": None}
+    del old_run["pred_n_target"]
+    result = bench_mf.extrapolation_coverage([run, old_run])["isbo-mes"]
+    assert result["n"] == 3 and result["runs"] == 1
+    assert result["coverage80"] == pytest.approx(2 / 3)  # |z| <= 1.2816 for 0.5 and 1.0
+    assert result["beyond_4_std"] == pytest.approx(1 / 3)
+    assert result["median_z"] == pytest.approx(1.0)
+
+
 def test_goals_compare_isbo_with_every_peer() -> None:
     def final(median: float, p90: float) -> dict[str, Any]:
         return {"regret_at_fraction": {"1.0": {"median": median, "p90": p90}}}
