@@ -59,6 +59,13 @@ Both acquisitions score a candidate ``c = (x, s)`` by the information an observa
     Bayesian Optimization" (ICML 2017), ``gamma phi(gamma) / (2 Phi(gamma)) - log Phi(gamma)``.
     One-dimensional quadrature per candidate: much cheaper than ``"es"``.
 
+In a constrained study the optimum is the *constrained* one: the representer points and the
+samples of ``f*`` come from the configurations likely to be feasible (:func:`likely_feasible`),
+as the constrained max-value entropy searches define ``f*`` (Perrone et al., "Constrained
+Bayesian Optimization with Max-Value Entropy Search", arXiv:1910.07003, 2019; Takeno et al.,
+ICML 2021), and the gain is weighted by the probability of feasibility
+(:func:`weighted_by_feasibility`).
+
 All functions are minimization-oriented: the sampler flips the sign for maximized objectives.
 ``D`` is the number of model input columns, ``m`` the number of representer points, ``q`` the
 number of candidates.
@@ -350,6 +357,21 @@ def per_cost(gain: AcquisitionFunc, cost_model: CostModel) -> AcquisitionFunc:
         return gain(C) / cost_model.expected_seconds(C)
 
     return value
+
+
+def likely_feasible(pool: torch.Tensor, probability: AcquisitionFunc) -> torch.Tensor:
+    """The rows of ``pool (p, D)`` feasible with probability at least 1/2, or all of ``pool``.
+
+    ``probability`` maps inputs ``(p, D)`` to ``(p,)`` (pass inputs at the target fidelity).
+    Restricting the representer pool to them makes the samples of the minimum those of the
+    *constrained* minimum: information about the unconstrained one, which may lie outside the
+    feasible region, would draw the search across the boundary (an infeasible trial teaches
+    little about the optimum the study can use). While no pool point is likely feasible, the
+    whole pool is kept.
+    """
+    with torch.no_grad():
+        likely = probability(pool) >= 0.5
+    return pool[likely] if bool(likely.any()) else pool
 
 
 def weighted_by_feasibility(

@@ -885,6 +885,8 @@ class ISBOSampler(BaseSampler):
         else:
             pool_X = X_seen
         pool = model_inputs(space, pool_X, torch.ones(pool_X.shape[0], dtype=torch.float64))
+        if feasibility is not None:
+            pool = acq.likely_feasible(pool, feasibility.probability)
         representers = acq.select_representer_points(
             model, pool, n_points=50, n_thompson=64, generator=generator
         )

@@ -12,6 +12,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import create_trial
 
 from optuna_isbo import ISBOSampler
+from optuna_isbo import acquisition as acq
 from optuna_isbo.constraints import constraint_values, observed_feasible
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,7 +62,7 @@ def _budget(trial: optuna.Trial) -> float:
 
 def test_a_multi_fidelity_study_recommends_the_constrained_optimum() -> None:
     """The unconstrained optimum (1, 1) is infeasible. An unconstrained search would put its
-    model trials near it; the constrained one keeps most of them feasible and recommends a
+    model trials near it; the constrained one keeps them feasible and recommends a
     configuration with x + y <= 1 within 0.1 of the optimum's value."""
     sampler = ISBOSampler(seed=0)
     study = optuna.create_study(sampler=sampler)
@@ -73,6 +74,21 @@ def test_a_multi_fidelity_study_recommends_the_constrained_optimum() -> None:
     after_startup = study.trials[10:]
     infeasible = sum(t.constraints["budget"] > 0 for t in after_startup)
     assert infeasible <= len(after_startup) / 2
+    # The model trials inform the constrained minimum, not the unconstrained one: they stay on
+    # the feasible side. Seeking the unconstrained minimum put a third of them across the
+    # boundary on this problem (``benchmarks/bench_constraints.py``, ``budget-mf``); at most one
+    # in ten may be.
+    model = [t for t in study.trials if t.user_attrs.get("isbo:phase") == "model"]
+    assert len(model) >= 8
+    assert sum(t.constraints["budget"] > 0 for t in model) <= len(model) / 10
+
+
+def test_likely_feasible_keeps_the_pool_points_of_probability_at_least_one_half() -> None:
+    pool = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)[:, None]
+    kept = acq.likely_feasible(pool, lambda A: 1.0 - A[:, 0])  # P(feasible) = 1 - x
+    assert kept[:, 0].tolist() == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    # No point likely feasible: the whole pool, so that the search still has an optimum.
+    assert torch.equal(acq.likely_feasible(pool, lambda A: 0.1 * A[:, 0]), pool)
 
 
 def test_constraints_func_is_recorded_and_used() -> None:
