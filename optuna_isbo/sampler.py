@@ -166,6 +166,18 @@ class ISBOSampler(BaseSampler):
         target search alone) and with a ``prior`` (the multi-fidelity search, which uses it,
         then decides every trial).
 
+    Raises
+    ------
+    TypeError
+        If an argument is not of its type, named in the message: a flag that is not a
+        ``bool`` (``"no"`` is refused, not read as true; NumPy bools are accepted), a number
+        that is not an ``int`` or ``float`` (or a bool where a number is due), an
+        ``independent_sampler`` that is not an Optuna sampler instance, a ``prior`` that is
+        not a :class:`~optuna_isbo.meta.GPPrior`, or a ``constraints_func`` that is not
+        callable.
+    ValueError
+        If a number is outside its range, or ``acquisition`` is not ``"es"`` or ``"mes"``.
+
     Notes
     -----
     - Without a fidelity parameter (``fidelity_param=None``, a fidelity the objective pins, or
@@ -229,8 +241,24 @@ class ISBOSampler(BaseSampler):
         constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
     ) -> None:
         if prior is not None and not isinstance(prior, GPPrior):
-            raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
+            raise TypeError(
+                "`prior` must be a GPPrior (optuna_isbo.meta.fit_prior, GPPrior.load) or None, "
+                f"got {type(prior).__name__}."
+            )
+        if independent_sampler is not None and not isinstance(independent_sampler, BaseSampler):
+            raise TypeError(
+                "`independent_sampler` must be an optuna BaseSampler instance (such as "
+                "optuna.samplers.RandomSampler(seed=0)) or None, got "
+                f"{_describe(independent_sampler)}."
+            )
+        if constraints_func is not None and not callable(constraints_func):
+            raise TypeError(
+                "`constraints_func` must be callable (a function of the finished trial) or None, "
+                f"got {_describe(constraints_func)}."
+            )
         _check_types(
+            consider_running_trials=(consider_running_trials, bool),
+            warn_independent_sampling=(warn_independent_sampling, bool),
             fidelity_param=(fidelity_param, (str, type(None))),
             cost_attr=(cost_attr, str),
             n_startup_trials=(n_startup_trials, (int, type(None))),
@@ -241,8 +269,6 @@ class ISBOSampler(BaseSampler):
             mf_cost_fraction=(mf_cost_fraction, (int, float)),
             prior_refit_log_sd=(prior_refit_log_sd, (int, float)),
         )
-        if constraints_func is not None and not callable(constraints_func):
-            raise TypeError("`constraints_func` must be callable or None.")
         if n_startup_trials is None:
             n_startup_trials = 10 if prior is None else 1
         if not (math.isfinite(prior_refit_log_sd) and prior_refit_log_sd >= 0):
@@ -270,11 +296,11 @@ class ISBOSampler(BaseSampler):
         self._cost_attr = cost_attr
         self._acquisition = acquisition
         self._n_startup_trials = n_startup_trials
-        self._consider_running_trials = consider_running_trials
+        self._consider_running_trials = bool(consider_running_trials)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._n_fidelities = n_fidelities
-        self._warn_independent_sampling = warn_independent_sampling
+        self._warn_independent_sampling = bool(warn_independent_sampling)
         self._prior = prior
         self._prior_refit_log_sd = prior_refit_log_sd
         self._verify_cost_fraction = verify_cost_fraction
@@ -948,17 +974,31 @@ def _on_cpu() -> contextlib.AbstractContextManager[Any]:
 def _check_types(**arguments: tuple[Any, type | tuple[type, ...]]) -> None:
     """Raise ``TypeError`` naming the first argument whose value is not of its types.
 
-    NumPy integers and floats count as ``int`` and ``float``; ``bool`` is not a number here.
+    NumPy integers, floats and bools count as ``int``, ``float`` and ``bool``. A ``bool`` is
+    not a number here, and only a ``bool`` is a ``bool``: ``"no"`` or ``0`` for a flag is
+    refused, not read as its truth value.
     """
     for name, (value, types) in arguments.items():
         allowed = types if isinstance(types, tuple) else (types,)
-        if isinstance(value, np.integer):
+        if isinstance(value, np.bool_):
+            value = bool(value)
+        elif isinstance(value, np.integer):
             value = int(value)
         elif isinstance(value, np.floating):
             value = float(value)
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             expected = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-            raise TypeError(f"`{name}` must be {expected}, got {value!r}.")
+            raise TypeError(f"`{name}` must be {expected}, got {_describe(value)}.")
+
+
+def _describe(value: object) -> str:
+    """``value`` for an error message: its repr, with its type where the repr hides it."""
+    text = repr(value)
+    if len(text) > 60:
+        text = f"{text[:45]}...{text[-12:]}"
+    if isinstance(value, type):
+        return f"the class {value.__name__} (an instance is needed)"
+    return f"{text} ({type(value).__name__})"
 
 
 def _pending_params(trial: FrozenTrial) -> dict[str, Any]:
