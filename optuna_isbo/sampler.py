@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.samplers._base import (
     _INDEPENDENT_SAMPLING_WARNING_TEMPLATE,
@@ -91,6 +91,8 @@ class ISBOSampler(BaseSampler):
     fidelity_param
         Name of the fidelity parameter (int or float, log or linear, positive). When ``None`` or
         absent from the study, the sampler is cost-aware entropy-search BO over ``x`` alone.
+        A name that no completed trial has, while they have numeric parameters, is reported
+        once with a ``UserWarning`` that lists them (a misspelt name).
     target_fidelity
         The fidelity the optimization is about; defaults to the parameter's upper bound.
     cost_attr
@@ -315,6 +317,10 @@ class ISBOSampler(BaseSampler):
         self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
         self._constraint_warm_starts: dict[tuple[Any, ...], dict[int, GPParams]] = {}
         self._constraints_func = constraints_func
+        # What was reported once (``_joint_search_space``): the fidelity parameter missing from
+        # every completed trial, and parameters that left the joint search space.
+        self._warned_missing_fidelity = False
+        self._warned_left_joint_space: set[str] = set()
 
     # The lock cannot be pickled or deep-copied; a restored sampler gets a fresh one. The warm
     # starts travel with it (they only speed up the next fit).
@@ -343,10 +349,18 @@ class ISBOSampler(BaseSampler):
         A completed trial that never suggested the fidelity (an objective that returned early)
         is not an evaluation at any fidelity; were it counted, the fidelity would drop out of
         the intersection and with it the fidelity axis of every later trial.
+
+        Two things the user may not have meant are reported once, with a ``UserWarning``: a
+        ``fidelity_param`` that no completed trial has while they have numeric parameters (a
+        misspelt name turns the sampler into ``GPSampler``), and a parameter that completed
+        trials have but the intersection leaves out (its distribution changed, or some trials
+        lack it), which the model then ignores.
         """
         trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if self._fidelity_param is not None:
             with_fidelity = [t for t in trials if self._fidelity_param in t.params]
+            if not with_fidelity and trials and not self._warned_missing_fidelity:
+                self._warn_missing_fidelity(trials)
             trials = with_fidelity or trials
             ranges = {t.distributions[self._fidelity_param] for t in with_fidelity}
             if len(ranges) > 1:
@@ -356,11 +370,86 @@ class ISBOSampler(BaseSampler):
                     "models one fidelity range per study, whose upper end is the target: keep "
                     "the range, or start a new study for the new one."
                 )
-        return {
+        joint = {
             name: dist
             for name, dist in intersection_search_space(trials).items()
             if not dist.single()
         }
+        self._warn_left_joint_space(trials, joint)
+        return joint
+
+    def _warn_missing_fidelity(self, completed: Sequence[FrozenTrial]) -> None:
+        """Warn (once) that ``fidelity_param`` is none of the completed trials' parameters.
+
+        Only when they have a numeric parameter, which the fidelity may be misspelt as; a
+        study of categorical parameters alone has no fidelity to miss.
+        """
+        numeric = sorted(
+            {
+                name
+                for t in completed
+                for name, dist in t.distributions.items()
+                if isinstance(dist, FloatDistribution | IntDistribution)
+            }
+        )
+        if not numeric:
+            return
+        self._warned_missing_fidelity = True
+        name = self._fidelity_param
+        warnings.warn(
+            f"ISBOSampler(fidelity_param={name!r}): no completed trial has a parameter "
+            f"{name!r}; the numeric parameters of the completed trials are "
+            f"{', '.join(map(repr, numeric))}. Until a trial suggests {name!r}, the sampler "
+            "runs without a fidelity (as Optuna's GPSampler) and counts every trial as "
+            "evaluated at the target. Check the name, or pass fidelity_param=None for a study "
+            "without a fidelity.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    def _warn_left_joint_space(
+        self, trials: Sequence[FrozenTrial], joint: dict[str, BaseDistribution]
+    ) -> None:
+        """Warn once per parameter of ``trials`` that the joint search space ``joint`` lacks.
+
+        Such a parameter changed its distribution during the study (a widened range) or is
+        missing from some of ``trials`` (added during the study, or conditional). Parameters
+        whose every distribution holds one value are left out of the joint space on purpose
+        and are not reported.
+        """
+        distributions: dict[str, list[BaseDistribution]] = {}
+        counts: dict[str, int] = {}
+        for t in trials:
+            for name, dist in t.distributions.items():
+                if name in joint or name in self._warned_left_joint_space:
+                    continue
+                counts[name] = counts.get(name, 0) + 1
+                seen = distributions.setdefault(name, [])
+                if dist not in seen:
+                    seen.append(dist)
+        for name, seen in distributions.items():
+            if all(dist.single() for dist in seen):
+                continue
+            reasons = []
+            if len(seen) > 1:
+                shown = ", ".join(map(str, seen[:3])) + (", ..." if len(seen) > 3 else "")
+                reasons.append(f"its distribution changed during the study ({shown})")
+            if counts[name] < len(trials):
+                reasons.append(
+                    f"it is missing from {len(trials) - counts[name]} of the {len(trials)} "
+                    "completed trials"
+                )
+            self._warned_left_joint_space.add(name)
+            warnings.warn(
+                f"Parameter {name!r} is not in ISBOSampler's joint search space: "
+                f"{' and '.join(reasons)}. The model ignores it: "
+                f"{type(self._independent_sampler).__name__} proposes its values, and the "
+                "model's predictions, hence its proposals and the recommendation's ranking, do "
+                "not depend on it. Suggest it in every trial with one distribution for the "
+                "model to use it, or start a new study.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]

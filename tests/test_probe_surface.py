@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import create_trial
 
 from optuna_isbo import ISBOSampler
 
@@ -88,3 +89,118 @@ def test_object_arguments_of_the_wrong_type_name_themselves_and_the_type(
 ) -> None:
     with pytest.raises(TypeError, match=pattern):
         ISBOSampler(**kwargs)
+
+
+# -- a fidelity parameter that no trial suggests ---------------------------------------------
+def test_a_misspelt_fidelity_param_is_reported_once() -> None:
+    """``super_batchsize`` for ``super_batch_size``: the study has no fidelity for the sampler,
+    which would silently run as GPSampler; the warning names both spellings."""
+    sampler = ISBOSampler(seed=0, fidelity_param="super_batchsize", n_startup_trials=3)
+    study = optuna.create_study(sampler=sampler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(_objective, n_trials=5)
+    reported = _messages(caught, TYPO, "'super_batchsize'", "'super_batch_size'", "'x'")
+    assert len(reported) == 1, [str(w.message) for w in caught]
+
+
+def test_no_fidelity_warning_while_nothing_has_completed() -> None:
+    sampler = ISBOSampler(seed=0, fidelity_param="super_batchsize")
+    study = optuna.create_study(sampler=sampler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.ask().suggest_float("x", 0.0, 1.0)  # the first ask: no completed trial yet
+    assert _messages(caught, TYPO) == []
+
+
+@pytest.mark.parametrize("fidelity_param", [FIDELITY, None])
+def test_no_fidelity_warning_when_the_name_is_right_or_none(fidelity_param: str | None) -> None:
+    sampler = ISBOSampler(seed=0, fidelity_param=fidelity_param, n_startup_trials=3)
+    study = optuna.create_study(sampler=sampler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(_objective, n_trials=5)
+    assert _messages(caught, TYPO) == []
+
+
+def test_no_fidelity_warning_when_the_trials_have_no_numeric_parameter() -> None:
+    """A fidelity is numeric: a study of categorical parameters alone has no candidate for
+    a misspelt one."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=2)
+    study = optuna.create_study(sampler=sampler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(
+            lambda t: float(t.suggest_categorical("kind", ["a", "b", "c"]) == "b"), n_trials=4
+        )
+    assert _messages(caught, TYPO) == []
+
+
+def test_an_early_return_in_a_study_with_the_fidelity_is_not_a_typo() -> None:
+    """A trial that returned before suggesting the fidelity, after trials that suggested it."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=3)
+    study = optuna.create_study(sampler=sampler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(_objective, n_trials=2)
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0) + 10.0, n_trials=1)
+        study.optimize(_objective, n_trials=2)
+    assert _messages(caught, TYPO) == []
+
+
+# -- a parameter leaves the joint search space ------------------------------------------------
+def _add(study: optuna.Study, params: dict[str, Any], distributions: dict[str, Any]) -> None:
+    study.add_trial(
+        create_trial(
+            value=sum((v - 0.3) ** 2 for v in params.values() if isinstance(v, float)),
+            params=params,
+            distributions=distributions,
+        )
+    )
+
+
+def test_a_parameter_added_during_the_study_is_reported_once() -> None:
+    """``y`` exists in the last three trials only: the model cannot use it."""
+    sampler = ISBOSampler(seed=0, fidelity_param=None, warn_independent_sampling=False)
+    study = optuna.create_study(sampler=sampler)
+    for x in (0.1, 0.5, 0.9, 0.3):
+        _add(study, {"x": x}, {"x": X})
+    for x, y in ((0.2, 0.6), (0.4, 0.1), (0.7, 0.8)):
+        _add(study, {"x": x, "y": y}, {"x": X, "y": X})
+    trial = study.ask()
+    with pytest.warns(UserWarning, match=r"'y'.*missing from 4 of the 7 completed trials"):
+        space = sampler.infer_relative_search_space(
+            study, study._storage.get_trial(trial._trial_id)
+        )
+    assert set(space) == {"x"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler.infer_relative_search_space(study, study._storage.get_trial(trial._trial_id))
+        sampler.recommendation(study)
+    assert _messages(caught, "'y'", "joint search space") == []
+
+
+def test_a_widened_range_is_reported_once() -> None:
+    sampler = ISBOSampler(seed=0, fidelity_param=None, warn_independent_sampling=False)
+    study = optuna.create_study(sampler=sampler)
+    y = FloatDistribution(0.0, 2.0)
+    for x, high in ((0.1, 1.0), (0.5, 1.0), (0.9, 1.0), (1.5, 2.0)):
+        _add(study, {"x": x, "y": x / 2}, {"x": FloatDistribution(0.0, high), "y": y})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 2.0) + t.suggest_float("y", 0, 2), 2)
+        sampler.recommendation(study)
+    reported = _messages(caught, "'x'", "distribution changed")
+    assert len(reported) == 1, [str(w.message) for w in caught]
+    assert "ignore" in reported[0]
+    assert _messages(caught, "'y'", "joint search space") == []
+
+
+def test_a_stable_search_space_gives_no_search_space_warning() -> None:
+    sampler = ISBOSampler(seed=0, n_startup_trials=3)
+    study = optuna.create_study(sampler=sampler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(_objective, n_trials=5)
+        sampler.recommendation(study)
+    assert _messages(caught, "joint search space") == []
