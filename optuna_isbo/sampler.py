@@ -582,10 +582,16 @@ class ISBOSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         phase = None
-        if trial.system_attrs.get("fixed_params"):
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed:
             # ``enqueue_trial``: the user chose (some of) what it runs. A trial whose every
-            # parameter is fixed never reaches ``sample_relative``, so it is labelled here.
+            # parameter is fixed never reaches ``sample_relative``, so it is labelled here,
+            # with its fidelity when that is fixed, as the sampler labels the trials it samples.
             phase = "enqueued"
+            if self._fidelity_param is not None and self._fidelity_param in fixed:
+                study._storage.set_trial_user_attr(
+                    trial._trial_id, ATTR_PREFIX + "fidelity", fixed[self._fidelity_param]
+                )
         elif len(study_trials.finite_completed_trials(study)) < max(self._n_startup_trials, 1):
             # Also marks the trials sampled before a joint search space exists.
             phase = "startup"

@@ -204,3 +204,26 @@ def test_a_stable_search_space_gives_no_search_space_warning() -> None:
         study.optimize(_objective, n_trials=5)
         sampler.recommendation(study)
     assert _messages(caught, "joint search space") == []
+
+
+# -- attributes of enqueued trials -------------------------------------------------------------
+def test_a_fully_enqueued_trial_has_its_fidelity_attribute() -> None:
+    """In the startup design and after it, as every other trial has."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=3)
+    study = optuna.create_study(sampler=sampler)
+    study.enqueue_trial({"x": 0.25, FIDELITY: 128})
+    study.optimize(_objective, n_trials=4)
+    study.enqueue_trial({"x": 0.75, FIDELITY: 32})
+    study.optimize(_objective, n_trials=2)
+    for trial in study.trials:
+        assert trial.user_attrs.get("isbo:fidelity") == trial.params[FIDELITY], trial.number
+    assert study.trials[0].user_attrs["isbo:phase"] == "enqueued"
+    assert study.trials[4].user_attrs["isbo:phase"] == "enqueued"
+
+
+def test_an_enqueued_trial_without_a_fidelity_param_has_no_fidelity_attribute() -> None:
+    sampler = ISBOSampler(seed=0, fidelity_param=None, n_startup_trials=1)
+    study = optuna.create_study(sampler=sampler)
+    study.enqueue_trial({"x": 0.25, FIDELITY: 128})
+    study.optimize(_objective, n_trials=1)
+    assert "isbo:fidelity" not in study.trials[0].user_attrs
