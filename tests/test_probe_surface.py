@@ -10,6 +10,8 @@ feasibility rule) and with the cost of pruned and failed trials.
 
 from __future__ import annotations
 
+import datetime
+import math
 import warnings
 from typing import Any
 
@@ -17,9 +19,10 @@ import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
-from optuna.trial import create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from optuna_isbo import ISBOSampler
+from optuna_isbo.visualization import plot_cost_history
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -227,3 +230,138 @@ def test_an_enqueued_trial_without_a_fidelity_param_has_no_fidelity_attribute() 
     study.enqueue_trial({"x": 0.25, FIDELITY: 128})
     study.optimize(_objective, n_trials=1)
     assert "isbo:fidelity" not in study.trials[0].user_attrs
+
+
+# -- plot_cost_history: constraints -----------------------------------------------------------
+T0 = datetime.datetime(2026, 1, 1, 12, 0, 0)
+
+
+def _constrained_study(
+    values: list[float], constraints: list[float | None], direction: str, *, old_format: bool
+) -> optuna.Study:
+    """One completed trial per value, 1 s each, with constraint ``c`` (none where ``None``)."""
+    study = optuna.create_study(direction=direction)
+    for i, (value, c) in enumerate(zip(values, constraints, strict=True)):
+        system_attrs: dict[str, Any] = {}
+        if c is not None:
+            # ``constraints_func`` writes a list; ``trial.set_constraint`` one key per value.
+            system_attrs = {"constraints": [c]} if old_format else {"constraints:c": c}
+        study.add_trial(
+            FrozenTrial(
+                number=i,
+                trial_id=i,
+                state=TrialState.COMPLETE,
+                value=value,
+                datetime_start=T0,
+                datetime_complete=T0,
+                params={"x": 0.5, FIDELITY: 64},
+                distributions={"x": X, FIDELITY: B},
+                user_attrs={"isbo:cost": 1.0},
+                system_attrs=system_attrs,
+                intermediate_values={},
+            )
+        )
+    return study
+
+
+@pytest.mark.parametrize("old_format", [False, True])
+@pytest.mark.parametrize(
+    ("direction", "values", "constraints", "best"),
+    [
+        # The infeasible 0.02 and 0.07 are better than any feasible value: never the best.
+        (
+            "minimize",
+            [0.55, 0.42, 0.60, 0.07, 0.50, 0.02],
+            [-1.0, 0.3, 0.0, 1.0, -0.5, 2.0],
+            [0.55, 0.55, 0.55, 0.55, 0.50, 0.50],
+        ),
+        (
+            "maximize",
+            [0.3, 0.9, 0.4, 0.2],
+            [0.0, 0.1, -2.0, math.nan],
+            [0.3, 0.3, 0.4, 0.4],
+        ),
+        # Infeasible first: no best value until the first feasible trial.
+        ("minimize", [0.1, 0.2, 0.3], [1.0, 0.0, -1.0], [math.nan, 0.2, 0.2]),
+    ],
+)
+def test_the_best_value_line_follows_feasible_trials_only(
+    old_format: bool,
+    direction: str,
+    values: list[float],
+    constraints: list[float],
+    best: list[float],
+) -> None:
+    study = _constrained_study(values, constraints, direction, old_format=old_format)
+    figure = plot_cost_history(study)
+    best_line = figure.data[-1]
+    assert list(best_line.x) == [float(i + 1) for i in range(len(values))]
+    assert list(best_line.y) == pytest.approx(best, nan_ok=True)
+    # Optuna's own plot, whose feasibility rule (every value <= 0, NaN infeasible) is the one.
+    optuna_best = optuna.visualization.plot_optimization_history(study).data[1]
+    assert optuna_best.name == "Best Value"
+    expected = [v if math.isfinite(v) else math.nan for v in optuna_best.y]
+    assert list(best_line.y) == pytest.approx(expected, nan_ok=True)
+
+
+def test_infeasible_trials_are_drawn_apart() -> None:
+    values, constraints = [0.55, 0.42, 0.60, 0.07], [-1.0, 0.3, 0.0, 1.0]
+    study = _constrained_study(values, constraints, "minimize", old_format=False)
+    figure = plot_cost_history(study)
+    feasible, infeasible, best_line = figure.data
+    assert list(feasible.y) == [0.55, 0.60] and list(feasible.x) == [1.0, 3.0]
+    assert [row[0] for row in feasible.customdata] == [0, 2]
+    assert "Infeasible" in infeasible.name
+    assert list(infeasible.y) == [0.42, 0.07] and list(infeasible.x) == [2.0, 4.0]
+    assert [row[0] for row in infeasible.customdata] == [1, 3]
+    # Not on the fidelity colour scale, and not the marker of trials without the fidelity.
+    assert isinstance(infeasible.marker.color, str) and infeasible.marker.symbol == "x"
+    assert best_line.mode == "lines"
+
+
+def test_an_unconstrained_study_has_no_infeasible_trace() -> None:
+    study = _constrained_study([0.5, 0.4], [None, None], "minimize", old_format=False)
+    figure = plot_cost_history(study)
+    assert [trace.name for trace in figure.data] == ["Objective Value", "Best Value"]
+
+
+# -- plot_cost_history: pruned and failed trials ----------------------------------------------
+def _study_with_pruned_trials() -> optuna.Study:
+    """Ten trials of 10 s each (``isbo:cost``); the odd ones pruned, trial 9 failed too."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.suggest_int(FIDELITY, 32, 512, log=True)
+        trial.set_user_attr("isbo:cost", 10.0)
+        if trial.number == 9:
+            raise RuntimeError("out of memory")
+        if trial.number % 2:
+            raise optuna.TrialPruned()
+        return x
+
+    study.optimize(objective, n_trials=10, catch=(RuntimeError,))
+    return study
+
+
+def test_pruned_and_failed_trials_add_their_cost_on_request() -> None:
+    study = _study_with_pruned_trials()
+    figure = plot_cost_history(study, include_pruned_and_failed=True)
+    markers, best_line = figure.data
+    # Completed trials 0, 2, 4, 6, 8 each come after every earlier trial's 10 s.
+    assert list(markers.x) == [10.0, 30.0, 50.0, 70.0, 90.0]
+    # The line runs to the 100 s that all ten trials took.
+    assert best_line.x[-1] == 100.0
+    completed = [t.value for t in study.trials if t.state == TrialState.COMPLETE]
+    assert best_line.y[-1] == min(completed)
+
+
+def test_pruned_and_failed_trials_add_no_cost_by_default() -> None:
+    figure = plot_cost_history(_study_with_pruned_trials())
+    assert list(figure.data[0].x) == [10.0, 20.0, 30.0, 40.0, 50.0]
+    assert figure.data[-1].x[-1] == 50.0
+
+
+def test_include_pruned_and_failed_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="include_pruned_and_failed"):
+        plot_cost_history(optuna.create_study(), include_pruned_and_failed="yes")  # type: ignore[arg-type]
