@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.samplers._base import (
     _INDEPENDENT_SAMPLING_WARNING_TEMPLATE,
@@ -91,6 +91,8 @@ class ISBOSampler(BaseSampler):
     fidelity_param
         Name of the fidelity parameter (int or float, log or linear, positive). When ``None`` or
         absent from the study, the sampler is cost-aware entropy-search BO over ``x`` alone.
+        A name that no completed trial has, while they have numeric parameters, is reported
+        once with a ``UserWarning`` that lists them (a misspelt name).
     target_fidelity
         The fidelity the optimization is about; defaults to the parameter's upper bound.
     cost_attr
@@ -166,6 +168,18 @@ class ISBOSampler(BaseSampler):
         target search alone) and with a ``prior`` (the multi-fidelity search, which uses it,
         then decides every trial).
 
+    Raises
+    ------
+    TypeError
+        If an argument is not of its type, named in the message: a flag that is not a
+        ``bool`` (``"no"`` is refused, not read as true; NumPy bools are accepted), a number
+        that is not an ``int`` or ``float`` (or a bool where a number is due), an
+        ``independent_sampler`` that is not an Optuna sampler instance, a ``prior`` that is
+        not a :class:`~optuna_isbo.meta.GPPrior`, or a ``constraints_func`` that is not
+        callable.
+    ValueError
+        If a number is outside its range, or ``acquisition`` is not ``"es"`` or ``"mes"``.
+
     Notes
     -----
     - Without a fidelity parameter (``fidelity_param=None``, a fidelity the objective pins, or
@@ -229,8 +243,24 @@ class ISBOSampler(BaseSampler):
         constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
     ) -> None:
         if prior is not None and not isinstance(prior, GPPrior):
-            raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
+            raise TypeError(
+                "`prior` must be a GPPrior (optuna_isbo.meta.fit_prior, GPPrior.load) or None, "
+                f"got {type(prior).__name__}."
+            )
+        if independent_sampler is not None and not isinstance(independent_sampler, BaseSampler):
+            raise TypeError(
+                "`independent_sampler` must be an optuna BaseSampler instance (such as "
+                "optuna.samplers.RandomSampler(seed=0)) or None, got "
+                f"{_describe(independent_sampler)}."
+            )
+        if constraints_func is not None and not callable(constraints_func):
+            raise TypeError(
+                "`constraints_func` must be callable (a function of the finished trial) or None, "
+                f"got {_describe(constraints_func)}."
+            )
         _check_types(
+            consider_running_trials=(consider_running_trials, bool),
+            warn_independent_sampling=(warn_independent_sampling, bool),
             fidelity_param=(fidelity_param, (str, type(None))),
             cost_attr=(cost_attr, str),
             n_startup_trials=(n_startup_trials, (int, type(None))),
@@ -241,8 +271,6 @@ class ISBOSampler(BaseSampler):
             mf_cost_fraction=(mf_cost_fraction, (int, float)),
             prior_refit_log_sd=(prior_refit_log_sd, (int, float)),
         )
-        if constraints_func is not None and not callable(constraints_func):
-            raise TypeError("`constraints_func` must be callable or None.")
         if n_startup_trials is None:
             n_startup_trials = 10 if prior is None else 1
         if not (math.isfinite(prior_refit_log_sd) and prior_refit_log_sd >= 0):
@@ -270,11 +298,11 @@ class ISBOSampler(BaseSampler):
         self._cost_attr = cost_attr
         self._acquisition = acquisition
         self._n_startup_trials = n_startup_trials
-        self._consider_running_trials = consider_running_trials
+        self._consider_running_trials = bool(consider_running_trials)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._n_fidelities = n_fidelities
-        self._warn_independent_sampling = warn_independent_sampling
+        self._warn_independent_sampling = bool(warn_independent_sampling)
         self._prior = prior
         self._prior_refit_log_sd = prior_refit_log_sd
         self._verify_cost_fraction = verify_cost_fraction
@@ -289,6 +317,10 @@ class ISBOSampler(BaseSampler):
         self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
         self._constraint_warm_starts: dict[tuple[Any, ...], dict[int, GPParams]] = {}
         self._constraints_func = constraints_func
+        # What was reported once (``_joint_search_space``): the fidelity parameter missing from
+        # every completed trial, and parameters that left the joint search space.
+        self._warned_missing_fidelity = False
+        self._warned_left_joint_space: set[str] = set()
 
     # The lock cannot be pickled or deep-copied; a restored sampler gets a fresh one. The warm
     # starts travel with it (they only speed up the next fit).
@@ -317,10 +349,18 @@ class ISBOSampler(BaseSampler):
         A completed trial that never suggested the fidelity (an objective that returned early)
         is not an evaluation at any fidelity; were it counted, the fidelity would drop out of
         the intersection and with it the fidelity axis of every later trial.
+
+        Two things the user may not have meant are reported once, with a ``UserWarning``: a
+        ``fidelity_param`` that no completed trial has while they have numeric parameters (a
+        misspelt name turns the sampler into ``GPSampler``), and a parameter that completed
+        trials have but the intersection leaves out (its distribution changed, or some trials
+        lack it), which the model then ignores.
         """
         trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if self._fidelity_param is not None:
             with_fidelity = [t for t in trials if self._fidelity_param in t.params]
+            if not with_fidelity and trials and not self._warned_missing_fidelity:
+                self._warn_missing_fidelity(trials)
             trials = with_fidelity or trials
             ranges = {t.distributions[self._fidelity_param] for t in with_fidelity}
             if len(ranges) > 1:
@@ -330,11 +370,86 @@ class ISBOSampler(BaseSampler):
                     "models one fidelity range per study, whose upper end is the target: keep "
                     "the range, or start a new study for the new one."
                 )
-        return {
+        joint = {
             name: dist
             for name, dist in intersection_search_space(trials).items()
             if not dist.single()
         }
+        self._warn_left_joint_space(trials, joint)
+        return joint
+
+    def _warn_missing_fidelity(self, completed: Sequence[FrozenTrial]) -> None:
+        """Warn (once) that ``fidelity_param`` is none of the completed trials' parameters.
+
+        Only when they have a numeric parameter, which the fidelity may be misspelt as; a
+        study of categorical parameters alone has no fidelity to miss.
+        """
+        numeric = sorted(
+            {
+                name
+                for t in completed
+                for name, dist in t.distributions.items()
+                if isinstance(dist, FloatDistribution | IntDistribution)
+            }
+        )
+        if not numeric:
+            return
+        self._warned_missing_fidelity = True
+        name = self._fidelity_param
+        warnings.warn(
+            f"ISBOSampler(fidelity_param={name!r}): no completed trial has a parameter "
+            f"{name!r}; the numeric parameters of the completed trials are "
+            f"{', '.join(map(repr, numeric))}. Until a trial suggests {name!r}, the sampler "
+            "runs without a fidelity (as Optuna's GPSampler) and counts every trial as "
+            "evaluated at the target. Check the name, or pass fidelity_param=None for a study "
+            "without a fidelity.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    def _warn_left_joint_space(
+        self, trials: Sequence[FrozenTrial], joint: dict[str, BaseDistribution]
+    ) -> None:
+        """Warn once per parameter of ``trials`` that the joint search space ``joint`` lacks.
+
+        Such a parameter changed its distribution during the study (a widened range) or is
+        missing from some of ``trials`` (added during the study, or conditional). Parameters
+        whose every distribution holds one value are left out of the joint space on purpose
+        and are not reported.
+        """
+        distributions: dict[str, list[BaseDistribution]] = {}
+        counts: dict[str, int] = {}
+        for t in trials:
+            for name, dist in t.distributions.items():
+                if name in joint or name in self._warned_left_joint_space:
+                    continue
+                counts[name] = counts.get(name, 0) + 1
+                seen = distributions.setdefault(name, [])
+                if dist not in seen:
+                    seen.append(dist)
+        for name, seen in distributions.items():
+            if all(dist.single() for dist in seen):
+                continue
+            reasons = []
+            if len(seen) > 1:
+                shown = ", ".join(map(str, seen[:3])) + (", ..." if len(seen) > 3 else "")
+                reasons.append(f"its distribution changed during the study ({shown})")
+            if counts[name] < len(trials):
+                reasons.append(
+                    f"it is missing from {len(trials) - counts[name]} of the {len(trials)} "
+                    "completed trials"
+                )
+            self._warned_left_joint_space.add(name)
+            warnings.warn(
+                f"Parameter {name!r} is not in ISBOSampler's joint search space: "
+                f"{' and '.join(reasons)}. The model ignores it: "
+                f"{type(self._independent_sampler).__name__} proposes its values, and the "
+                "model's predictions, hence its proposals and the recommendation's ranking, do "
+                "not depend on it. Suggest it in every trial with one distribution for the "
+                "model to use it, or start a new study.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -467,10 +582,16 @@ class ISBOSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         phase = None
-        if trial.system_attrs.get("fixed_params"):
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed:
             # ``enqueue_trial``: the user chose (some of) what it runs. A trial whose every
-            # parameter is fixed never reaches ``sample_relative``, so it is labelled here.
+            # parameter is fixed never reaches ``sample_relative``, so it is labelled here,
+            # with its fidelity when that is fixed, as the sampler labels the trials it samples.
             phase = "enqueued"
+            if self._fidelity_param is not None and self._fidelity_param in fixed:
+                study._storage.set_trial_user_attr(
+                    trial._trial_id, ATTR_PREFIX + "fidelity", fixed[self._fidelity_param]
+                )
         elif len(study_trials.finite_completed_trials(study)) < max(self._n_startup_trials, 1):
             # Also marks the trials sampled before a joint search space exists.
             phase = "startup"
@@ -950,17 +1071,31 @@ def _on_cpu() -> contextlib.AbstractContextManager[Any]:
 def _check_types(**arguments: tuple[Any, type | tuple[type, ...]]) -> None:
     """Raise ``TypeError`` naming the first argument whose value is not of its types.
 
-    NumPy integers and floats count as ``int`` and ``float``; ``bool`` is not a number here.
+    NumPy integers, floats and bools count as ``int``, ``float`` and ``bool``. A ``bool`` is
+    not a number here, and only a ``bool`` is a ``bool``: ``"no"`` or ``0`` for a flag is
+    refused, not read as its truth value.
     """
     for name, (value, types) in arguments.items():
         allowed = types if isinstance(types, tuple) else (types,)
-        if isinstance(value, np.integer):
+        if isinstance(value, np.bool_):
+            value = bool(value)
+        elif isinstance(value, np.integer):
             value = int(value)
         elif isinstance(value, np.floating):
             value = float(value)
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             expected = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-            raise TypeError(f"`{name}` must be {expected}, got {value!r}.")
+            raise TypeError(f"`{name}` must be {expected}, got {_describe(value)}.")
+
+
+def _describe(value: object) -> str:
+    """``value`` for an error message: its repr, with its type where the repr hides it."""
+    text = repr(value)
+    if len(text) > 60:
+        text = f"{text[:45]}...{text[-12:]}"
+    if isinstance(value, type):
+        return f"the class {value.__name__} (an instance is needed)"
+    return f"{text} ({type(value).__name__})"
 
 
 def _pending_params(trial: FrozenTrial) -> dict[str, Any]:

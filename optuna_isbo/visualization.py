@@ -9,9 +9,15 @@ For completed trials :math:`t_1, \\dots, t_n` in trial-number order with costs
 :math:`c_i` (seconds) and objective values :math:`y_i`, the x coordinate of trial
 :math:`t_k` is the cumulative cost :math:`C_k = \\sum_{i \\le k} c_i`, and the best-so-far
 line is :math:`\\min_{i \\le k} y_i` (:math:`\\max` when the study maximizes) over the finite
-values, as the sampler ignores the others. The cost of a trial is
-:func:`optuna_isbo.cost.trial_cost_seconds`, the cost the sampler models: the larger of the
-user attribute ``"isbo:cost"`` (written by ``ISSGD.report``) and the trial's duration.
+values of feasible trials (the sampler ignores non-finite values, and an infeasible trial is
+no solution). A trial is feasible, as in
+:func:`optuna.visualization.plot_optimization_history`, when every value of its constraints
+(``trial.constraints``: ``trial.set_constraint`` or a ``constraints_func``) is ``<= 0`` (a NaN
+is not); a trial without constraints is feasible. With ``include_pruned_and_failed=True`` the
+sums run over pruned and failed trials too, whose cost was spent but which have no value. The
+cost of a trial is :func:`optuna_isbo.cost.trial_cost_seconds`, the cost the sampler models:
+the larger of the user attribute ``"isbo:cost"`` (written by ``ISSGD.report``) and the trial's
+duration.
 """
 
 from __future__ import annotations
@@ -36,12 +42,18 @@ _logger = get_logger(__name__)
 
 
 class _CostHistoryInfo(NamedTuple):
+    """What the plot draws: one entry per completed trial, and the best-value line."""
+
     trial_numbers: list[int]
     cumulative_cost_seconds: list[float]
     values: list[float]
-    best_values: list[float]
+    feasible: list[bool]
     fidelities: list[float | None]
     log_fidelity: bool
+    # The line has a point per trial whose cost counts: the completed ones, and the pruned and
+    # failed ones with ``include_pruned_and_failed``.
+    line_cost_seconds: list[float]
+    best_values: list[float]
 
 
 def _import_plotly() -> Any:
@@ -70,23 +82,30 @@ def _fidelity_value(trial: FrozenTrial, fidelity_param: str) -> float | None:
     return float(raw)
 
 
+def _is_feasible(trial: FrozenTrial) -> bool:
+    """Optuna's rule (``plot_optimization_history``): every constraint value ``<= 0``."""
+    return all(c <= 0.0 for c in trial.constraints.values())
+
+
 def _get_cost_history_info(
-    study: Study, cost_attr: str, fidelity_param: str | None
+    study: Study, cost_attr: str, fidelity_param: str | None, include_pruned_and_failed: bool
 ) -> _CostHistoryInfo | None:
     if study._is_multi_objective():
         raise ValueError(
             "plot_cost_history does not support multi-objective studies; "
             f"`study` {study.study_name!r} has {len(study.directions)} objectives."
         )
-    trials = sorted(
-        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-        key=lambda t: t.number,
-    )
+    states: tuple[TrialState, ...] = (TrialState.COMPLETE,)
+    if include_pruned_and_failed:
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    counted = sorted(study.get_trials(deepcopy=False, states=states), key=lambda t: t.number)
+    is_complete = np.array([t.state == TrialState.COMPLETE for t in counted], dtype=bool)
+    trials = [t for t in counted if t.state == TrialState.COMPLETE]
     if len(trials) == 0:
         _logger.warning("There are no complete trials.")
         return None
 
-    cost_seconds = np.array([trial_cost_seconds(t, cost_attr) for t in trials])
+    cumulative = np.cumsum([trial_cost_seconds(t, cost_attr) for t in counted])
     values = np.array([float(t.values[0]) for t in trials])
     finite = np.isfinite(values)
     if not finite.all():
@@ -95,11 +114,18 @@ def _get_cost_history_info(
             "Trials %s have non-finite values; the best-value line ignores them.",
             [t.number for t, ok in zip(trials, finite, strict=True) if not ok],
         )
+    feasible = np.array([_is_feasible(t) for t in trials], dtype=bool)
+    if not feasible.any():
+        _logger.warning("There are no feasible trials; the best-value line is empty.")
+    worst = np.inf if study.direction == StudyDirection.MINIMIZE else -np.inf
+    # Per counted trial: its value where it may be the best, else the worst possible.
+    candidates = np.full(len(counted), worst)
+    candidates[is_complete] = np.where(finite & feasible, values, worst)
     if study.direction == StudyDirection.MINIMIZE:
-        best_values = np.minimum.accumulate(np.where(finite, values, np.inf))
+        best_values = np.minimum.accumulate(candidates)
     else:
-        best_values = np.maximum.accumulate(np.where(finite, values, -np.inf))
-    # No line before the first finite value.
+        best_values = np.maximum.accumulate(candidates)
+    # No line before the first finite feasible value.
     best_values = np.where(np.isfinite(best_values), best_values, np.nan)
 
     if fidelity_param is None:
@@ -115,11 +141,13 @@ def _get_cost_history_info(
         log_fidelity = False
     return _CostHistoryInfo(
         trial_numbers=[t.number for t in trials],
-        cumulative_cost_seconds=np.cumsum(cost_seconds).tolist(),
+        cumulative_cost_seconds=cumulative[is_complete].tolist(),
         values=values.tolist(),
-        best_values=best_values.tolist(),
+        feasible=feasible.tolist(),
         fidelities=fidelities,
         log_fidelity=log_fidelity,
+        line_cost_seconds=cumulative.tolist(),
+        best_values=best_values.tolist(),
     )
 
 
@@ -167,27 +195,33 @@ def _get_cost_history_plot(
     if info is None:
         return go.Figure(data=[], layout=layout)
 
+    feasible = [i for i, ok in enumerate(info.feasible) if ok]
+    infeasible = [i for i, ok in enumerate(info.feasible) if not ok]
     traces = []
     if fidelity_param is None:
         traces.append(
             go.Scatter(
-                x=info.cumulative_cost_seconds,
-                y=info.values,
+                x=[info.cumulative_cost_seconds[i] for i in feasible],
+                y=[info.values[i] for i in feasible],
                 mode="markers",
                 name=target_name,
-                customdata=[[n] for n in info.trial_numbers],
+                customdata=[[info.trial_numbers[i]] for i in feasible],
                 hovertemplate="Trial %{customdata[0]}<extra></extra>",
             )
         )
+        if infeasible:
+            traces.append(
+                _infeasible_trace(go, info, infeasible, "Trial %{customdata[0]} (infeasible)")
+            )
         traces.append(_best_value_trace(go, info))
         return go.Figure(data=traces, layout=layout)
 
-    with_fidelity = [i for i, f in enumerate(info.fidelities) if f is not None]
-    without_fidelity = [i for i, f in enumerate(info.fidelities) if f is None]
+    with_fidelity = [i for i in feasible if info.fidelities[i] is not None]
+    without_fidelity = [i for i in feasible if info.fidelities[i] is None]
     hover = "Trial %{customdata[0]}<br>" + fidelity_param + ": %{customdata[1]}<extra></extra>"
 
     if with_fidelity:
-        fidelity_values = [f for f in info.fidelities if f is not None]
+        fidelity_values = [f for i in with_fidelity if (f := info.fidelities[i]) is not None]
         color = np.log10(fidelity_values) if info.log_fidelity else np.asarray(fidelity_values)
         traces.append(
             go.Scatter(
@@ -224,13 +258,34 @@ def _get_cost_history_plot(
                 marker={"color": "#cccccc"},
             )
         )
+    if infeasible:
+        traces.append(
+            _infeasible_trace(
+                go, info, infeasible, hover.replace("<extra>", "<br>infeasible<extra>")
+            )
+        )
     traces.append(_best_value_trace(go, info))
     return go.Figure(data=traces, layout=layout)
 
 
+def _infeasible_trace(
+    go: Any, info: _CostHistoryInfo, indices: Sequence[int], hovertemplate: str
+) -> Any:
+    """Grey crosses, as Optuna greys out infeasible trials: unlike any other marker here."""
+    return go.Scatter(
+        x=[info.cumulative_cost_seconds[i] for i in indices],
+        y=[info.values[i] for i in indices],
+        mode="markers",
+        name="Infeasible Trial",
+        customdata=[[info.trial_numbers[i], info.fidelities[i]] for i in indices],
+        hovertemplate=hovertemplate,
+        marker={"color": "#999999", "symbol": "x"},
+    )
+
+
 def _best_value_trace(go: Any, info: _CostHistoryInfo) -> Any:
     return go.Scatter(
-        x=info.cumulative_cost_seconds,
+        x=info.line_cost_seconds,
         y=info.best_values,
         mode="lines",
         line_shape="hv",
@@ -244,17 +299,21 @@ def plot_cost_history(
     cost_attr: str = "isbo:cost",
     fidelity_param: str | None = "super_batch_size",
     target_name: str = "Objective Value",
+    include_pruned_and_failed: bool = False,
 ) -> go.Figure:
     """Plot objective values and the best value so far against the cumulative cost.
 
-    Completed trials are taken in trial-number order; pruned, failed and running trials are
-    left out and add no cost. Each completed trial is a marker at (cumulative cost, value),
-    coloured by its fidelity (on a log colour scale when the fidelity's distribution is log,
-    its ticks labelled with fidelity values that occur); trials without the fidelity parameter
-    are grey. With ``fidelity_param=None`` (a study without a fidelity, such as one run by
-    ``ISBOSampler(fidelity_param=None)``) the markers are not split by fidelity. A step line
-    shows the best value so far, respecting the study direction; like the sampler, it ignores
-    values that are not finite (a trial completed at ``inf``), with a logged warning.
+    Completed trials are taken in trial-number order. Running trials are left out; so are
+    pruned and failed trials, and their cost, unless ``include_pruned_and_failed`` is set. Each
+    completed trial is a marker at (cumulative cost, value), coloured by its fidelity (on a log
+    colour scale when the fidelity's distribution is log, its ticks labelled with fidelity
+    values that occur); trials without the fidelity parameter are grey. With
+    ``fidelity_param=None`` (a study without a fidelity, such as one run by
+    ``ISBOSampler(fidelity_param=None)``) the markers are not split by fidelity. In a
+    constrained study, infeasible trials (a constraint value above 0 or NaN, Optuna's rule)
+    are grey crosses. A step line shows the best value so far among the feasible trials,
+    respecting the study direction; like the sampler, it ignores values that are not finite
+    (a trial completed at ``inf``), with a logged warning.
 
     The figure is a plotly figure: ``fig.show()`` opens it in a browser or notebook, and
     ``fig.write_html("cost_history.html")`` saves it as an interactive page with nothing more
@@ -285,14 +344,21 @@ def plot_cost_history(
         without the fidelity.
     target_name
         Label of the objective on the y axis and in the legend.
+    include_pruned_and_failed
+        Add the cost of pruned and failed trials (by the same rule: ``cost_attr`` or the
+        duration) to the cumulative cost, so that the x axis ends at all the seconds spent.
+        They have no value and get no marker; the best-value line has a point at each of them.
+        By default their cost is left out, and the axis ends at the seconds of the completed
+        trials.
 
     Returns
     -------
     plotly.graph_objects.Figure
-        A :class:`plotly.graph_objects.Figure`. Its first trace holds the markers of trials with
-        the fidelity parameter (of all trials when ``fidelity_param`` is ``None``), an optional
-        grey trace those without it, and the last trace the best-value line. A study without
-        completed trials gives a figure without traces and a logged warning.
+        A :class:`plotly.graph_objects.Figure`. Its first trace holds the markers of feasible
+        trials with the fidelity parameter (of all feasible trials when ``fidelity_param`` is
+        ``None``), an optional grey trace those without it, an optional trace
+        ``"Infeasible Trial"`` the infeasible trials, and the last trace the best-value line.
+        A study without completed trials gives a figure without traces and a logged warning.
 
     Raises
     ------
@@ -300,9 +366,18 @@ def plot_cost_history(
         If ``study`` is multi-objective, or if a fidelity value is not numeric. A cost
         attribute that is not a finite non-negative number is ignored with a warning, and the
         trial's duration counts (as for the sampler).
+    TypeError
+        If ``include_pruned_and_failed`` is not a bool.
     ImportError
         If plotly is not installed.
     """
+    if not isinstance(include_pruned_and_failed, bool | np.bool_):
+        raise TypeError(
+            "`include_pruned_and_failed` must be bool, got "
+            f"{include_pruned_and_failed!r} ({type(include_pruned_and_failed).__name__})."
+        )
     _import_plotly()
-    info = _get_cost_history_info(study, cost_attr, fidelity_param)
+    info = _get_cost_history_info(
+        study, cost_attr, fidelity_param, bool(include_pruned_and_failed)
+    )
     return _get_cost_history_plot(info, target_name, fidelity_param)
