@@ -180,9 +180,10 @@ def report(runs: list[dict[str, Any]]) -> None:
     latest = {(r["problem"], r["method"], r["seed"]): r for r in runs}
     print(
         "| problem | method | runs | final regret median [90th] | recommendations feasible "
-        "(all trials) | infeasible share after startup, median | trials |"
+        "(all trials) | infeasible share after startup, median | infeasible share of the "
+        "trials no design proposed, median | trials |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for problem in PROBLEMS:
         for method in METHODS:
             rs = [r for k, r in latest.items() if k[0] == problem and k[1] == method]
@@ -190,12 +191,27 @@ def report(runs: list[dict[str, Any]]) -> None:
                 continue
             final = np.array([r["regret"][-1] for r in rs])
             feasible = sum(all(r["rec_feasible"][N_STARTUP:]) for r in rs)
-            share = [float(np.mean(r["infeasible"][N_STARTUP:])) for r in rs]
+            share = [
+                float(np.mean(r["infeasible"][N_STARTUP:]))
+                for r in rs
+                if len(r["infeasible"]) > N_STARTUP
+            ]
+            # Each method's own space-filling design left out (``_phase``); runs that recorded
+            # no phases, or have no trial past their design, are skipped.
+            past_design = [
+                [i for p, i in zip(r["phase"], r["infeasible"], strict=True) if p != "design"]
+                for r in rs
+                if "phase" in r
+            ]
+            searched = [float(np.mean(x)) for x in past_design if x]
+            searched_cell = "-"
+            if searched:
+                searched_cell = f"{np.median(searched):.2f} ({len(searched)} runs)"
             trials = np.median([len(r["regret"]) for r in rs])
             print(
                 f"| {problem} | {method} | {len(rs)} | {np.median(final):.4g} "
                 f"[{np.percentile(final, 90):.4g}] | {feasible}/{len(rs)} | "
-                f"{np.median(share):.2f} | {trials:.0f} |"
+                f"{np.median(share):.2f} ({len(share)} runs) | {searched_cell} | {trials:.0f} |"
             )
 
 
