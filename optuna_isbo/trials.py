@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from optuna.distributions import BaseDistribution
 from optuna.study import Study, StudyDirection
@@ -99,10 +100,52 @@ def usable_completed_trials(
     return usable
 
 
+DIVERGED_ATTR = "isbo:diverged"
+
+
 def ran_in_full(trial: FrozenTrial) -> bool:
     """Whether a trial's cost is that of a whole run: not one marked ``isbo:diverged``.
 
     A diverged run stopped early, so its cost says little about what a run there costs, and a
     cheap-looking region that always fails would attract an acquisition per second.
+
+    The flag is read as :func:`diverged_flag` reads it: a bool of any kind (Python, NumPy,
+    a 0-d NumPy array or torch tensor), or the integer 0 or 1. Anything else (a string such
+    as ``"true"``, a float, a list) is ignored with a warning: the trial counts as a whole run.
     """
-    return trial.user_attrs.get("isbo:diverged") is not True
+    return not diverged_flag(trial)
+
+
+def diverged_flag(trial: FrozenTrial) -> bool:
+    """The trial's ``isbo:diverged`` user attribute as a bool (``False`` when absent or None).
+
+    Accepted, as :func:`optuna_isbo.cost.trial_cost_seconds` accepts NumPy and torch
+    scalars for costs: ``bool``, ``numpy.bool_``, 0-d NumPy arrays and torch tensors of a bool
+    or integer dtype, and integers, whose value must be 0 or 1. Any other value warns
+    (:class:`RuntimeWarning`, naming the trial) and reads as ``False``.
+    """
+    raw = trial.user_attrs.get(DIVERGED_ATTR)
+    if raw is None:
+        return False
+    value: object = raw
+    if isinstance(raw, np.ndarray | torch.Tensor) and raw.ndim == 0:
+        is_bool = raw.dtype == torch.bool if isinstance(raw, torch.Tensor) else raw.dtype == bool
+        is_int = (
+            not raw.dtype.is_floating_point and not raw.dtype.is_complex
+            if isinstance(raw, torch.Tensor)
+            else raw.dtype.kind in "iu"
+        )
+        if is_bool or is_int:
+            value = raw.item()
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer) and int(value) in (0, 1):
+        return bool(value)
+    warnings.warn(
+        f"Trial {trial.number} has user attribute {DIVERGED_ATTR!r} = {raw!r} "
+        f"({type(raw).__name__}), not a bool (or 0 or 1); the trial is treated as a run that "
+        "did not diverge. Set it to True for a diverged run.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return False
