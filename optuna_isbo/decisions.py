@@ -12,7 +12,9 @@ r"""The sampler's decisions: which search proposes a trial, what to verify, what
 
 :func:`search_at_target` splits the cost between them. The multi-fidelity search (its startup
 design, its model-chosen trials and its verifications) proposes the next trial while it has
-spent at most its share of the cost so far; otherwise the target search does. The share
+spent at most its share of what the two searches have spent so far; otherwise the target
+search does. Trials the user enqueued are charged to neither search, and costs are clipped to
+a factor ``1e4`` around their median, as the cost model clips them. The share
 (:func:`mf_share`) is ``rho`` (``mf_cost_fraction``) until verifications have tested the
 model's predictions at the target; while they pass, it grows towards 0.8, and where they
 failed (the predictions missed by more than their stated uncertainty,
@@ -39,7 +41,8 @@ from optuna.trial import FrozenTrial
 
 from optuna_isbo import recommendation as rec
 from optuna_isbo.constraints import ConstraintModel
-from optuna_isbo.model import GPModel, tame_outliers
+from optuna_isbo.cost import MIN_COST_SECONDS
+from optuna_isbo.model import _LOG_COST_WINDOW, GPModel, tame_outliers
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import SearchSpace
 from optuna_isbo.trials import ran_in_full
@@ -47,6 +50,10 @@ from optuna_isbo.trials import ran_in_full
 ATTR_PREFIX = "isbo:"
 #: ``isbo:phase`` of the trials proposed by the target search.
 TARGET_PHASE = "target"
+#: ``isbo:phase`` of the trials whose parameters the user fixed (``study.enqueue_trial``).
+ENQUEUED_PHASE = "enqueued"
+#: Phases of the trials neither search proposed: enqueued ones, and those without a phase.
+USER_PHASES: tuple[object, ...] = (ENQUEUED_PHASE, None)
 #: The largest share of the cost the multi-fidelity search takes once its checks have passed.
 TRUSTED_MF_COST_FRACTION = 0.8
 
@@ -74,12 +81,39 @@ def mf_share(rule: rec.Rule, n_checks: int, mf_cost_fraction: float) -> float:
     return mf_cost_fraction
 
 
+def sanitized_costs(cost_seconds: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """``(n,)`` costs in seconds as the budget is charged: clipped as the cost model clips them.
+
+    Costs more than a factor ``1e4`` above or below the median of ``cost_seconds`` ``(n,)``
+    are clipped to that factor, the window in which
+    :func:`~optuna_isbo.model.fit_cost_model` keeps log costs. One absurd cost (a unit
+    mistake, ``1e300`` s) would otherwise outweigh every other trial in the split of the cost
+    between the searches (:func:`search_at_target`) and in the verification budget
+    (:func:`verification_candidate`) for the rest of the study; clipped, it counts as ``1e4``
+    median trials.
+    """
+    costs = torch.as_tensor(cost_seconds, dtype=torch.float64).reshape(-1)
+    if costs.numel() == 0:
+        return costs
+    log_cost = costs.clamp_min(MIN_COST_SECONDS).log()
+    median = float(log_cost.median())
+    return log_cost.clamp(median - _LOG_COST_WINDOW, median + _LOG_COST_WINDOW).exp()
+
+
 def search_at_target(
     phases: Sequence[object],
     cost_seconds: Sequence[float],
     share: float,
 ) -> bool:
     """Whether the target search proposes the next trial.
+
+    Each search is charged for the trials it proposed: the target search for those of phase
+    ``"target"``, the multi-fidelity search for its startup design, model, verification and
+    fallback trials (every other phase). Trials the user chose (``"enqueued"``, and trials
+    without a phase: added with ``study.add_trial`` or proposed by another sampler) are
+    charged to neither: they are the user's spend, and charging them to one search would
+    hand the next trials to the other. Costs are first clipped as the cost model clips them
+    (:func:`sanitized_costs`).
 
     Parameters
     ----------
@@ -93,11 +127,13 @@ def search_at_target(
     Returns
     -------
     bool
-        ``True`` when the trials not proposed by the target search cost more than ``share``
-        of the total (always when ``share`` is 0).
+        ``True`` when the multi-fidelity search's trials cost more than ``share`` of what the
+        two searches' trials cost together (always when ``share`` is 0).
     """
-    total = float(sum(cost_seconds))
-    mf = float(sum(c for p, c in zip(phases, cost_seconds, strict=True) if p != TARGET_PHASE))
+    costs = sanitized_costs(cost_seconds).tolist()
+    own = [(p, c) for p, c in zip(phases, costs, strict=True) if p not in USER_PHASES]
+    total = float(sum(c for _, c in own))
+    mf = float(sum(c for p, c in own if p != TARGET_PHASE))
     return share <= 0.0 or mf > share * total
 
 
@@ -117,11 +153,13 @@ def verification_candidate(
     ``feasibility``), when it has no target evaluation (completed or pending) and the
     verification trials (mask ``verifying``, ``(n,)``) have cost less than
     ``verify_cost_fraction`` of the cost so far (``cost_seconds``, ``(n,)``). ``pending`` is
-    ``(m, D)``, model inputs of the running trials.
+    ``(m, D)``, model inputs of the running trials. Costs are clipped as the cost model clips
+    them (:func:`sanitized_costs`).
     """
     if space.fidelity_param is None or verify_cost_fraction <= 0.0:
         return None
     s = fit.inputs[:, -1]
+    cost_seconds = sanitized_costs(cost_seconds)
     verify_seconds = float(cost_seconds[verifying].sum())
     total_seconds = float(cost_seconds.sum())
     if not rec.verification_due(verify_seconds, total_seconds, verify_cost_fraction):

@@ -34,6 +34,8 @@ from optuna.distributions import (
 )
 from optuna.trial import create_trial
 
+from optuna_isbo import ISBOSampler
+from optuna_isbo.decisions import sanitized_costs, search_at_target
 from optuna_isbo.trials import ran_in_full
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -139,6 +141,52 @@ def test_other_diverged_flags_are_refused_with_a_warning(flag: object) -> None:
 
 
 # ---- the split of the cost ----------------------------------------------------------------
+
+
+def test_enqueued_trials_count_toward_neither_search() -> None:
+    """Eight user-enqueued runs at the target cost 128 s; the multi-fidelity search has spent
+    2 s of its own, the target search 16 s. At a share of 0.5, it is the multi-fidelity
+    search's turn; so it is with trials of no phase (added by hand, or by another sampler)."""
+    costs = [16.0] * 8 + [1.0, 1.0, 16.0]
+    assert not search_at_target(["enqueued"] * 8 + ["startup"] * 2 + ["target"], costs, 0.5)
+    assert not search_at_target([None] * 8 + ["startup"] * 2 + ["target"], costs, 0.5)
+    # Among the searches' own trials the split is as before.
+    assert search_at_target(["enqueued"] * 8 + ["startup", "model", "target"], costs, 0.0)
+    assert search_at_target(["enqueued", "startup", "target"], [5.0, 3.0, 2.0], 0.5)
+    assert not search_at_target(["enqueued", "startup", "target"], [5.0, 2.0, 3.0], 0.5)
+
+
+def test_enqueued_target_runs_leave_the_multi_fidelity_search_its_share() -> None:
+    """Eight enqueued target runs, two cheap startup runs and one run of the target search:
+    the next trial is the multi-fidelity search's (2 s spent against the target search's 16)."""
+    sampler = ISBOSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    for i in range(8):
+        x = (i + 0.5) / 8
+        attrs = {"isbo:phase": "enqueued", "isbo:cost": 16.0}
+        _add(study, (x - 0.3) ** 2, {"x": x, FIDELITY: 512}, user_attrs=attrs)
+    for x in [0.33, 0.77]:
+        attrs = {"isbo:phase": "startup", "isbo:cost": 1.0}
+        _add(study, (x - 0.3) ** 2 + _bias(32), {"x": x, FIDELITY: 32}, user_attrs=attrs)
+    attrs = {"isbo:phase": "target", "isbo:cost": 16.0}
+    _add(study, 0.04, {"x": 0.5, FIDELITY: 512}, user_attrs=attrs)
+    trial = study.ask({"x": X, FIDELITY: B})
+    assert study._storage.get_trial(trial._trial_id).user_attrs["isbo:phase"] != "target"
+
+
+def test_one_absurd_cost_is_charged_as_the_cost_model_clips_it() -> None:
+    """A startup trial's cost of 1e300 s (a unit mistake) is charged, like the cost model
+    sees it, at 1e4 times the median cost: the multi-fidelity search gets its turn back once
+    the target search has spent as much, instead of never."""
+    startup = [1.0] * 9 + [1e300]
+    assert sanitized_costs(startup).tolist() == pytest.approx([1.0] * 9 + [1e4])
+    n_target = 10_100  # the median becomes 16, so the absurd cost counts 1.6e5 s
+    phases = ["startup"] * 10 + ["target"] * n_target
+    costs = startup + [16.0] * n_target
+    assert 9.0 + 16.0 * 1e4 < 0.5 * (9.0 + 16.0 * 1e4 + 16.0 * n_target)
+    assert not search_at_target(phases, costs, 0.5)
+    # Costs within the window are charged as they are.
+    assert search_at_target(["startup", "startup", "target"], [1.0, 3.0, 1.0], 0.5)
 
 
 # ---- what the recommendation says it is ---------------------------------------------------
