@@ -577,6 +577,7 @@ class ISBOSampler(BaseSampler):
         space: SearchSpace,
         completed: list[FrozenTrial],
     ) -> Recommendation:
+        completed = study_trials.runs_up_to_target(completed, space)
         evidence = self._target_evidence(study, space, completed)
         keys = constraints.constraint_keys(completed)
         feasible = (

@@ -4,7 +4,8 @@ The sampler reads a study's trials through these functions only: the completed t
 finite value are the observations (:func:`usable_completed_trials`); failed, pruned and
 non-finite trials and early returns are marks that must not be proposed again
 (:func:`failed_configurations`); a diverged run's value is the worst other value and its cost
-is not a whole run's (:func:`ran_in_full`, :func:`tamed_values`).
+is not a whole run's (:func:`ran_in_full`, :func:`tamed_values`); a run above the target
+fidelity is not an evaluation at the target (:func:`runs_up_to_target`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,45 @@ def usable_completed_trials(
 
 
 DIVERGED_ATTR = "isbo:diverged"
+
+
+def runs_up_to_target(completed: list[FrozenTrial], space: SearchSpace) -> list[FrozenTrial]:
+    """The trials of ``completed`` that ran at or below the target fidelity.
+
+    A run above ``target_fidelity`` (an enqueued trial, or a fidelity range whose upper end
+    lies above the target) measures another quantity than the one optimized: a larger
+    super-batch or more epochs than the target give other values than a run at the target.
+    The model's fidelity axis ends at the target (:meth:`SearchSpace.fidelity_to_unit` clips
+    such a run to ``s = 1``), so it would take the run for a target evaluation, and report
+    what was observed above the target as the value at the target. Such runs are left out,
+    with a :class:`RuntimeWarning` naming them. Without a fidelity axis every trial is kept.
+
+    Raises
+    ------
+    ValueError
+        If every trial ran above the target.
+    """
+    name = space.fidelity_param
+    if name is None:
+        return completed
+    kept = [t for t in completed if not space.above_target(t.params[name])]
+    if len(kept) < len(completed):
+        above = [t.number for t in completed if space.above_target(t.params[name])]
+        listed = ", ".join(map(str, above[:10])) + (", ..." if len(above) > 10 else "")
+        warnings.warn(
+            f"Trial(s) {listed} ran above the target fidelity ({name}={space.target_fidelity}); "
+            "the recommendation leaves them out: a run above the target is not an evaluation "
+            "at the target.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    if not kept:
+        raise ValueError(
+            f"Every completed trial ran above the target fidelity ({name}="
+            f"{space.target_fidelity}): there is nothing to recommend at the target. Evaluate "
+            "at most at the target, or raise `target_fidelity`."
+        )
+    return kept
 
 
 def ran_in_full(trial: FrozenTrial) -> bool:

@@ -36,6 +36,7 @@ from optuna.trial import create_trial
 
 from optuna_isbo import ISBOSampler
 from optuna_isbo.decisions import sanitized_costs, search_at_target
+from optuna_isbo.search_space import SearchSpace
 from optuna_isbo.trials import ran_in_full
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -99,6 +100,42 @@ _ARM_RUNS = [
 
 
 # ---- the target fidelity ------------------------------------------------------------------
+
+
+def test_a_run_above_the_target_is_not_a_target_evaluation() -> None:
+    """``target_fidelity=128``: a run at 512 measures another quantity (here 0.02 better than
+    at the target). It is left out with a warning, never counted as a target evaluation."""
+    sampler = ISBOSampler(seed=0, target_fidelity=128)
+    study = optuna.create_study(sampler=sampler)
+    _add(study, (0.3 - 0.3) ** 2 + _bias(512), {"x": 0.3, FIDELITY: 512})
+    runs = [(0.5, 128), (0.7, 128), (0.2, 32), (0.4, 64), (0.9, 32), (0.45, 128)]
+    for x, b in runs:
+        _add(study, (x - 0.3) ** 2 + _bias(b), {"x": x, FIDELITY: b})
+    with pytest.warns(RuntimeWarning, match="above the target"):
+        result = sampler.recommendation(study)
+    assert result.trial_number != 0
+    at_target = [t for t in study.trials if t.params[FIDELITY] == 128]
+    assert result.n_target_evaluations == sum(
+        t.params["x"] == result.params["x"] for t in at_target
+    )
+    assert result.params[FIDELITY] == 128
+
+
+def test_above_target_is_beyond_the_fidelity_axis() -> None:
+    space = SearchSpace({"x": X, FIDELITY: B}, FIDELITY, target_fidelity=128)
+    assert space.fidelity_to_unit(512) == space.fidelity_to_unit(128) == 1.0
+    above = [space.above_target(b) for b in (32, 127, 128, 129, 512)]
+    assert above == [False, False, False, True, True]
+
+
+def test_a_study_run_above_the_target_only_is_refused_clearly() -> None:
+    sampler = ISBOSampler(seed=0, target_fidelity=128)
+    study = optuna.create_study(sampler=sampler)
+    _add(study, 0.1, {"x": 0.3, FIDELITY: 512})
+    _add(study, 0.2, {"x": 0.6, FIDELITY: 256})
+    with pytest.warns(RuntimeWarning, match="above the target"):
+        with pytest.raises(ValueError, match="above the target"):
+            sampler.recommendation(study)
 
 
 # ---- outliers -----------------------------------------------------------------------------
