@@ -254,8 +254,8 @@ class TargetEvidence:
     is already widened by ``kappa``, except under the rule ``"observed"``: the posterior is
     then that of a GP fitted to the target trials alone. ``feasibility`` ``(k,)`` is each
     configuration's probability of feasibility at the target (the observed share of feasible
-    target evaluations where it has some, else the constraint GPs'); ``None`` without
-    constraints.
+    target evaluations among those with every constraint value known, where it has some, else
+    the constraint GPs'; :func:`feasibility_of_configurations`); ``None`` without constraints.
     """
 
     configs: rec.Configurations
@@ -408,18 +408,27 @@ def feasibility_of_configurations(
     s: torch.Tensor,
     feasible: torch.Tensor,
     model_probability: torch.Tensor,
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(k,)`` probability of feasibility at the target of each configuration.
 
-    The share of its target evaluations observed feasible where it has some (``feasible``
-    ``(n,)``, ``s`` ``(n,)``), otherwise ``model_probability`` ``(k,)`` of the constraint GPs.
+    The share of its target evaluations observed feasible (``feasible`` ``(n,)``, ``s``
+    ``(n,)``) among those whose constraint values are all known (``known`` ``(n,)``; all of
+    them when ``None``), where it has some; otherwise ``model_probability`` ``(k,)`` of the
+    constraint GPs. A target evaluation that lacks a constraint value is no evidence either
+    way: a configuration evaluated at the target only without its constraints gets the
+    model's probability, not 1.
     """
-    at_target = rec.is_target(s)
+    counted = rec.is_target(s)
+    if known is not None:
+        counted = counted & known
     k = configs.X.shape[0]
     n_ok = torch.zeros(k, dtype=torch.float64).scatter_add(
-        0, configs.index, (at_target & feasible).to(torch.float64)
+        0, configs.index, (counted & feasible).to(torch.float64)
     )
-    n = configs.n_target.to(torch.float64)
+    n = torch.zeros(k, dtype=torch.float64).scatter_add(
+        0, configs.index, counted.to(torch.float64)
+    )
     return torch.where(n > 0, n_ok / n.clamp_min(1.0), model_probability)
 
 

@@ -630,7 +630,11 @@ class ISBOSampler(BaseSampler):
                 ones = torch.ones(configs.X.shape[0], dtype=torch.float64)
                 p_model = model.probability(model_inputs(space, configs.X, ones))
                 feasibility = feasibility_of_configurations(
-                    configs, s, constraints.observed_feasible(C), p_model.detach()
+                    configs,
+                    s,
+                    constraints.observed_feasible(C),
+                    p_model.detach(),
+                    known=~torch.isnan(C).any(dim=1),
                 )
         except torch.linalg.LinAlgError as err:
             warnings.warn(

@@ -35,6 +35,7 @@ from optuna.distributions import (
 from optuna.trial import create_trial
 
 from optuna_isbo import ISBOSampler
+from optuna_isbo.constraints import observed_feasible
 from optuna_isbo.decisions import sanitized_costs, search_at_target
 from optuna_isbo.search_space import SearchSpace
 from optuna_isbo.trials import ran_in_full
@@ -97,6 +98,30 @@ _ARM_RUNS = [
 
 
 # ---- constraints --------------------------------------------------------------------------
+
+
+def test_a_trial_without_constraint_values_is_not_evidence_of_feasibility() -> None:
+    """Feasible iff ``x >= 0.5``. The best target run (``x = 0.3``) never called
+    ``set_constraint``; its neighbours at the target are infeasible. It must not be reported
+    feasible with probability 1 on no evidence, and a configuration observed feasible wins."""
+    sampler = ISBOSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    _add(study, 0.0, {"x": 0.3, FIDELITY: 512})  # no constraint values
+    runs = [(0.25, 512), (0.35, 512), (0.6, 512), (0.8, 512), (0.1, 32), (0.5, 64), (0.9, 32)]
+    for x, b in runs:
+        _add(study, (x - 0.3) ** 2 + _bias(b), {"x": x, FIDELITY: b}, constraints={"c": 0.5 - x})
+    result = sampler.recommendation(study)
+    assert result.feasibility_probability is not None
+    if result.trial_number == 0:
+        assert result.feasibility_probability < 1.0
+    trial = study.trials[result.trial_number]
+    assert trial.constraints and all(c <= 0.0 for c in trial.constraints.values())
+    assert result.params["x"] == 0.6 and result.feasibility_probability == 1.0
+
+
+def test_a_missing_constraint_value_is_not_observed_feasible() -> None:
+    C = torch.tensor([[math.nan, -1.0], [-1.0, math.nan], [-1.0, -2.0]], dtype=torch.float64)
+    assert observed_feasible(C).tolist() == [False, False, True]
 
 
 # ---- the target fidelity ------------------------------------------------------------------
