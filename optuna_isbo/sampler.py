@@ -579,20 +579,8 @@ class ISBOSampler(BaseSampler):
     ) -> Recommendation:
         completed = study_trials.runs_up_to_target(completed, space)
         evidence = self._target_evidence(study, space, completed)
-        keys = constraints.constraint_keys(completed)
-        feasible = (
-            constraints.observed_feasible(constraints.constraint_values(completed, keys))
-            if keys
-            else None
-        )
-        return choose_recommendation(
-            study,
-            space,
-            completed,
-            evidence,
-            None if evidence is None else evidence.rule,
-            feasible,
-        )
+        rule = None if evidence is None else evidence.rule
+        return choose_recommendation(study, space, completed, evidence, rule)
 
     def _target_evidence(
         self,

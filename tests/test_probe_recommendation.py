@@ -97,6 +97,87 @@ _ARM_RUNS = [
 ]
 
 
+def test_a_conditional_configuration_is_ranked_by_what_it_observed() -> None:
+    """The joint space is ``kind`` alone; the model sees arm ``a`` as one configuration whose
+    mean (0.15) is worse than arm ``b``'s (0.03). The exact configuration ``pa = 0.41`` was
+    observed at 0.0081, the best of the study: the model cannot rank exact configurations, so
+    the recommendation must be at least as good as the best one observed."""
+    sampler = ISBOSampler(seed=0, fidelity_param=None)
+    study = optuna.create_study(sampler=sampler)
+    for kind, p in _ARM_RUNS:
+        _add(study, _two_arms(kind, p), {"kind": kind, f"p{kind}": p})
+    result = sampler.recommendation(study)
+    kind = result.params["kind"]
+    retrained = _two_arms(kind, result.params[f"p{kind}"])
+    assert retrained <= min(t.value for t in study.trials if t.value is not None)
+    assert result.params == {"kind": "a", "pa": 0.41}
+    # Reported for itself: its one observed value, no model uncertainty.
+    assert result.value == pytest.approx(_two_arms("a", 0.41))
+    assert math.isnan(result.std) and result.n_target_evaluations == 1
+    assert result.trial_number == 2
+
+
+def test_a_conditional_configuration_with_a_fidelity_is_ranked_by_its_target_values() -> None:
+    """As above with a fidelity: cheap runs in both arms, target runs in both. The best target
+    value observed is arm ``a`` at ``pa = 0.41``; arm ``b`` is better on average."""
+    sampler = ISBOSampler(seed=0, warn_independent_sampling=False)
+    study = optuna.create_study(sampler=sampler)
+    cheap = [("a", 0.2, 32), ("a", 0.7, 64), ("b", 0.2, 32), ("b", 0.5, 64), ("a", 0.9, 128)]
+    target = [("a", 0.41, 512), ("a", 0.05, 512), ("b", 0.45, 512), ("b", 0.7, 512)]
+    for kind, p, b in cheap + target:
+        _add(study, _two_arms(kind, p) + _bias(b), {"kind": kind, f"p{kind}": p, FIDELITY: b})
+    result = sampler.recommendation(study)
+    best_target = min(_two_arms(kind, p) for kind, p, _ in target)
+    kind = result.params["kind"]
+    assert _two_arms(kind, result.params[f"p{kind}"]) <= best_target
+    assert result.params == {"kind": "a", "pa": 0.41, FIDELITY: 512}
+    assert result.value == pytest.approx(_two_arms("a", 0.41))
+    assert result.n_target_evaluations == 1 and math.isnan(result.std)
+
+
+def test_a_conditional_configuration_keeps_its_own_feasibility() -> None:
+    """Arm ``a`` is feasible for ``pa >= 0.3`` (value ``pa``), arm ``b`` always (0.8). Half of
+    arm ``a``'s runs are feasible, so the arm looks feasible with probability 0.5; its best
+    run, ``pa = 0.05``, is infeasible. The recommendation must be a configuration observed
+    feasible, reported with its own probability (its share of feasible target runs: 1)."""
+    sampler = ISBOSampler(seed=0, fidelity_param=None)
+    study = optuna.create_study(sampler=sampler)
+    for p in [0.05, 0.1, 0.2, 0.35, 0.5, 0.9]:
+        _add(study, p, {"kind": "a", "pa": p}, constraints={"c": 0.3 - p})
+    for p in [0.2, 0.7]:
+        _add(study, 0.8, {"kind": "b", "pb": p}, constraints={"c": -1.0})
+    result = sampler.recommendation(study)
+    trial = study.trials[result.trial_number]
+    assert all(c <= 0.0 for c in trial.constraints.values())
+    assert result.params == {"kind": "a", "pa": 0.35}
+    assert result.feasibility_probability == 1.0
+    assert result.value == pytest.approx(0.35)
+
+
+def test_a_rerun_of_a_configuration_is_not_a_conditional_mixture() -> None:
+    """A verification reruns a configuration from its encoding: a log-scale value comes back
+    moved in its last bits. The model sees one configuration, and so must the ranking:
+    the recommendation stays the model's (a finite standard deviation)."""
+    lr = FloatDistribution(1e-4, 1.0, log=True)
+    space = SearchSpace({"lr": lr, FIDELITY: B}, FIDELITY)
+    original = 0.0123456789
+    rerun = space.decode(space.encode_params({"lr": original, FIDELITY: 32})[0], 1.0)["lr"]
+    assert rerun != original
+    sampler = ISBOSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    runs = [(original, 32), (rerun, 512), (0.1, 32), (0.5, 512), (0.001, 64), (0.3, 32)]
+    for value, b in runs:
+        trial = create_trial(
+            value=math.log10(value / original) ** 2 + _bias(b),
+            params={"lr": value, FIDELITY: b},
+            distributions={"lr": lr, FIDELITY: B},
+        )
+        study.add_trial(trial)
+    result = sampler.recommendation(study)
+    assert result.params["lr"] == rerun and result.n_target_evaluations == 1
+    assert math.isfinite(result.std)
+
+
 # ---- constraints --------------------------------------------------------------------------
 
 
@@ -122,6 +203,28 @@ def test_a_trial_without_constraint_values_is_not_evidence_of_feasibility() -> N
 def test_a_missing_constraint_value_is_not_observed_feasible() -> None:
     C = torch.tensor([[math.nan, -1.0], [-1.0, math.nan], [-1.0, -2.0]], dtype=torch.float64)
     assert observed_feasible(C).tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize("fidelity_param", [None, FIDELITY])
+def test_with_nothing_feasible_the_least_violating_configuration_is_recommended(
+    fidelity_param: str | None,
+) -> None:
+    """``c = 1 + x`` is never feasible; the objective prefers ``x = 0.3``. The configuration
+    with the smallest violation observed at the target is ``x = 0.1``, and a warning says
+    that nothing feasible was found."""
+    sampler = ISBOSampler(seed=0, fidelity_param=fidelity_param)
+    study = optuna.create_study(sampler=sampler)
+    target = [0.1, 0.25, 0.3, 0.6, 0.9]
+    cheap = [0.05, 0.4, 0.7] if fidelity_param else []
+    for x in target + cheap:
+        b = 512 if x in target else 32
+        params = {"x": x} | ({FIDELITY: b} if fidelity_param else {})
+        _add(study, (x - 0.3) ** 2 + _bias(b), params, constraints={"c": 1.0 + x})
+    with pytest.warns(RuntimeWarning, match="[Nn]o .*feasible"):
+        result = sampler.recommendation(study)
+    assert result.params["x"] == 0.1
+    assert result.feasibility_probability == 0.0
+    assert study.trials[result.trial_number].constraints["c"] == pytest.approx(1.1)
 
 
 # ---- the target fidelity ------------------------------------------------------------------
@@ -252,3 +355,32 @@ def test_one_absurd_cost_is_charged_as_the_cost_model_clips_it() -> None:
 
 
 # ---- what the recommendation says it is ---------------------------------------------------
+
+
+def test_one_cheap_trial_is_reported_as_observed_not_as_a_prediction() -> None:
+    sampler = ISBOSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    _add(study, 0.0444, {"x": 0.3, FIDELITY: 32})
+    result = sampler.recommendation(study)
+    assert result.value == 0.0444 and math.isnan(result.std)
+    assert result.n_target_evaluations == 0
+    line = result.summary()
+    assert "observed at super_batch_size=32" in line
+    assert "at the target" not in line and "extrapolated" not in line
+    assert result.observed_at == {FIDELITY: 32}
+
+
+def test_conditional_configurations_without_target_runs_are_ranked_where_observed() -> None:
+    """No target evaluation yet, and the joint space cannot tell arm ``a``'s runs apart: the
+    recommendation is the exact configuration with the best mean at the highest fidelity
+    observed (128), reported as observed there."""
+    sampler = ISBOSampler(seed=0, warn_independent_sampling=False)
+    study = optuna.create_study(sampler=sampler)
+    runs = [("a", 0.45, 128), ("a", 0.0, 128), ("b", 0.5, 128), ("a", 0.5, 32), ("b", 0.9, 32)]
+    for kind, p, b in runs:
+        _add(study, _two_arms(kind, p) + _bias(b), {"kind": kind, f"p{kind}": p, FIDELITY: b})
+    result = sampler.recommendation(study)
+    assert result.params == {"kind": "a", "pa": 0.45, FIDELITY: 512}
+    assert result.value == pytest.approx(_two_arms("a", 0.45) + _bias(128))
+    assert result.n_target_evaluations == 0 and result.observed_at == {FIDELITY: 128}
+    assert "observed at super_batch_size=128" in result.summary()
