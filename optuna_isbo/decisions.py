@@ -379,9 +379,10 @@ def choose_recommendation(
       that mean, with ``std`` NaN, and ``n_target_evaluations`` the exact configuration's own;
       a value observed below the target is labelled as such (``observed_at``), not as a
       prediction at the target.
-    * **Outliers.** A configuration whose target values the model saw pulled in to the
-      outlier fence (:func:`~optuna_isbo.model.tame_outliers`) is reported at its observed
-      mean (``std`` NaN).
+    * **Outliers are ranked as they are reported.** A configuration whose target values the
+      model saw pulled in to the outlier fence (:func:`~optuna_isbo.model.tame_outliers`) is
+      reported at its observed mean (``std`` NaN), and ranked by that mean too, with no
+      uncertainty: a spike among its runs cannot make it look better than it was.
 
     Otherwise the candidates are ranked by the model under ``rule``. In a constrained study
     the candidates are those feasible at the target with probability at least 1/2: the share
@@ -403,7 +404,8 @@ def choose_recommendation(
     configs = evidence.configs
     at_target = rec.is_target(obs.s)
     fenced, observed_mean = _fenced_configurations(configs, at_target, obs)
-    mean, std = evidence.mean, evidence.std
+    mean = torch.where(fenced, observed_mean, evidence.mean)
+    std = torch.where(fenced, 0.0, evidence.std)
     y = obs.y
     observed = rule == "observed" and bool(at_target.any())
     extrapolate = rule == "extrapolate"

@@ -269,6 +269,22 @@ def test_a_study_run_above_the_target_only_is_refused_clearly() -> None:
 # ---- outliers -----------------------------------------------------------------------------
 
 
+def test_a_configuration_with_a_fenced_spike_is_ranked_by_its_observed_mean() -> None:
+    """``x = 0.3`` ran four times at 0, 0, 50, 0: the model saw 50 pulled in to the fence,
+    the configuration's observed mean is 12.5, far worse than the others (about 0.2). Ranking
+    and report must use the same quantity: it is not recommended."""
+    sampler = ISBOSampler(seed=0, fidelity_param=None)
+    study = optuna.create_study(sampler=sampler)
+    for value in [0.0, 0.0, 50.0, 0.0]:
+        _add(study, value, {"x": 0.3})
+    for x in [0.0, 0.1, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]:
+        _add(study, 0.2 + (x - 0.3) ** 2, {"x": x})
+    result = sampler.recommendation(study)
+    assert result.params["x"] != 0.3
+    worst_other = max(t.value for t in study.trials[4:] if t.value is not None)
+    assert result.value < worst_other
+
+
 # ---- isbo:diverged ------------------------------------------------------------------------
 
 
