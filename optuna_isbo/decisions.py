@@ -13,8 +13,8 @@ r"""The sampler's decisions: which search proposes a trial, what to verify, what
 :func:`search_at_target` splits the cost between them. The multi-fidelity search (its startup
 design, its model-chosen trials and its verifications) proposes the next trial while it has
 spent at most its share of what the two searches have spent so far; otherwise the target
-search does. Trials the user enqueued are charged to neither search, and costs are clipped to
-a factor ``1e4`` around their median, as the cost model clips them. The share
+search does. Trials the user enqueued are charged to neither search, and a cost more than
+``1e4`` times the median counts as that, as the cost model clips it. The share
 (:func:`mf_share`) is ``rho`` (``mf_cost_fraction``) until verifications have tested the
 model's predictions at the target; while they pass, it grows towards 0.8, and where they
 failed (the predictions missed by more than their stated uncertainty,
@@ -89,22 +89,26 @@ def mf_share(rule: rec.Rule, n_checks: int, mf_cost_fraction: float) -> float:
 
 
 def sanitized_costs(cost_seconds: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """``(n,)`` costs in seconds as the budget is charged: clipped as the cost model clips them.
+    """``(n,)`` costs in seconds as the budget is charged: an absurd cost clipped.
 
-    Costs more than a factor ``1e4`` above or below the median of ``cost_seconds`` ``(n,)``
-    are clipped to that factor, the window in which
+    A cost more than a factor ``1e4`` above the median of the measured costs (those above
+    the floor ``MIN_COST_SECONDS``, which only says that nothing was measured) counts as
+    ``1e4`` times that median: the upper end of the window in which
     :func:`~optuna_isbo.model.fit_cost_model` keeps log costs. One absurd cost (a unit
-    mistake, ``1e300`` s) would otherwise outweigh every other trial in the split of the cost
-    between the searches (:func:`search_at_target`) and in the verification budget
-    (:func:`verification_candidate`) for the rest of the study; clipped, it counts as ``1e4``
-    median trials.
+    mistake, ``1e300`` s) would otherwise outweigh every other trial in the split of the
+    cost between the searches (:func:`search_at_target`) and in the verification budget
+    (:func:`verification_candidate`) for the rest of the study. Cheap costs are charged as
+    they are (a cheap trial cannot distort the split). Returns a CPU tensor, whatever the
+    default device.
     """
-    costs = torch.as_tensor(cost_seconds, dtype=torch.float64).reshape(-1)
-    if costs.numel() == 0:
-        return costs
-    log_cost = costs.clamp_min(MIN_COST_SECONDS).log()
-    median = float(log_cost.median())
-    return log_cost.clamp(median - _LOG_COST_WINDOW, median + _LOG_COST_WINDOW).exp()
+    values = cost_seconds.tolist() if isinstance(cost_seconds, torch.Tensor) else cost_seconds
+    costs = [float(c) for c in values]
+    measured = sorted(math.log(c) for c in costs if c > MIN_COST_SECONDS)
+    if measured:
+        # The lower median, as ``torch.median`` takes it in the cost model.
+        ceiling = math.exp(measured[(len(measured) - 1) // 2] + _LOG_COST_WINDOW)
+        costs = [min(c, ceiling) for c in costs]
+    return torch.tensor(costs, dtype=torch.float64, device="cpu")
 
 
 def search_at_target(
@@ -119,8 +123,8 @@ def search_at_target(
     fallback trials (every other phase). Trials the user chose (``"enqueued"``, and trials
     without a phase: added with ``study.add_trial`` or proposed by another sampler) are
     charged to neither: they are the user's spend, and charging them to one search would
-    hand the next trials to the other. Costs are first clipped as the cost model clips them
-    (:func:`sanitized_costs`).
+    hand the next trials to the other. An absurd cost is first clipped to ``1e4`` times the
+    median cost, as the cost model clips it (:func:`sanitized_costs`).
 
     Parameters
     ----------
@@ -160,8 +164,8 @@ def verification_candidate(
     ``feasibility``), when it has no target evaluation (completed or pending) and the
     verification trials (mask ``verifying``, ``(n,)``) have cost less than
     ``verify_cost_fraction`` of the cost so far (``cost_seconds``, ``(n,)``). ``pending`` is
-    ``(m, D)``, model inputs of the running trials. Costs are clipped as the cost model clips
-    them (:func:`sanitized_costs`).
+    ``(m, D)``, model inputs of the running trials. An absurd cost is clipped to ``1e4`` times
+    the median cost, as the cost model clips it (:func:`sanitized_costs`).
     """
     if space.fidelity_param is None or verify_cost_fraction <= 0.0:
         return None

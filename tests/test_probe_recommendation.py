@@ -361,6 +361,9 @@ def test_one_absurd_cost_is_charged_as_the_cost_model_clips_it() -> None:
     the target search has spent as much, instead of never."""
     startup = [1.0] * 9 + [1e300]
     assert sanitized_costs(startup).tolist() == pytest.approx([1.0] * 9 + [1e4])
+    # Costs at the floor (nothing measured: 1 ms) do not set the median; cheap costs stay.
+    measured = [1e-3] * 5 + [20.0, 25.0, 0.5]
+    assert sanitized_costs(measured).tolist() == measured
     n_target = 10_100  # the median becomes 16, so the absurd cost counts 1.6e5 s
     phases = ["startup"] * 10 + ["target"] * n_target
     costs = startup + [16.0] * n_target
