@@ -377,8 +377,9 @@ def choose_recommendation(
       configuration differ in parameters outside the joint search space (fidelity aside: a
       conditional parameter, a parameter whose range changed), the model's posterior
       describes a mixture it cannot take apart. The candidates are then the exact
-      configurations (every parameter but the fidelity) evaluated at the target, or at the
-      highest fidelity observed while none is, ranked by their mean observed value there (a
+      configurations (a configuration of the joint search space with the values of the
+      parameters outside it) evaluated at the target, or at the highest fidelity observed
+      while none is, ranked by their mean observed value there (a
       diverged run counted no better than the worst other value). The value reported is
       that mean, with ``std`` NaN, and ``n_target_evaluations`` the exact configuration's own;
       a value observed below the target is labelled as such (``observed_at``), not as a

@@ -45,6 +45,10 @@ recommendation honest:
 The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``,
 and the standard deviation ``kappa sqrt(var(x, 1))``, in the study's units and direction;
 under ``"observed"`` both come from the GP of the target trials alone, without ``kappa``.
+Where the model cannot tell configurations apart (parameters outside the joint search space)
+or has not been fitted, and for a configuration whose target values the outlier fence
+changed, the ranking and the report use observed means instead, with no standard deviation
+(:func:`optuna_isbo.decisions.choose_recommendation`).
 """
 
 from __future__ import annotations
@@ -75,18 +79,22 @@ class Recommendation:
         Parameter name to value, the fidelity parameter set to its target.
     value
         Posterior mean of the objective at the target fidelity, in the study's units (a
-        maximized study gets the predicted maximum, not its negation).
+        maximized study gets the predicted maximum, not its negation), or an observed mean
+        where ``std`` is NaN (see there; below the target where :attr:`observed_at` says so).
     std
         Posterior standard deviation of that value (of the noise-free objective). ``nan`` when
-        no model could be fitted (a single completed trial, or a failed fit), and when the
-        configuration's target values are outliers the model saw pulled in to its fence
-        (:func:`~optuna_isbo.model.tame_outliers`): ``value`` is then their observed mean.
-        The same when the configuration's trials differ in parameters outside the joint search
-        space (a conditional parameter the model does not see): ``value`` and
-        ``n_target_evaluations`` are then those of the exact parameters returned.
+        ``value`` is an observed mean instead: when no model could be fitted (a single
+        completed trial, or a failed fit), when the configuration's target values are
+        outliers the model saw pulled in to its fence
+        (:func:`~optuna_isbo.model.tame_outliers`), and when trials the model sees as one
+        configuration differ in parameters outside the joint search space (a conditional
+        parameter the model does not see): exact configurations are then ranked by their
+        observed means, and ``value`` and ``n_target_evaluations`` are those of the exact
+        parameters returned (:func:`optuna_isbo.decisions.choose_recommendation`).
     trial_number
         The completed trial whose configuration this is (if several share it, the best of
-        them, target evaluations first; its parameters are the ones returned).
+        them, target evaluations first, then those observed feasible; its parameters are the
+        ones returned).
     n_target_evaluations
         Completed trials that evaluated this configuration at the target fidelity (runs above
         the target do not count). 0 means the prediction rests on lower fidelities only.
