@@ -64,11 +64,13 @@ def constraint_values(trials: Sequence[FrozenTrial], keys: Sequence[str]) -> tor
 
 
 def observed_feasible(C: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` whether each trial is feasible; a trial with a missing value counts as feasible.
+    """``(n,)`` whether each trial was observed feasible: every value known and ``<= 0``.
 
-    ``C`` is ``(n, k)`` from :func:`constraint_values`.
+    ``C`` is ``(n, k)`` from :func:`constraint_values`. A trial that lacks a value (it
+    returned before ``set_constraint``) is not evidence of feasibility, so it is not observed
+    feasible; it is not observed infeasible either (``torch.isnan(C)`` tells the two apart).
     """
-    return (torch.nan_to_num(C, nan=0.0) <= 0.0).all(dim=1)
+    return (C <= 0.0).all(dim=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,9 @@ r"""The sampler's decisions: which search proposes a trial, what to verify, what
 
 :func:`search_at_target` splits the cost between them. The multi-fidelity search (its startup
 design, its model-chosen trials and its verifications) proposes the next trial while it has
-spent at most its share of the cost so far; otherwise the target search does. The share
+spent at most its share of what the two searches have spent so far; otherwise the target
+search does. Trials the user enqueued are charged to neither search, and a cost more than
+``1e4`` times the median counts as that, as the cost model clips it. The share
 (:func:`mf_share`) is ``rho`` (``mf_cost_fraction``) until verifications have tested the
 model's predictions at the target; while they pass, it grows towards 0.8, and where they
 failed (the predictions missed by more than their stated uncertainty,
@@ -31,15 +33,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial
 
 from optuna_isbo import recommendation as rec
-from optuna_isbo.constraints import ConstraintModel
-from optuna_isbo.model import GPModel, tame_outliers
+from optuna_isbo.constraints import (
+    ConstraintModel,
+    constraint_keys,
+    constraint_values,
+    observed_feasible,
+)
+from optuna_isbo.cost import MIN_COST_SECONDS
+from optuna_isbo.model import _LOG_COST_WINDOW, GPModel, tame_outliers
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import SearchSpace
 from optuna_isbo.trials import ran_in_full
@@ -47,6 +57,10 @@ from optuna_isbo.trials import ran_in_full
 ATTR_PREFIX = "isbo:"
 #: ``isbo:phase`` of the trials proposed by the target search.
 TARGET_PHASE = "target"
+#: ``isbo:phase`` of the trials whose parameters the user fixed (``study.enqueue_trial``).
+ENQUEUED_PHASE = "enqueued"
+#: Phases of the trials neither search proposed: enqueued ones, and those without a phase.
+USER_PHASES: tuple[object, ...] = (ENQUEUED_PHASE, None)
 #: The largest share of the cost the multi-fidelity search takes once its checks have passed.
 TRUSTED_MF_COST_FRACTION = 0.8
 
@@ -74,12 +88,43 @@ def mf_share(rule: rec.Rule, n_checks: int, mf_cost_fraction: float) -> float:
     return mf_cost_fraction
 
 
+def sanitized_costs(cost_seconds: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """``(n,)`` costs in seconds as the budget is charged: an absurd cost clipped.
+
+    A cost more than a factor ``1e4`` above the median of the measured costs (those above
+    the floor ``MIN_COST_SECONDS``, which only says that nothing was measured) counts as
+    ``1e4`` times that median: the upper end of the window in which
+    :func:`~optuna_isbo.model.fit_cost_model` keeps log costs. One absurd cost (a unit
+    mistake, ``1e300`` s) would otherwise outweigh every other trial in the split of the
+    cost between the searches (:func:`search_at_target`) and in the verification budget
+    (:func:`verification_candidate`) for the rest of the study. Cheap costs are charged as
+    they are (a cheap trial cannot distort the split). Returns a CPU tensor, whatever the
+    default device.
+    """
+    values = cost_seconds.tolist() if isinstance(cost_seconds, torch.Tensor) else cost_seconds
+    costs = [float(c) for c in values]
+    measured = sorted(math.log(c) for c in costs if c > MIN_COST_SECONDS)
+    if measured:
+        # The lower median, as ``torch.median`` takes it in the cost model.
+        ceiling = math.exp(measured[(len(measured) - 1) // 2] + _LOG_COST_WINDOW)
+        costs = [min(c, ceiling) for c in costs]
+    return torch.tensor(costs, dtype=torch.float64, device="cpu")
+
+
 def search_at_target(
     phases: Sequence[object],
     cost_seconds: Sequence[float],
     share: float,
 ) -> bool:
     """Whether the target search proposes the next trial.
+
+    Each search is charged for the trials it proposed: the target search for those of phase
+    ``"target"``, the multi-fidelity search for its startup design, model, verification and
+    fallback trials (every other phase). Trials the user chose (``"enqueued"``, and trials
+    without a phase: added with ``study.add_trial`` or proposed by another sampler) are
+    charged to neither: they are the user's spend, and charging them to one search would
+    hand the next trials to the other. An absurd cost is first clipped to ``1e4`` times the
+    median cost, as the cost model clips it (:func:`sanitized_costs`).
 
     Parameters
     ----------
@@ -93,11 +138,13 @@ def search_at_target(
     Returns
     -------
     bool
-        ``True`` when the trials not proposed by the target search cost more than ``share``
-        of the total (always when ``share`` is 0).
+        ``True`` when the multi-fidelity search's trials cost more than ``share`` of what the
+        two searches' trials cost together (always when ``share`` is 0).
     """
-    total = float(sum(cost_seconds))
-    mf = float(sum(c for p, c in zip(phases, cost_seconds, strict=True) if p != TARGET_PHASE))
+    costs = sanitized_costs(cost_seconds).tolist()
+    own = [(p, c) for p, c in zip(phases, costs, strict=True) if p not in USER_PHASES]
+    total = float(sum(c for _, c in own))
+    mf = float(sum(c for p, c in own if p != TARGET_PHASE))
     return share <= 0.0 or mf > share * total
 
 
@@ -117,11 +164,13 @@ def verification_candidate(
     ``feasibility``), when it has no target evaluation (completed or pending) and the
     verification trials (mask ``verifying``, ``(n,)``) have cost less than
     ``verify_cost_fraction`` of the cost so far (``cost_seconds``, ``(n,)``). ``pending`` is
-    ``(m, D)``, model inputs of the running trials.
+    ``(m, D)``, model inputs of the running trials. An absurd cost is clipped to ``1e4`` times
+    the median cost, as the cost model clips it (:func:`sanitized_costs`).
     """
     if space.fidelity_param is None or verify_cost_fraction <= 0.0:
         return None
     s = fit.inputs[:, -1]
+    cost_seconds = sanitized_costs(cost_seconds)
     verify_seconds = float(cost_seconds[verifying].sum())
     total_seconds = float(cost_seconds.sum())
     if not rec.verification_due(verify_seconds, total_seconds, verify_cost_fraction):
@@ -216,8 +265,8 @@ class TargetEvidence:
     is already widened by ``kappa``, except under the rule ``"observed"``: the posterior is
     then that of a GP fitted to the target trials alone. ``feasibility`` ``(k,)`` is each
     configuration's probability of feasibility at the target (the observed share of feasible
-    target evaluations where it has some, else the constraint GPs'); ``None`` without
-    constraints.
+    target evaluations among those with every constraint value known, where it has some, else
+    the constraint GPs'; :func:`feasibility_of_configurations`); ``None`` without constraints.
     """
 
     configs: rec.Configurations
@@ -229,95 +278,256 @@ class TargetEvidence:
     feasibility: torch.Tensor | None = None
 
 
+#: A configuration is a candidate in a constrained study when at least this likely feasible.
+MIN_FEASIBILITY = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class _Observations:
+    """What the completed trials observed, each an ``(n,)`` tensor.
+
+    ``s`` are the fidelities (ones without a fidelity axis). ``y`` are the values in
+    minimized units, a diverged run (``isbo:diverged``) counted no better than the worst
+    other value (:func:`~optuna_isbo.model.tame_outliers`; a value above the outlier fence is
+    kept as observed); ``changed`` marks the values the model saw changed (fenced, or a
+    diverged run set to the worst value). ``exact`` numbers each trial's exact configuration:
+    its configuration in the joint search space and the values of its parameters outside it
+    (a conditional parameter, one whose range changed). With constraints, ``feasible`` (every
+    value known and ``<= 0``), ``known`` (every value known) and ``violation`` (the sum of
+    the positive parts, NaN where a value is missing); ``None`` without.
+    """
+
+    s: torch.Tensor
+    y: torch.Tensor
+    changed: torch.Tensor
+    exact: torch.Tensor
+    feasible: torch.Tensor | None
+    known: torch.Tensor | None
+    violation: torch.Tensor | None
+
+
+def _observations(
+    study: Study, space: SearchSpace, completed: list[FrozenTrial], *, quiet: bool
+) -> _Observations:
+    """:class:`_Observations` of ``completed``; ``quiet`` silences the constraint warnings."""
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    X, s = space.encode_trials(completed)
+    if space.fidelity_param is None:
+        s = torch.ones(len(completed), dtype=torch.float64)
+    y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
+    tamed = tame_outliers(y, torch.tensor([not ran_in_full(t) for t in completed]))
+    # An exact configuration is a model configuration (the encoded joint-space parameters,
+    # which a value moved in its last bits by a decode and encode keeps) and the values of
+    # the parameters outside the joint search space.
+    group = rec.group_configurations(X, s).index.tolist()
+    inside = {*space.names, space.fidelity_param}
+    ids: dict[tuple[object, ...], int] = {}
+    exact = torch.tensor(
+        [
+            ids.setdefault(
+                (
+                    g,
+                    *sorted(
+                        (k, type(v).__name__, v) for k, v in t.params.items() if k not in inside
+                    ),
+                ),
+                len(ids),
+            )
+            for g, t in zip(group, completed, strict=True)
+        ],
+        dtype=torch.long,
+    )
+    feasible = known = violation = None
+    keys = constraint_keys(completed)
+    if keys:
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore", RuntimeWarning)
+            C = constraint_values(completed, keys)
+        feasible = observed_feasible(C)
+        known = ~torch.isnan(C).any(dim=1)
+        violation = C.clamp_min(0.0).sum(dim=1)
+    return _Observations(
+        s=s,
+        y=torch.maximum(y, tamed),
+        changed=tamed != y,
+        exact=exact,
+        feasible=feasible,
+        known=known,
+        violation=violation,
+    )
+
+
 def choose_recommendation(
     study: Study,
     space: SearchSpace,
     completed: list[FrozenTrial],
     evidence: TargetEvidence | None,
     rule: rec.Rule | None,
-    feasible: torch.Tensor | None = None,
 ) -> Recommendation:
     """The recommendation under ``rule`` (:func:`~optuna_isbo.recommendation.recommendation_rule`).
 
-    Without a model (``evidence`` is ``None``), the best value observed at the highest fidelity.
-    In a constrained study the candidates are the configurations feasible at the target with
-    probability at least 1/2 (``evidence.feasibility``; without a model, the trials observed
-    feasible, ``feasible (n,)``), as long as there is one. The parameters are those of the
-    configuration's best trial, preferring target evaluations: parameters outside the joint
-    search space (conditional ones, a range that changed) then come from one real run. Where
-    such parameters differ among the configuration's trials, the model cannot tell them apart;
-    the value and the number of target evaluations are then those of the exact parameters
-    returned (their mean observed target value, with ``std`` NaN).
+    ``completed`` are the trials at or below the target fidelity
+    (:func:`~optuna_isbo.trials.runs_up_to_target`). The model ranks configurations of the
+    joint search space; two rules decide when it cannot, and the recommendation then goes by
+    what was observed:
+
+    * **Exact configurations, ranked by what they observed.** Without a model (``evidence``
+      is ``None``: a single trial, a failed fit), and whenever trials of one model
+      configuration differ in parameters outside the joint search space (fidelity aside: a
+      conditional parameter, a parameter whose range changed), the model's posterior
+      describes a mixture it cannot take apart. The candidates are then the exact
+      configurations (a configuration of the joint search space with the values of the
+      parameters outside it) evaluated at the target, or at the highest fidelity observed
+      while none is, ranked by their mean observed value there (a
+      diverged run counted no better than the worst other value). The value reported is
+      that mean, with ``std`` NaN, and ``n_target_evaluations`` the exact configuration's own;
+      a value observed below the target is labelled as such (``observed_at``), not as a
+      prediction at the target.
+    * **Outliers are ranked as they are reported.** A configuration whose target values the
+      model saw pulled in to the outlier fence (:func:`~optuna_isbo.model.tame_outliers`) is
+      reported at its observed mean (``std`` NaN), and ranked by that mean too, with no
+      uncertainty: a spike among its runs cannot make it look better than it was.
+
+    Otherwise the candidates are ranked by the model under ``rule``. In a constrained study
+    the candidates are those feasible at the target with probability at least 1/2: the share
+    of their target evaluations observed feasible (every constraint value known and
+    ``<= 0``; a trial lacking a value is not evidence of feasibility), else the constraint
+    model's (``evidence.feasibility``); for exact configurations, the share of their own
+    evaluations. When none is, a configuration known from cheap runs that the constraint
+    model expects feasible is preferred; failing that, a :class:`RuntimeWarning` says that no
+    feasible configuration was found, and the recommendation is the configuration with the
+    smallest mean total violation observed at the target (sum of the positive constraint
+    values; the highest model probability of feasibility where none has a target evaluation
+    with every constraint value known). The parameters returned are those of the
+    configuration's best trial, target evaluations and trials observed feasible first.
     """
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    X, s = space.encode_trials(completed)
-    if space.fidelity_param is None:
-        s = torch.ones(X.shape[0], dtype=torch.float64)
-    y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
-    y_raw = y.clone()
-    p_feasible: float | None = None
-    if evidence is None:
-        eligible = s >= s.max()
-        if feasible is not None and bool((eligible & feasible).any()):
-            eligible = eligible & feasible
-        best = int(torch.where(eligible, y, math.inf).argmin())
-        trial = completed[best]
-        value, std = float(trial.values[0]), math.nan
-        n_target = int((rec.is_target(s) & _same_run(completed, best, space)).sum())
-        if feasible is not None:
-            p_feasible = float(feasible[best])
-    else:
-        configs = evidence.configs
-        mean = evidence.mean
-        observed = rule == "observed" and bool(rec.is_target(s).any())
-        extrapolate = rule == "extrapolate"
-        if evidence.feasibility is not None:
-            feasibility = evidence.feasibility
-            if observed or (rule != "extrapolate" and bool((configs.n_target > 0).any())):
-                candidates = configs.n_target > 0
-            else:
-                candidates = torch.ones_like(configs.n_target, dtype=torch.bool)
-            eligible = candidates & (feasibility >= 0.5)
-            if not bool(eligible.any()):
-                # No candidate is likely feasible: a configuration known from cheap runs that
-                # is likely feasible at the target beats one seen infeasible there, ranked by
-                # the model; failing that, the likeliest configurations.
-                observed, extrapolate = False, True
-                eligible = feasibility >= 0.5
-                if not bool(eligible.any()):
-                    eligible = feasibility >= feasibility.max()
-            mean = torch.where(eligible, mean, math.inf)
-            y = torch.where(eligible[configs.index], y, math.inf)
-        if observed:
-            k = rec.best_observed_at_target(configs, s, y)
+    obs = _observations(study, space, completed, quiet=evidence is not None)
+    if evidence is None or _mixes_configurations(evidence.configs.index, obs.exact):
+        return _recommend_observed(obs, completed, space, sign)
+    configs = evidence.configs
+    at_target = rec.is_target(obs.s)
+    fenced, observed_mean = _fenced_configurations(configs, at_target, obs)
+    mean = torch.where(fenced, observed_mean, evidence.mean)
+    std = torch.where(fenced, 0.0, evidence.std)
+    y = obs.y
+    observed = rule == "observed" and bool(at_target.any())
+    extrapolate = rule == "extrapolate"
+    k: int | None = None
+    if evidence.feasibility is not None:
+        feasibility = evidence.feasibility
+        if observed or (rule != "extrapolate" and bool((configs.n_target > 0).any())):
+            candidates = configs.n_target > 0
         else:
-            k = rec.choose_supported(mean, evidence.std, configs.n_target, extrapolate=extrapolate)
-        # The posterior mean, not the observed value: the best of several noisy target values
-        # is biased low, and the posterior's standard deviation is about the latent value.
-        value = sign * float(evidence.mean[k])
-        members = configs.index == k
-        best = _best_member(members, rec.is_target(s), y)
-        trial = completed[best]
-        std = float(evidence.std[k])
-        n_target = int(configs.n_target[k])
-        clipped = _clipped_target_values(y_raw, s, members, completed)
-        if clipped is not None:
-            # The model saw this configuration's target values pulled in to the outlier fence
-            # (:func:`~optuna_isbo.model.tame_outliers`): its posterior describes the fence, not
-            # the configuration. Report what was observed, and no model uncertainty.
-            value, std = sign * clipped, math.nan
-        exact = members & _same_run(completed, best, space)
-        if bool((members & ~exact).any()):
-            # Parameters outside the joint search space (conditional ones, a changed range)
-            # tell the configuration's trials apart where the model cannot: its posterior
-            # describes them all. Report what this exact configuration observed at the target
-            # (it has target values whenever the group has: ``_best_member``).
-            at_target = exact & rec.is_target(s)
-            n_target = int(at_target.sum())
-            if n_target > 0:
-                value, std = sign * float(y_raw[at_target].mean()), math.nan
-        if evidence.feasibility is not None:
-            p_feasible = float(evidence.feasibility[k])
+            candidates = torch.ones_like(configs.n_target, dtype=torch.bool)
+        eligible = candidates & (feasibility >= MIN_FEASIBILITY)
+        if not bool(eligible.any()):
+            # No candidate is likely feasible: a configuration known from cheap runs that is
+            # likely feasible at the target beats one seen infeasible there, ranked by the
+            # model; failing that, the least violating configuration.
+            observed, extrapolate = False, True
+            eligible = feasibility >= MIN_FEASIBILITY
+            if not bool(eligible.any()):
+                _warn_nothing_feasible()
+                k = _least_violating(
+                    configs.index, at_target, obs, mean + rec.Z_80 * std, feasibility
+                )
+        mean = torch.where(eligible, mean, math.inf)
+        y = torch.where(eligible[configs.index], y, math.inf)
+    if k is None:
+        if observed:
+            k = rec.best_observed_at_target(configs, obs.s, y)
+        else:
+            k = rec.choose_supported(mean, std, configs.n_target, extrapolate=extrapolate)
+    # The posterior mean, not the observed value: the best of several noisy target values
+    # is biased low, and the posterior's standard deviation is about the latent value.
+    value, sd = sign * float(evidence.mean[k]), float(evidence.std[k])
+    if bool(fenced[k]):
+        # The model saw this configuration's target values pulled in to the outlier fence:
+        # its posterior describes the fence, not the configuration. Report what was observed
+        # (what it was ranked by), and no model uncertainty.
+        value, sd = sign * float(observed_mean[k]), math.nan
+    best = _best_member(configs.index == k, at_target, obs.y, obs.feasible)
+    return _recommendation(
+        completed[best],
+        space,
+        value=value,
+        std=sd,
+        n_target=int(configs.n_target[k]),
+        feasibility=None if evidence.feasibility is None else float(evidence.feasibility[k]),
+    )
+
+
+def _mixes_configurations(index: torch.Tensor, exact: torch.Tensor) -> bool:
+    """Whether some model configuration (``index (n,)``) holds several exact ones (``exact``)."""
+    if index.numel() == 0:
+        return False
+    pairs = torch.unique(torch.stack([index, exact]), dim=1)
+    return pairs.shape[1] > torch.unique(index).numel()
+
+
+def _recommend_observed(
+    obs: _Observations, completed: list[FrozenTrial], space: SearchSpace, sign: float
+) -> Recommendation:
+    """The exact configuration with the best mean observed value (:func:`choose_recommendation`).
+
+    Observed at the target, or at the highest fidelity observed while nothing is; in a
+    constrained study among the exact configurations observed feasible there at least half
+    the time (their known evaluations), else the least violating one, with a warning.
+    """
+    at_target = rec.is_target(obs.s)
+    pool = at_target if bool(at_target.any()) else obs.s >= obs.s.max()
+    m = int(obs.exact.max()) + 1
+    count = torch.zeros(m, dtype=torch.float64).scatter_add(0, obs.exact, pool.double())
+    total = torch.zeros(m, dtype=torch.float64).scatter_add(
+        0, obs.exact, torch.where(pool, obs.y, 0.0)
+    )
+    mean = torch.where(count > 0, total / count.clamp_min(1.0), math.inf)
+    p_feasible: torch.Tensor | None = None
+    if obs.feasible is None or obs.known is None:
+        e = int(mean.argmin())
+    else:
+        counted = pool & obs.known
+        n_known = torch.zeros(m, dtype=torch.float64).scatter_add(0, obs.exact, counted.double())
+        n_ok = torch.zeros(m, dtype=torch.float64).scatter_add(
+            0, obs.exact, (counted & obs.feasible).double()
+        )
+        p_feasible = torch.where(n_known > 0, n_ok / n_known.clamp_min(1.0), math.nan)
+        likely = p_feasible >= MIN_FEASIBILITY
+        if bool(likely.any()):
+            e = int(torch.where(likely, mean, math.inf).argmin())
+        else:
+            _warn_nothing_feasible()
+            e = _least_violating(obs.exact, pool, obs, mean, None)
+    members = (obs.exact == e) & pool
+    best = _best_member(members, at_target, obs.y, obs.feasible)
+    trial = completed[best]
+    observed_at = None
+    if not bool(at_target.any()) and space.fidelity_param is not None:
+        observed_at = {space.fidelity_param: trial.params[space.fidelity_param]}
+    return _recommendation(
+        trial,
+        space,
+        value=sign * float(mean[e]),
+        std=math.nan,
+        n_target=int(((obs.exact == e) & at_target).sum()),
+        feasibility=None if p_feasible is None else float(p_feasible[e]),
+        observed_at=observed_at,
+    )
+
+
+def _recommendation(
+    trial: FrozenTrial,
+    space: SearchSpace,
+    *,
+    value: float,
+    std: float,
+    n_target: int,
+    feasibility: float | None,
+    observed_at: dict[str, Any] | None = None,
+) -> Recommendation:
+    """The :class:`Recommendation` of ``trial``'s parameters, the fidelity at the target."""
     params = dict(trial.params)
     if space.fidelity_param is not None:
         params[space.fidelity_param] = space.unit_to_fidelity(1.0)
@@ -327,40 +537,85 @@ def choose_recommendation(
         std=std,
         trial_number=trial.number,
         n_target_evaluations=n_target,
-        feasibility_probability=p_feasible,
+        feasibility_probability=feasibility,
+        observed_at=observed_at,
     )
 
 
-def _clipped_target_values(
-    y: torch.Tensor, s: torch.Tensor, members: torch.Tensor, completed: list[FrozenTrial]
-) -> float | None:
-    """Mean observed target value of ``members``, if the outlier fence changed any of them.
+def _fenced_configurations(
+    configs: rec.Configurations, at_target: torch.Tensor, obs: _Observations
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which configurations had target values changed by the outlier fence, and their means.
 
-    ``y (n,)`` are the values in minimized units, ``s (n,)`` the fidelities, ``members (n,)``
-    the trials of one configuration. ``None`` when its target values reached the model as
-    they are.
+    Returns ``(k,)`` masks of the configurations whose target values reached the model
+    changed (:func:`~optuna_isbo.model.tame_outliers`: fenced, or diverged), and ``(k,)``
+    their mean observed target values (``obs.y``; ``inf`` where a configuration has no target
+    evaluation).
     """
-    bad = torch.tensor([not ran_in_full(t) for t in completed])
-    tamed = tame_outliers(y, bad)
-    at_target = members & rec.is_target(s)
-    if not bool((at_target & (tamed != y)).any()):
-        return None
-    return float(y[at_target].mean())
+    k = configs.X.shape[0]
+    changed = torch.zeros(k, dtype=torch.bool)
+    changed[configs.index[at_target & obs.changed]] = True
+    total = torch.zeros(k, dtype=torch.float64).scatter_add(
+        0, configs.index, torch.where(at_target, obs.y, 0.0)
+    )
+    n = configs.n_target.to(torch.float64)
+    mean = torch.where(n > 0, total / n.clamp_min(1.0), math.inf)
+    return changed, mean
 
 
-def _same_run(completed: list[FrozenTrial], index: int, space: SearchSpace) -> torch.Tensor:
-    """``(n,)`` whether each trial ran the parameters of ``completed[index]``, fidelity aside."""
+def _warn_nothing_feasible() -> None:
+    warnings.warn(
+        "No evaluated configuration is likely feasible at the target (none observed feasible "
+        "there, and none the constraint model expects feasible): the recommendation is the "
+        "configuration with the smallest observed constraint violation.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
-    def key(trial: FrozenTrial) -> dict[str, object]:
-        return {k: v for k, v in trial.params.items() if k != space.fidelity_param}
 
-    reference = key(completed[index])
-    return torch.tensor([key(t) == reference for t in completed], dtype=torch.bool)
+def _least_violating(
+    index: torch.Tensor,
+    pool: torch.Tensor,
+    obs: _Observations,
+    tie_break: torch.Tensor,
+    probability: torch.Tensor | None,
+) -> int:
+    """The configuration with the smallest mean total violation observed in ``pool``.
+
+    ``index (n,)`` maps the trials to ``k`` configurations; ``pool (n,)`` marks the
+    evaluations that count (those at the target). Only evaluations with every constraint
+    value known count. Where no configuration has one, the highest ``probability (k,)`` of
+    feasibility decides (every configuration ties without it). Ties go to the lowest
+    ``tie_break (k,)``, ``inf`` for configurations that are not candidates.
+    """
+    assert obs.known is not None and obs.violation is not None
+    k = tie_break.shape[0]
+    counted = pool & obs.known
+    n = torch.zeros(k, dtype=torch.float64).scatter_add(0, index, counted.double())
+    total = torch.zeros(k, dtype=torch.float64).scatter_add(
+        0, index, torch.where(counted, obs.violation, 0.0)
+    )
+    violation = torch.where(n > 0, total / n.clamp_min(1.0), math.inf)
+    if bool(torch.isfinite(violation).any()):
+        tied = violation <= violation.min()
+    elif probability is not None:
+        tied = probability >= probability.max()
+    else:
+        tied = torch.ones(k, dtype=torch.bool)
+    return int(torch.where(tied, tie_break, math.inf).argmin())
 
 
-def _best_member(members: torch.Tensor, at_target: torch.Tensor, y: torch.Tensor) -> int:
-    """Index of the best trial among ``members (n,)``, target evaluations first."""
+def _best_member(
+    members: torch.Tensor,
+    at_target: torch.Tensor,
+    y: torch.Tensor,
+    feasible: torch.Tensor | None = None,
+) -> int:
+    """Index of the best trial among ``members (n,)``: target evaluations first, then trials
+    observed feasible (``feasible (n,)``), then the lowest ``y (n,)``."""
     pool = members & at_target if bool((members & at_target).any()) else members
+    if feasible is not None and bool((pool & feasible).any()):
+        pool = pool & feasible
     finite_y = torch.where(torch.isfinite(y), y, torch.finfo(y.dtype).max)
     return int(torch.where(pool, finite_y, math.inf).argmin())
 
@@ -370,18 +625,27 @@ def feasibility_of_configurations(
     s: torch.Tensor,
     feasible: torch.Tensor,
     model_probability: torch.Tensor,
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(k,)`` probability of feasibility at the target of each configuration.
 
-    The share of its target evaluations observed feasible where it has some (``feasible``
-    ``(n,)``, ``s`` ``(n,)``), otherwise ``model_probability`` ``(k,)`` of the constraint GPs.
+    The share of its target evaluations observed feasible (``feasible`` ``(n,)``, ``s``
+    ``(n,)``) among those whose constraint values are all known (``known`` ``(n,)``; all of
+    them when ``None``), where it has some; otherwise ``model_probability`` ``(k,)`` of the
+    constraint GPs. A target evaluation that lacks a constraint value is no evidence either
+    way: a configuration evaluated at the target only without its constraints gets the
+    model's probability, not 1.
     """
-    at_target = rec.is_target(s)
+    counted = rec.is_target(s)
+    if known is not None:
+        counted = counted & known
     k = configs.X.shape[0]
     n_ok = torch.zeros(k, dtype=torch.float64).scatter_add(
-        0, configs.index, (at_target & feasible).to(torch.float64)
+        0, configs.index, (counted & feasible).to(torch.float64)
     )
-    n = configs.n_target.to(torch.float64)
+    n = torch.zeros(k, dtype=torch.float64).scatter_add(
+        0, configs.index, counted.to(torch.float64)
+    )
     return torch.where(n > 0, n_ok / n.clamp_min(1.0), model_probability)
 
 

@@ -45,6 +45,10 @@ recommendation honest:
 The reported value is the posterior mean of the latent objective at the target, ``mu(x, 1)``,
 and the standard deviation ``kappa sqrt(var(x, 1))``, in the study's units and direction;
 under ``"observed"`` both come from the GP of the target trials alone, without ``kappa``.
+Where the model cannot tell configurations apart (parameters outside the joint search space)
+or has not been fitted, and for a configuration whose target values the outlier fence
+changed, the ranking and the report use observed means instead, with no standard deviation
+(:func:`optuna_isbo.decisions.choose_recommendation`).
 """
 
 from __future__ import annotations
@@ -75,25 +79,36 @@ class Recommendation:
         Parameter name to value, the fidelity parameter set to its target.
     value
         Posterior mean of the objective at the target fidelity, in the study's units (a
-        maximized study gets the predicted maximum, not its negation).
+        maximized study gets the predicted maximum, not its negation), or an observed mean
+        where ``std`` is NaN (see there; below the target where :attr:`observed_at` says so).
     std
         Posterior standard deviation of that value (of the noise-free objective). ``nan`` when
-        no model could be fitted (a single completed trial, or a failed fit), and when the
-        configuration's target values are outliers the model saw pulled in to its fence
-        (:func:`~optuna_isbo.model.tame_outliers`): ``value`` is then their observed mean.
-        The same when the configuration's trials differ in parameters outside the joint search
-        space (a conditional parameter the model does not see): ``value`` and
-        ``n_target_evaluations`` are then those of the exact parameters returned.
+        ``value`` is an observed mean instead: when no model could be fitted (a single
+        completed trial, or a failed fit), when the configuration's target values are
+        outliers the model saw pulled in to its fence
+        (:func:`~optuna_isbo.model.tame_outliers`), and when trials the model sees as one
+        configuration differ in parameters outside the joint search space (a conditional
+        parameter the model does not see): exact configurations are then ranked by their
+        observed means, and ``value`` and ``n_target_evaluations`` are those of the exact
+        parameters returned (:func:`optuna_isbo.decisions.choose_recommendation`).
     trial_number
         The completed trial whose configuration this is (if several share it, the best of
-        them, target evaluations first; its parameters are the ones returned).
+        them, target evaluations first, then those observed feasible; its parameters are the
+        ones returned).
     n_target_evaluations
-        Completed trials that evaluated this configuration at the target fidelity. 0 means the
-        prediction rests on lower fidelities only.
+        Completed trials that evaluated this configuration at the target fidelity (runs above
+        the target do not count). 0 means the prediction rests on lower fidelities only.
     feasibility_probability
         In a constrained study (``trial.set_constraint``), the probability that the
         configuration is feasible at the target: the share of its target evaluations that were
-        feasible, or the constraint model's where it has none. ``None`` without constraints.
+        feasible (among those with every constraint value recorded), or the constraint model's
+        where it has none. NaN where nothing is known about it (no model, no recorded value).
+        ``None`` without constraints.
+    observed_at
+        ``None``, or where ``value`` was observed when it is not about the target: with
+        no target evaluation and no model prediction behind it (a single cheap trial, or
+        configurations the model cannot tell apart), ``value`` is the mean observed at the
+        highest fidelity evaluated, e.g. ``{"super_batch_size": 32}``.
     """
 
     params: dict[str, Any]
@@ -102,6 +117,7 @@ class Recommendation:
     trial_number: int
     n_target_evaluations: int
     feasibility_probability: float | None = None
+    observed_at: dict[str, Any] | None = None
 
     def interval(self, level: float = 0.8) -> tuple[float, float]:
         """Central posterior interval ``value -/+ z std`` of probability ``level``."""
@@ -114,19 +130,33 @@ class Recommendation:
         """One line for people: the trial, its parameters and what is predicted at the target.
 
         For example ``trial 17 (lr=0.0031, super_batch_size=512): 0.1234 +- 0.0040 at the
-        target, 2 target evaluations, feasible with probability 0.97``. The study's
-        ``isbo:recommendation`` user attribute holds it, where optuna-dashboard shows it.
+        target, 2 target evaluations, feasible with probability 0.97``. A value observed
+        below the target (:attr:`observed_at`) says so: ``trial 0 (...): 0.04444 observed at
+        super_batch_size=32, below the target (no target evaluation, no prediction)``. The
+        study's ``isbo:recommendation`` user attribute holds it, where optuna-dashboard
+        shows it.
         """
         params = ", ".join(f"{name}={_short(value)}" for name, value in self.params.items())
         text = f"trial {self.trial_number} ({params}): {_short(self.value)}"
         if math.isfinite(self.std):
             text += f" +- {_short(self.std)}"
         evaluations = self.n_target_evaluations
-        text += f" at the target, {evaluations} target evaluation{'s' * (evaluations != 1)}"
-        if evaluations == 0:
-            text += " (extrapolated from cheaper runs)"
-        if self.feasibility_probability is not None:
-            text += f", feasible with probability {self.feasibility_probability:.2f}"
+        if self.observed_at:
+            where = ", ".join(
+                f"{name}={_short(value)}" for name, value in self.observed_at.items()
+            )
+            text += f" observed at {where}, below the target (no target evaluation, no prediction)"
+        else:
+            text += f" at the target, {evaluations} target evaluation{'s' * (evaluations != 1)}"
+            if evaluations == 0:
+                text += " (extrapolated from cheaper runs)"
+        p = self.feasibility_probability
+        if p is not None:
+            text += (
+                ", feasibility unknown"
+                if math.isnan(p)
+                else f", feasible with probability {p:.2f}"
+            )
         return text
 
 

@@ -698,21 +698,10 @@ class ISBOSampler(BaseSampler):
         space: SearchSpace,
         completed: list[FrozenTrial],
     ) -> Recommendation:
+        completed = study_trials.runs_up_to_target(completed, space)
         evidence = self._target_evidence(study, space, completed)
-        keys = constraints.constraint_keys(completed)
-        feasible = (
-            constraints.observed_feasible(constraints.constraint_values(completed, keys))
-            if keys
-            else None
-        )
-        return choose_recommendation(
-            study,
-            space,
-            completed,
-            evidence,
-            None if evidence is None else evidence.rule,
-            feasible,
-        )
+        rule = None if evidence is None else evidence.rule
+        return choose_recommendation(study, space, completed, evidence, rule)
 
     def _target_evidence(
         self,
@@ -750,7 +739,11 @@ class ISBOSampler(BaseSampler):
                 ones = torch.ones(configs.X.shape[0], dtype=torch.float64)
                 p_model = model.probability(model_inputs(space, configs.X, ones))
                 feasibility = feasibility_of_configurations(
-                    configs, s, constraints.observed_feasible(C), p_model.detach()
+                    configs,
+                    s,
+                    constraints.observed_feasible(C),
+                    p_model.detach(),
+                    known=~torch.isnan(C).any(dim=1),
                 )
         except torch.linalg.LinAlgError as err:
             warnings.warn(

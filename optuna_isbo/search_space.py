@@ -28,7 +28,9 @@ distribution:
 
     s = \frac{\log B - \log B_\mathrm{low}}{\log B_\mathrm{target} - \log B_\mathrm{low}},
 
-so that ``s = 1`` is the target fidelity. Values above the target are encoded as ``s = 1``.
+so that ``s = 1`` is the target fidelity. Values above the target are encoded as ``s = 1``:
+the model has no axis beyond the target, so a run there is not data about the target
+(:meth:`SearchSpace.above_target`; the recommendation leaves such runs out).
 
 Values outside their distribution (possible when a study's search space changed) are clipped
 into it when encoded, and a categorical value that is not among the choices is encoded as the
@@ -347,7 +349,8 @@ class SearchSpace:
     def fidelity_to_unit(self, value: float) -> float:
         """Encode a fidelity value as ``s`` in ``[0, 1]``.
 
-        Values are clipped to ``[fidelity_low, target_fidelity]`` first.
+        Values are clipped to ``[fidelity_low, target_fidelity]`` first, so a value above the
+        target encodes as the target: test :meth:`above_target` where that matters.
 
         Raises
         ------
@@ -358,6 +361,26 @@ class SearchSpace:
         value = min(max(float(value), self.fidelity_low), self.target_fidelity)
         log_low = math.log(self.fidelity_low)
         return (math.log(value) - log_low) / (math.log(self.target_fidelity) - log_low)
+
+    def above_target(self, value: float) -> bool:
+        """Whether a fidelity value lies above the target fidelity (``s > 1`` before clipping).
+
+        A run there measures another quantity than the one optimized (a larger super-batch,
+        more epochs), which :meth:`fidelity_to_unit` would encode as the target itself. Values
+        within round-off (``1e-9`` in ``s``) of the target are at the target.
+
+        Raises
+        ------
+        ValueError
+            If the space has no fidelity axis.
+        """
+        self._check_has_fidelity()
+        value = float(value)
+        if not value > self.target_fidelity:
+            return False
+        log_low = math.log(self.fidelity_low)
+        s = (math.log(value) - log_low) / (math.log(self.target_fidelity) - log_low)
+        return s > 1.0 + 1e-9
 
     def unit_to_fidelity(self, s: float) -> float | int:
         """Decode ``s`` to the nearest valid fidelity value in ``[fidelity_low, target_fidelity]``.

@@ -4,7 +4,8 @@ The sampler reads a study's trials through these functions only: the completed t
 finite value are the observations (:func:`usable_completed_trials`); failed, pruned and
 non-finite trials and early returns are marks that must not be proposed again
 (:func:`failed_configurations`); a diverged run's value is the worst other value and its cost
-is not a whole run's (:func:`ran_in_full`, :func:`tamed_values`).
+is not a whole run's (:func:`ran_in_full`, :func:`tamed_values`); a run above the target
+fidelity is not an evaluation at the target (:func:`runs_up_to_target`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from optuna.distributions import BaseDistribution
 from optuna.study import Study, StudyDirection
@@ -99,10 +101,91 @@ def usable_completed_trials(
     return usable
 
 
+DIVERGED_ATTR = "isbo:diverged"
+
+
+def runs_up_to_target(completed: list[FrozenTrial], space: SearchSpace) -> list[FrozenTrial]:
+    """The trials of ``completed`` that ran at or below the target fidelity.
+
+    A run above ``target_fidelity`` (an enqueued trial, or a fidelity range whose upper end
+    lies above the target) measures another quantity than the one optimized: a larger
+    super-batch or more epochs than the target give other values than a run at the target.
+    The model's fidelity axis ends at the target (:meth:`SearchSpace.fidelity_to_unit` clips
+    such a run to ``s = 1``), so it would take the run for a target evaluation, and report
+    what was observed above the target as the value at the target. Such runs are left out,
+    with a :class:`RuntimeWarning` naming them. Without a fidelity axis every trial is kept.
+
+    Raises
+    ------
+    ValueError
+        If every trial ran above the target.
+    """
+    name = space.fidelity_param
+    if name is None:
+        return completed
+    kept = [t for t in completed if not space.above_target(t.params[name])]
+    if len(kept) < len(completed):
+        above = [t.number for t in completed if space.above_target(t.params[name])]
+        listed = ", ".join(map(str, above[:10])) + (", ..." if len(above) > 10 else "")
+        warnings.warn(
+            f"Trial(s) {listed} ran above the target fidelity ({name}={space.target_fidelity}); "
+            "the recommendation leaves them out: a run above the target is not an evaluation "
+            "at the target.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    if not kept:
+        raise ValueError(
+            f"Every completed trial ran above the target fidelity ({name}="
+            f"{space.target_fidelity}): there is nothing to recommend at the target. Evaluate "
+            "at most at the target, or raise `target_fidelity`."
+        )
+    return kept
+
+
 def ran_in_full(trial: FrozenTrial) -> bool:
     """Whether a trial's cost is that of a whole run: not one marked ``isbo:diverged``.
 
     A diverged run stopped early, so its cost says little about what a run there costs, and a
     cheap-looking region that always fails would attract an acquisition per second.
+
+    The flag is read as :func:`diverged_flag` reads it: a bool of any kind (Python, NumPy,
+    a 0-d NumPy array or torch tensor), or the integer 0 or 1. Anything else (a string such
+    as ``"true"``, a float, a list) is ignored with a warning: the trial counts as a whole run.
     """
-    return trial.user_attrs.get("isbo:diverged") is not True
+    return not diverged_flag(trial)
+
+
+def diverged_flag(trial: FrozenTrial) -> bool:
+    """The trial's ``isbo:diverged`` user attribute as a bool (``False`` when absent or None).
+
+    Accepted, as :func:`optuna_isbo.cost.trial_cost_seconds` accepts NumPy and torch
+    scalars for costs: ``bool``, ``numpy.bool_``, 0-d NumPy arrays and torch tensors of a bool
+    or integer dtype, and integers, whose value must be 0 or 1. Any other value warns
+    (:class:`RuntimeWarning`, naming the trial) and reads as ``False``.
+    """
+    raw = trial.user_attrs.get(DIVERGED_ATTR)
+    if raw is None:
+        return False
+    value: object = raw
+    if isinstance(raw, np.ndarray | torch.Tensor) and raw.ndim == 0:
+        is_bool = raw.dtype == torch.bool if isinstance(raw, torch.Tensor) else raw.dtype == bool
+        is_int = (
+            not raw.dtype.is_floating_point and not raw.dtype.is_complex
+            if isinstance(raw, torch.Tensor)
+            else raw.dtype.kind in "iu"
+        )
+        if is_bool or is_int:
+            value = raw.item()
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer) and int(value) in (0, 1):
+        return bool(value)
+    warnings.warn(
+        f"Trial {trial.number} has user attribute {DIVERGED_ATTR!r} = {raw!r} "
+        f"({type(raw).__name__}), not a bool (or 0 or 1); the trial is treated as a run that "
+        "did not diverge. Set it to True for a diverged run.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return False

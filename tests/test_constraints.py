@@ -127,8 +127,9 @@ def test_infinite_constraint_values_are_clipped_with_a_warning() -> None:
 
 
 def test_missing_constraint_values_count_as_unknown() -> None:
+    # Unknown is not feasible: a trial lacking a value is not observed feasible.
     C = torch.tensor([[math.nan, 1.0], [-1.0, math.nan]], dtype=torch.float64)
-    assert observed_feasible(C).tolist() == [False, True]
+    assert observed_feasible(C).tolist() == [False, False]
 
 
 def test_a_likely_feasible_configuration_beats_one_seen_infeasible_at_the_target() -> None:

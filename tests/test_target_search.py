@@ -70,9 +70,10 @@ def test_search_at_target_splits_the_cost() -> None:
     assert not search_at_target(phases, [4.0, 20.0, 6.0], 0.5)
     assert search_at_target(phases, [4.0, 20.0, 6.0], 0.3)
     assert search_at_target(phases, [4.0, 20.0, 6.0], 0.0)
-    # Only the target search's own trials count for it: an unlabelled trial (an enqueued
-    # one) is the multi-fidelity search's.
-    assert search_at_target([None, "target"], [10.0, 10.0], 0.4)
+    # Only each search's own trials count for it: an unlabelled trial (one added by hand, or
+    # by another sampler) is the user's, charged to neither search.
+    assert not search_at_target([None, "target"], [10.0, 10.0], 0.4)
+    assert search_at_target([None, "target", "model"], [10.0, 10.0, 10.0], 0.4)
 
 
 def test_the_share_follows_the_checks() -> None:
