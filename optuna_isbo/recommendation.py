@@ -8,10 +8,11 @@ recommendation honest:
 * **Recommend what the evidence supports.** The recommendation minimizes the upper end of
   the 80% posterior interval at the target, ``mu(x, 1) + 1.28 sigma(x, 1)``
   (:func:`choose_supported`), over the candidates. Once any configuration has been evaluated
-  at the target, the candidates are the target-evaluated configurations, unless the model has
+  at the target, the candidates are the target-evaluated configurations, even after the model
   passed its checks (below): a configuration seen at cheap fidelities only is an
-  extrapolation through the fidelity kernel, and a kernel fitted to biased cheap runs
-  extrapolates with confidence it has not earned. A model that failed its checks is not used
+  extrapolation through the fidelity kernel, a kernel fitted to biased cheap runs
+  extrapolates with confidence it has not earned, and the lowest upper bound among many
+  extrapolations is the most optimistic of them. A model that failed its checks is not used
   to rank at all: the recommendation is then the configuration with the best observed target
   value (:func:`recommendation_rule`), and its uncertainty comes from a GP fitted to the
   target-fidelity trials alone. Before the first target evaluation every configuration
@@ -34,10 +35,11 @@ recommendation honest:
   model's prediction at the target with what was then observed. When the predictions missed
   by more than their stated uncertainty, every target standard deviation is widened by that
   factor ``kappa`` (:func:`calibration_factor`) before the recommendation is chosen and
-  reported. The model's word counts (extrapolations are candidates) while ``kappa <= 2``
-  after at least one check; when at least two checks give ``kappa > 2``, the observed target
-  values decide, and the sampler asks at the target fidelity only (until later
-  verifications bring the factor back), with a GP fitted to the target trials alone: plain
+  reported. The model's word counts (its multi-fidelity search's share of the cost grows)
+  while ``kappa <= 2`` after at least one check; when at least two checks give
+  ``kappa > 2``, the observed target values decide, and the sampler asks at the target
+  fidelity only (until later verifications bring the factor back), with a GP fitted to the
+  target trials alone: plain
   Bayesian optimization at the target. For a calibrated model ``kappa^2`` is a mean of ``k``
   squared standard normals, which exceeds 4 with probability ``0.046`` (``k = 1``),
   ``0.018`` (``k = 2``) and ``0.007`` (``k = 3``).
@@ -254,8 +256,9 @@ def recommendation_rule(kappa: float, n_checks: int, max_kappa: float = MAX_TRUS
     """How far the model's word is taken, from how its target predictions fared.
 
     * ``"extrapolate"``: the model passed its checks (at least one verification trial and a
-      calibration factor of at most ``max_kappa``); every evaluated configuration is a
-      candidate, ranked by the model.
+      calibration factor of at most ``max_kappa``); its multi-fidelity search may take a
+      larger share of the cost (:func:`~optuna_isbo.decisions.mf_share`). The recommendation
+      ranks the target-evaluated configurations by the model, as under ``"supported"``.
     * ``"supported"``: not checked yet, or one check failed; only configurations with target
       evaluations are candidates, ranked by the model.
     * ``"observed"``: the model failed at least ``MIN_FAILING_CHECKS`` (2) checks

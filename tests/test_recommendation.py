@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import math
 
+import optuna
 import pytest
 import torch
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import create_trial
 
+from optuna_isbo import ISBOSampler
 from optuna_isbo import recommendation as rec
+from optuna_isbo.decisions import calibration_checks
 
 
 def test_group_configurations_counts_target_evaluations() -> None:
@@ -178,3 +183,41 @@ def test_a_recommended_outlier_reports_its_observed_value_not_the_fence() -> Non
     assert result.n_target_evaluations == 1 and result.params["x"] == 0.95
     assert result.value == 2.0 and math.isnan(result.std)
     assert study.user_attrs["isbo:recommended_value"] == 2.0
+
+
+def test_after_passed_checks_a_cheap_only_configuration_is_not_recommended() -> None:
+    """Cheap runs equal the target objective ``(x - 0.8)^2``, and two verifications at
+    ``x = 0.3, 0.5`` were predicted exactly: the model passed its checks and believes the
+    cheap-only ``x = 0.8`` is best. The recommendation is still a target-evaluated
+    configuration (``x = 0.5``); ``x = 0.8`` is for a verification trial to evaluate."""
+    dists = {"x": FloatDistribution(0.0, 1.0), "B": IntDistribution(16, 256, log=True)}
+    sampler = ISBOSampler(seed=0, fidelity_param="B")
+    study = optuna.create_study(sampler=sampler)
+    for i in range(11):
+        x = i / 10
+        study.add_trial(
+            create_trial(
+                value=(x - 0.8) ** 2,
+                params={"x": x, "B": 16},
+                distributions=dists,
+                user_attrs={"isbo:cost": 10.0},
+            )
+        )
+    for x in (0.3, 0.5):
+        study.add_trial(
+            create_trial(
+                value=(x - 0.8) ** 2,
+                params={"x": x, "B": 256},
+                distributions=dists,
+                user_attrs={
+                    "isbo:cost": 160.0,
+                    "isbo:phase": "verify",
+                    "isbo:predicted_value_at_target": (x - 0.8) ** 2,
+                    "isbo:predicted_std_at_target": 0.05,
+                },
+            )
+        )
+    assert calibration_checks(study.trials, study)[2] == "extrapolate"
+    recommendation = sampler.recommendation(study)
+    assert recommendation.n_target_evaluations == 1
+    assert recommendation.params == {"x": 0.5, "B": 256}
