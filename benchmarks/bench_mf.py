@@ -403,6 +403,9 @@ class Codec:
 
 
 # -- methods ---------------------------------------------------------------------------------
+# The default rule with no extrapolated recommendation once a target evaluation exists.
+NO_EXTRAPOLATION = "default, no extrapolation"
+
 # ISBO's recommendation under each fixed rule of ``optuna_isbo.recommendation.Rule``, next to
 # the default, which picks the rule from the verification checks: the same trials and the same
 # posterior, so the rules are compared on identical studies.
@@ -1364,6 +1367,19 @@ def _report_rules(
             continue
         entry["rules"][m] = {}
         names = [n for n in rs[0]["regret_rules"] if all(n in r["regret_rules"] for r in rs)]
+        curves = {id(r): dict(r["regret_rules"]) for r in rs}
+        if "supported" in names and all(len(r.get("rule", [])) == len(r["regret"]) for r in rs):
+            # The default rule, except that a configuration never run at the target is not
+            # recommended once one has been ("supported" wherever the checks said
+            # "extrapolate"): the recommendation rule since 6c3b394, on studies run before it.
+            names.append(NO_EXTRAPOLATION)
+            for r in rs:
+                curves[id(r)][NO_EXTRAPOLATION] = [
+                    supported if rule == "extrapolate" else default
+                    for default, supported, rule in zip(
+                        r["regret"], r["regret_rules"]["supported"], r["rule"], strict=True
+                    )
+                ]
         for name in names:
             cells = []
             for fraction in fractions:
@@ -1371,7 +1387,7 @@ def _report_rules(
                 for r in rs:
                     curve = {
                         "cumulative_cost": r["cumulative_cost"],
-                        "regret": r["regret_rules"][name],
+                        "regret": curves[id(r)][name],
                     }
                     values.append(regret_at(curve, fraction * r["budget_cost"]))
                 med, p90 = float(np.median(values)), float(_percentile(values, 90))
