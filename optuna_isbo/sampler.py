@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.samplers._base import (
     _INDEPENDENT_SAMPLING_WARNING_TEMPLATE,
@@ -62,7 +62,11 @@ from optuna_isbo.model import (
 )
 from optuna_isbo.optim import maximize_acquisition, perturb
 from optuna_isbo.recommendation import Recommendation
-from optuna_isbo.search_space import SearchSpace
+from optuna_isbo.search_space import (
+    SearchSpace,
+    left_joint_space_messages,
+    missing_fidelity_message,
+)
 from optuna_isbo.startup import startup_fidelity
 
 _logger = optuna.logging.get_logger(__name__)
@@ -360,7 +364,10 @@ class ISBOSampler(BaseSampler):
         if self._fidelity_param is not None:
             with_fidelity = [t for t in trials if self._fidelity_param in t.params]
             if not with_fidelity and trials and not self._warned_missing_fidelity:
-                self._warn_missing_fidelity(trials)
+                message = missing_fidelity_message(self._fidelity_param, trials)
+                if message is not None:
+                    self._warned_missing_fidelity = True
+                    warnings.warn(message, UserWarning, stacklevel=3)
             trials = with_fidelity or trials
             ranges = {t.distributions[self._fidelity_param] for t in with_fidelity}
             if len(ranges) > 1:
@@ -375,81 +382,13 @@ class ISBOSampler(BaseSampler):
             for name, dist in intersection_search_space(trials).items()
             if not dist.single()
         }
-        self._warn_left_joint_space(trials, joint)
-        return joint
-
-    def _warn_missing_fidelity(self, completed: Sequence[FrozenTrial]) -> None:
-        """Warn (once) that ``fidelity_param`` is none of the completed trials' parameters.
-
-        Only when they have a numeric parameter, which the fidelity may be misspelt as; a
-        study of categorical parameters alone has no fidelity to miss.
-        """
-        numeric = sorted(
-            {
-                name
-                for t in completed
-                for name, dist in t.distributions.items()
-                if isinstance(dist, FloatDistribution | IntDistribution)
-            }
-        )
-        if not numeric:
-            return
-        self._warned_missing_fidelity = True
-        name = self._fidelity_param
-        warnings.warn(
-            f"ISBOSampler(fidelity_param={name!r}): no completed trial has a parameter "
-            f"{name!r}; the numeric parameters of the completed trials are "
-            f"{', '.join(map(repr, numeric))}. Until a trial suggests {name!r}, the sampler "
-            "runs without a fidelity (as Optuna's GPSampler) and counts every trial as "
-            "evaluated at the target. Check the name, or pass fidelity_param=None for a study "
-            "without a fidelity.",
-            UserWarning,
-            stacklevel=3,
-        )
-
-    def _warn_left_joint_space(
-        self, trials: Sequence[FrozenTrial], joint: dict[str, BaseDistribution]
-    ) -> None:
-        """Warn once per parameter of ``trials`` that the joint search space ``joint`` lacks.
-
-        Such a parameter changed its distribution during the study (a widened range) or is
-        missing from some of ``trials`` (added during the study, or conditional). Parameters
-        whose every distribution holds one value are left out of the joint space on purpose
-        and are not reported.
-        """
-        distributions: dict[str, list[BaseDistribution]] = {}
-        counts: dict[str, int] = {}
-        for t in trials:
-            for name, dist in t.distributions.items():
-                if name in joint or name in self._warned_left_joint_space:
-                    continue
-                counts[name] = counts.get(name, 0) + 1
-                seen = distributions.setdefault(name, [])
-                if dist not in seen:
-                    seen.append(dist)
-        for name, seen in distributions.items():
-            if all(dist.single() for dist in seen):
-                continue
-            reasons = []
-            if len(seen) > 1:
-                shown = ", ".join(map(str, seen[:3])) + (", ..." if len(seen) > 3 else "")
-                reasons.append(f"its distribution changed during the study ({shown})")
-            if counts[name] < len(trials):
-                reasons.append(
-                    f"it is missing from {len(trials) - counts[name]} of the {len(trials)} "
-                    "completed trials"
-                )
+        proposer = type(self._independent_sampler).__name__
+        for name, message in left_joint_space_messages(
+            trials, joint, self._warned_left_joint_space, proposer
+        ):
             self._warned_left_joint_space.add(name)
-            warnings.warn(
-                f"Parameter {name!r} is not in ISBOSampler's joint search space: "
-                f"{' and '.join(reasons)}. The model ignores it: "
-                f"{type(self._independent_sampler).__name__} proposes its values, and the "
-                "model's predictions, hence its proposals and the recommendation's ranking, do "
-                "not depend on it. Suggest it in every trial with one distribution for the "
-                "model to use it, or start a new study.",
-                UserWarning,
-                stacklevel=3,
-            )
+            warnings.warn(message, UserWarning, stacklevel=3)
+        return joint
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]

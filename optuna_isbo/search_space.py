@@ -44,7 +44,7 @@ import decimal
 import enum
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -657,3 +657,80 @@ class SearchSpace:
             else:
                 X[:, param.columns.start] = u
         return self.snap(X)
+
+
+def missing_fidelity_message(fidelity_param: str, completed: Sequence[FrozenTrial]) -> str | None:
+    """What to tell a user whose ``fidelity_param`` none of the ``completed`` trials has.
+
+    ``None`` unless they have a numeric parameter, which the fidelity may be misspelt as (a
+    study of categorical parameters alone has no fidelity to miss).
+    """
+    numeric = sorted(
+        {
+            name
+            for t in completed
+            for name, dist in t.distributions.items()
+            if isinstance(dist, FloatDistribution | IntDistribution)
+        }
+    )
+    if not numeric:
+        return None
+    name = fidelity_param
+    return (
+        f"ISBOSampler(fidelity_param={name!r}): no completed trial has a parameter "
+        f"{name!r}; the numeric parameters of the completed trials are "
+        f"{', '.join(map(repr, numeric))}. Until a trial suggests {name!r}, the sampler "
+        "runs without a fidelity (as Optuna's GPSampler) and counts every trial as "
+        "evaluated at the target. Check the name, or pass fidelity_param=None for a study "
+        "without a fidelity."
+    )
+
+
+def left_joint_space_messages(
+    trials: Sequence[FrozenTrial],
+    joint: dict[str, BaseDistribution],
+    already: Container[str],
+    proposer: str,
+) -> list[tuple[str, str]]:
+    """``(name, message)`` for each parameter of ``trials`` that the joint space ``joint`` lacks.
+
+    Such a parameter changed its distribution during the study (a widened range) or is
+    missing from some of ``trials`` (added during the study, or conditional); the sampler's
+    model ignores it, and ``proposer`` (the independent sampler's class name) proposes its
+    values. Parameters in ``already`` (reported before) and those whose every distribution
+    holds one value (left out of the joint space on purpose) are skipped.
+    """
+    distributions: dict[str, list[BaseDistribution]] = {}
+    counts: dict[str, int] = {}
+    for t in trials:
+        for name, dist in t.distributions.items():
+            if name in joint or name in already:
+                continue
+            counts[name] = counts.get(name, 0) + 1
+            seen = distributions.setdefault(name, [])
+            if dist not in seen:
+                seen.append(dist)
+    messages = []
+    for name, seen in distributions.items():
+        if all(dist.single() for dist in seen):
+            continue
+        reasons = []
+        if len(seen) > 1:
+            shown = ", ".join(map(str, seen[:3])) + (", ..." if len(seen) > 3 else "")
+            reasons.append(f"its distribution changed during the study ({shown})")
+        if counts[name] < len(trials):
+            reasons.append(
+                f"it is missing from {len(trials) - counts[name]} of the {len(trials)} "
+                "completed trials"
+            )
+        messages.append(
+            (
+                name,
+                f"Parameter {name!r} is not in ISBOSampler's joint search space: "
+                f"{' and '.join(reasons)}. The model ignores it: {proposer} proposes its "
+                "values, and the model's predictions, hence its proposals and the "
+                "recommendation's ranking, do not depend on it. Suggest it in every trial with "
+                "one distribution for the model to use it, or start a new study.",
+            )
+        )
+    return messages
