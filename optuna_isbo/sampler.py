@@ -33,8 +33,7 @@ from optuna.search_space import intersection_search_space
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_isbo import acquisition as acq
-from optuna_isbo import constraints, target_search
+from optuna_isbo import constraints, mf_search, target_search
 from optuna_isbo import recommendation as rec
 from optuna_isbo import trials as study_trials
 from optuna_isbo.cost import trial_cost_seconds
@@ -60,7 +59,6 @@ from optuna_isbo.model import (
     standardize,
     tame_outliers,
 )
-from optuna_isbo.optim import maximize_acquisition, perturb
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import (
     SearchSpace,
@@ -858,8 +856,6 @@ class ISBOSampler(BaseSampler):
         may_verify: bool = True,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         has_fidelity = space.fidelity_param is not None
-        ask_seed = _ask_seed(self._seed, trial.number)
-        generator = torch.Generator().manual_seed(ask_seed)
         fit = self._fit_objective(study, space, completed)
         model, inputs = fit.model, fit.inputs
         cost_seconds = torch.tensor(
@@ -909,79 +905,23 @@ class ISBOSampler(BaseSampler):
             }
             return space.decode(x_verify, 1.0), attrs
 
-        fidelity_grid = space.fidelity_grid(self._n_fidelities)
         kappa, n_checks = 1.0, 0
         if has_fidelity:
             kappa, n_checks, _ = calibration_checks(completed, study)
-
-        if self._consider_running_trials and pending.shape[0] > 0:
-            model = model.with_pending(pending)
-
-        # Representer points at the target fidelity: Sobol points, the evaluated
-        # configurations of lowest posterior mean there (at most _MAX_POOL_SEEN: in a long
-        # study the others are where the minimum is not), and local moves around the best.
-        X_seen = _unique_rows(inputs[:, : space.dim])
-        ones = torch.ones(X_seen.shape[0], dtype=torch.float64)
-        mean_seen = model.mean(model_inputs(space, X_seen, ones))
-        by_mean = torch.argsort(mean_seen)
-        seed_points = X_seen[by_mean[:8]]
-        X_seen = X_seen[by_mean[:_MAX_POOL_SEEN]]
-        if space.dim > 0:
-            pool_X = torch.cat(
-                [
-                    space.sample_sobol(256, seed=ask_seed % (2**31)),
-                    X_seen,
-                    perturb(seed_points.repeat(8, 1), space, step=0.05, generator=generator),
-                ]
-            )
-            pool_X = torch.unique(pool_X, dim=0)
-        else:
-            pool_X = X_seen
-        pool = model_inputs(space, pool_X, torch.ones(pool_X.shape[0], dtype=torch.float64))
-        if feasibility is not None:
-            pool = acq.likely_feasible(pool, feasibility.probability)
-        representers = acq.select_representer_points(
-            model, pool, n_points=50, n_thompson=64, generator=generator
-        )
-        if self._acquisition == "es":
-            gain, _ = acq.entropy_search(model, representers.Z, generator=generator)
-        else:
-            gain = acq.max_value_entropy_search(model, representers.min_value_samples)
-        value = acq.per_cost(gain, cost_model)
-        if feasibility is not None:
-            value = acq.weighted_by_feasibility(value, feasibility.probability, has_fidelity)
-        best = maximize_acquisition(
-            value,
+        return mf_search.propose(
+            study,
             space,
-            fidelity_grid=fidelity_grid,
-            seed_points=seed_points,
-            generator=generator,
-            sobol_seed=(ask_seed + 1) % (2**31),
-            n_refine=2 if self._acquisition == "mes" else 0,
+            fit,
+            cost_model,
+            feasibility,
+            pending,
+            acquisition=self._acquisition,
+            n_fidelities=self._n_fidelities,
+            consider_running_trials=self._consider_running_trials,
+            ask_seed=_ask_seed(self._seed, trial.number),
+            kappa=kappa,
+            n_checks=n_checks,
         )
-        chosen = model_inputs(space, best.x[None], torch.tensor([best.s], dtype=torch.float64))
-        mean, var = model.mean_var(acq.to_target_fidelity(chosen, has_fidelity))
-        attrs = {
-            "phase": "model",
-            "acquisition": self._acquisition,
-            "acquisition_value": best.value,
-            "information_gain_nats": float(gain(chosen)[0]),
-            "predicted_cost_seconds": float(cost_model.expected_seconds(chosen)[0]),
-            "predicted_value_at_target": fit.value_of(float(mean[0]), study),
-            "predicted_std_at_target": fit.scale * float(var[0].sqrt()),
-            "calibration_factor": kappa,
-            "n_target_checks": n_checks,
-        }
-        return space.decode(best.x, best.s), attrs
-
-
-# Evaluated configurations in the representer pool, at most.
-_MAX_POOL_SEEN = 128
-
-
-def _unique_rows(X: torch.Tensor) -> torch.Tensor:
-    """Distinct rows of ``X (n, d)``; one empty row when ``d = 0``."""
-    return X[:1] if X.shape[1] == 0 else torch.unique(X, dim=0)
 
 
 def _ask_seed(seed: int, trial_number: int) -> int:
