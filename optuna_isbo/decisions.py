@@ -487,21 +487,14 @@ def _recommend_observed(
     at_target = rec.is_target(obs.s)
     pool = at_target if bool(at_target.any()) else obs.s >= obs.s.max()
     m = int(obs.exact.max()) + 1
-    count = torch.zeros(m, dtype=torch.float64).scatter_add(0, obs.exact, pool.double())
-    total = torch.zeros(m, dtype=torch.float64).scatter_add(
-        0, obs.exact, torch.where(pool, obs.y, 0.0)
-    )
-    mean = torch.where(count > 0, total / count.clamp_min(1.0), math.inf)
+    mean = _group_mean(obs.exact, m, obs.y, pool)
     p_feasible: torch.Tensor | None = None
     if obs.feasible is None or obs.known is None:
         e = int(mean.argmin())
     else:
-        counted = pool & obs.known
-        n_known = torch.zeros(m, dtype=torch.float64).scatter_add(0, obs.exact, counted.double())
-        n_ok = torch.zeros(m, dtype=torch.float64).scatter_add(
-            0, obs.exact, (counted & obs.feasible).double()
+        p_feasible = _group_mean(
+            obs.exact, m, obs.feasible.double(), pool & obs.known, empty=math.nan
         )
-        p_feasible = torch.where(n_known > 0, n_ok / n_known.clamp_min(1.0), math.nan)
         likely = p_feasible >= MIN_FEASIBILITY
         if bool(likely.any()):
             e = int(torch.where(likely, mean, math.inf).argmin())
@@ -563,12 +556,7 @@ def _fenced_configurations(
     k = configs.X.shape[0]
     changed = torch.zeros(k, dtype=torch.bool)
     changed[configs.index[at_target & obs.changed]] = True
-    total = torch.zeros(k, dtype=torch.float64).scatter_add(
-        0, configs.index, torch.where(at_target, obs.y, 0.0)
-    )
-    n = configs.n_target.to(torch.float64)
-    mean = torch.where(n > 0, total / n.clamp_min(1.0), math.inf)
-    return changed, mean
+    return changed, _group_mean(configs.index, k, obs.y, at_target)
 
 
 def _warn_nothing_feasible() -> None:
@@ -598,12 +586,7 @@ def _least_violating(
     """
     assert obs.known is not None and obs.violation is not None
     k = tie_break.shape[0]
-    counted = pool & obs.known
-    n = torch.zeros(k, dtype=torch.float64).scatter_add(0, index, counted.double())
-    total = torch.zeros(k, dtype=torch.float64).scatter_add(
-        0, index, torch.where(counted, obs.violation, 0.0)
-    )
-    violation = torch.where(n > 0, total / n.clamp_min(1.0), math.inf)
+    violation = _group_mean(index, k, obs.violation, pool & obs.known)
     if bool(torch.isfinite(violation).any()):
         tied = violation <= violation.min()
     elif probability is not None:
@@ -647,14 +630,29 @@ def feasibility_of_configurations(
     counted = rec.is_target(s)
     if known is not None:
         counted = counted & known
-    k = configs.X.shape[0]
-    n_ok = torch.zeros(k, dtype=torch.float64).scatter_add(
-        0, configs.index, (counted & feasible).to(torch.float64)
+    share = _group_mean(
+        configs.index, configs.X.shape[0], feasible.double(), counted, empty=math.nan
     )
-    n = torch.zeros(k, dtype=torch.float64).scatter_add(
-        0, configs.index, counted.to(torch.float64)
+    return torch.where(share.isnan(), model_probability, share)
+
+
+def _group_mean(
+    index: torch.Tensor,
+    k: int,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    empty: float = math.inf,
+) -> torch.Tensor:
+    """``(k,)`` mean of ``values (n,)`` over the rows in ``mask (n,)`` of each group.
+
+    ``index (n,)`` maps each row to one of ``k`` groups; a group with no row in ``mask`` gets
+    ``empty``.
+    """
+    n = torch.zeros(k, dtype=torch.float64).scatter_add(0, index, mask.double())
+    total = torch.zeros(k, dtype=torch.float64).scatter_add(
+        0, index, torch.where(mask, values, 0.0)
     )
-    return torch.where(n > 0, n_ok / n.clamp_min(1.0), model_probability)
+    return torch.where(n > 0, total / n.clamp_min(1.0), empty)
 
 
 def model_inputs(space: SearchSpace, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
