@@ -111,10 +111,33 @@ def sanitized_costs(cost_seconds: Sequence[float] | torch.Tensor) -> torch.Tenso
     return torch.tensor(costs, dtype=torch.float64, device="cpu")
 
 
+def split_costs(
+    cost_seconds: Sequence[float] | torch.Tensor, at_target: Sequence[bool] | None = None
+) -> torch.Tensor:
+    """``(n,)`` costs in seconds as the split between the searches charges them.
+
+    :func:`sanitized_costs`, and a run below the target charged at most what the dearest run
+    at the target cost (``at_target`` marks those; no cap while none has run). The fidelity
+    is a parameter where larger is dearer: a cheap run that cost more than any target run
+    met something the fidelity does not explain (a stalled machine, a queue, a cold cache),
+    and charged in full it would hand every later trial to the target search until the
+    target search had spent as much.
+    """
+    costs = sanitized_costs(cost_seconds)
+    if at_target is None:
+        return costs
+    mask = torch.tensor(list(at_target), dtype=torch.bool)
+    if bool(mask.any()) and not bool(mask.all()):
+        ceiling = costs[mask].max()
+        costs = torch.where(mask, costs, costs.clamp_max(ceiling))
+    return costs
+
+
 def search_at_target(
     phases: Sequence[object],
     cost_seconds: Sequence[float],
     share: float,
+    at_target: Sequence[bool] | None = None,
 ) -> bool:
     """Whether the target search proposes the next trial.
 
@@ -124,7 +147,8 @@ def search_at_target(
     without a phase: added with ``study.add_trial`` or proposed by another sampler) are
     charged to neither: they are the user's spend, and charging them to one search would
     hand the next trials to the other. An absurd cost is first clipped to ``1e4`` times the
-    median cost, as the cost model clips it (:func:`sanitized_costs`).
+    median cost, as the cost model clips it, and a cheap run charged at most what the dearest
+    target run cost (:func:`split_costs`).
 
     Parameters
     ----------
@@ -134,6 +158,9 @@ def search_at_target(
         Cost of each completed trial, in seconds.
     share
         The share of the cost the multi-fidelity search may take (:func:`mf_share`).
+    at_target
+        Whether each completed trial ran at the target fidelity; no cap on cheap runs'
+        charges when ``None``.
 
     Returns
     -------
@@ -141,7 +168,7 @@ def search_at_target(
         ``True`` when the multi-fidelity search's trials cost more than ``share`` of what the
         two searches' trials cost together (always when ``share`` is 0).
     """
-    costs = sanitized_costs(cost_seconds).tolist()
+    costs = split_costs(cost_seconds, at_target).tolist()
     own = [(p, c) for p, c in zip(phases, costs, strict=True) if p not in USER_PHASES]
     total = float(sum(c for _, c in own))
     mf = float(sum(c for p, c in own if p != TARGET_PHASE))

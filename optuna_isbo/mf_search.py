@@ -47,6 +47,7 @@ def propose(
     feasibility: ConstraintModel | None,
     pending: torch.Tensor,
     *,
+    failed: torch.Tensor | None = None,
     acquisition: str,
     n_fidelities: int,
     consider_running_trials: bool,
@@ -70,6 +71,12 @@ def propose(
         The constraint GPs, or ``None`` without constraints.
     pending
         ``(m, D)`` model inputs of the running trials.
+    failed
+        ``(f, D)`` model inputs of configurations that failed (an error, a pruned or
+        non-finite run). The acquisition's model is conditioned on them at the worst value
+        observed, as the target search lists them
+        (:class:`~optuna_isbo.target_search.TargetView`): the region that fails loses its
+        promise instead of being probed point by point.
     acquisition
         ``"es"`` or ``"mes"``.
     n_fidelities
@@ -92,6 +99,9 @@ def propose(
     has_fidelity = space.fidelity_param is not None
     generator = torch.Generator().manual_seed(ask_seed)
     model = fit.model
+    if failed is not None and failed.shape[0] > 0:
+        worst = model.y.max().expand(failed.shape[0])
+        model = model.with_pending(failed, y_pending=worst)
     if consider_running_trials and pending.shape[0] > 0:
         model = model.with_pending(pending)
 

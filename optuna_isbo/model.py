@@ -397,16 +397,22 @@ class GPModel:
         chol = _robust_cholesky(cov)
         return mean + base_samples @ chol.T, mean, chol
 
-    def with_pending(self, X_pending: torch.Tensor) -> GPModel:
-        """Condition on pending points at their posterior mean ("kriging believer").
+    def with_pending(
+        self, X_pending: torch.Tensor, y_pending: torch.Tensor | None = None
+    ) -> GPModel:
+        """Condition on pending points, at their posterior mean ("kriging believer").
 
         The posterior mean is unchanged and the posterior variance near pending points shrinks,
-        so an acquisition based on information gain stops proposing them again.
+        so an acquisition based on information gain stops proposing them again. With
+        ``y_pending`` the points are conditioned on those values instead (the
+        hyperparameters stay as fitted).
 
         Parameters
         ----------
         X_pending
             ``(k, D)`` inputs of running trials.
+        y_pending
+            ``(k,)`` values at them, in the model's units; the posterior mean when ``None``.
         """
         if X_pending.shape[0] == 0:
             return self
@@ -423,7 +429,9 @@ class GPModel:
         chol[n:, :n] = B.T
         chol[n:, n:] = C
         X = torch.cat([self.X, X_pending])
-        y = torch.cat([self.y, self.prior_mean(X_pending) + KxP.T @ self.alpha])
+        if y_pending is None:
+            y_pending = self.prior_mean(X_pending) + KxP.T @ self.alpha
+        y = torch.cat([self.y, y_pending.to(self.y)])
         resid = y - self.prior_mean(X)
         alpha = torch.cholesky_solve(resid[:, None], chol)[:, 0]
         return replace(self, X=X, y=y, chol=chol, alpha=alpha)

@@ -33,7 +33,7 @@ from optuna.search_space import intersection_search_space
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_isbo import constraints, mf_search, target_search
+from optuna_isbo import constraints, mf_search, promotion, target_search
 from optuna_isbo import recommendation as rec
 from optuna_isbo import trials as study_trials
 from optuna_isbo.cost import trial_cost_seconds
@@ -47,6 +47,7 @@ from optuna_isbo.decisions import (
     mf_share,
     model_inputs,
     search_at_target,
+    split_costs,
     target_posterior,
     verification_candidate,
 )
@@ -317,6 +318,8 @@ class ISBOSampler(BaseSampler):
         )
         self._lock = threading.Lock()
         self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
+        # Trials whose cost the split capped (:func:`split_costs`), each reported once.
+        self._costs_capped: set[int] = set()
         self._constraint_warm_starts: dict[tuple[Any, ...], dict[int, GPParams]] = {}
         self._constraints_func = constraints_func
         # What was reported once (``_joint_search_space``): the fidelity parameter missing from
@@ -333,6 +336,7 @@ class ISBOSampler(BaseSampler):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_costs_capped", set())
         self._lock = threading.Lock()
 
     # -- Optuna hooks ----------------------------------------------------------------------
@@ -426,10 +430,11 @@ class ISBOSampler(BaseSampler):
         if len(completed) < max(self._n_startup_trials, 1):
             params = self._startup_params(space, trial.number, completed)
             attrs = {"phase": "startup"}
-        elif self._target_turn(study, completed):
+        elif self._target_turn(study, space, completed):
             with self._lock:
-                params = self._target_params(study, trial, space, search_space, completed, marks)
-            attrs = {"phase": TARGET_PHASE}
+                params, attrs = self._target_params(
+                    study, trial, space, search_space, completed, marks, trials
+                )
         else:
             running = [
                 t
@@ -451,7 +456,7 @@ class ISBOSampler(BaseSampler):
                 and (now - t.datetime_start).total_seconds() < _MAX_ASK_SECONDS
                 for t in trials
             )
-            pending_marks = [study_trials.mark_params(t, space) for t in marks]
+            pending_marks = [p for t in marks for p in study_trials.mark_params(t, space)]
             try:
                 with self._lock, _on_cpu():
                     params, attrs = self._model_params(
@@ -459,7 +464,8 @@ class ISBOSampler(BaseSampler):
                         trial,
                         space,
                         completed,
-                        [_pending_params(t) for t in running] + pending_marks,
+                        [_pending_params(t) for t in running],
+                        pending_marks,
                         may_verify=not earlier_deciding,
                     )
             except torch.linalg.LinAlgError as err:
@@ -787,7 +793,7 @@ class ISBOSampler(BaseSampler):
         self._warm_starts[key] = model.gp.params
         return model
 
-    def _target_turn(self, study: Study, completed: list[FrozenTrial]) -> bool:
+    def _target_turn(self, study: Study, space: SearchSpace, completed: list[FrozenTrial]) -> bool:
         """Whether the target search proposes the next trial (:func:`search_at_target`).
 
         Never with a ``prior``: the pre-trained GP is the multi-fidelity search's.
@@ -795,11 +801,33 @@ class ISBOSampler(BaseSampler):
         if self._prior is not None:
             return False
         _, n_checks, rule = calibration_checks(completed, study)
+        _, s = space.encode_trials(completed)
+        at_target = rec.is_target(s).tolist()
+        costs = [trial_cost_seconds(t, self._cost_attr) for t in completed]
+        self._report_capped_costs(completed, costs, at_target)
         return search_at_target(
             [t.user_attrs.get(ATTR_PREFIX + "phase") for t in completed],
-            [trial_cost_seconds(t, self._cost_attr) for t in completed],
+            costs,
             mf_share(rule, n_checks, self._mf_cost_fraction),
+            at_target,
         )
+
+    def _report_capped_costs(
+        self, completed: list[FrozenTrial], costs: list[float], at_target: list[bool]
+    ) -> None:
+        """Warn, once per trial, of a cheap run whose charge :func:`split_costs` capped."""
+        charged = split_costs(costs, at_target).tolist()
+        for t, cost, charge, target in zip(completed, costs, charged, at_target, strict=True):
+            if charge < cost and not target and t.number not in self._costs_capped:
+                self._costs_capped.add(t.number)
+                warnings.warn(
+                    f"Trial {t.number} cost {cost:.4g} s below the target fidelity, more "
+                    f"than any run at the target ({charge:.4g} s): the split of the cost "
+                    "between the multi-fidelity and the target search charges it "
+                    f"{charge:.4g} s.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
 
     def _target_params(
         self,
@@ -809,12 +837,15 @@ class ISBOSampler(BaseSampler):
         search_space: dict[str, BaseDistribution],
         completed: list[FrozenTrial],
         marks: list[FrozenTrial],
-    ) -> dict[str, Any]:
+        trials: list[FrozenTrial],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The target search's proposal (:mod:`optuna_isbo.target_search`), at the target.
 
         ``GPSampler`` sees the completed trials evaluated at the target alone, and ``marks``
         (configurations that failed) as pending points. Until it has its startup count of
-        target trials, the proposal is the next point of a scrambled Sobol design in ``x``.
+        target trials, the proposal alternates between a promotion of the best-ranked cheap
+        configuration (:mod:`optuna_isbo.promotion`) and the next point of a scrambled Sobol
+        design in ``x``. Returns the parameters and the trial's ``isbo:`` attributes.
         """
         fidelity = space.fidelity_param
         assert fidelity is not None
@@ -835,6 +866,17 @@ class ISBOSampler(BaseSampler):
             )
             params = target_search.sample_at_target(self._target, view, trial, x_space)
         if not params:
+            running = [
+                _pending_params(t)
+                for t in trials
+                if t.state == TrialState.RUNNING and t.number != trial.number
+            ]
+            with _on_cpu():
+                promoted = promotion.promotion(
+                    study, space, completed, trials, TARGET_PHASE, running
+                )
+            if promoted is not None:
+                return promoted, {"phase": TARGET_PHASE, "promoted": True}
             # GPSampler's startup is random: the target search's is the next point of a
             # scrambled Sobol design in ``x``. Screening it by the constraint model (the cheap
             # trials inform it) cut the infeasible share of a constrained study's trials
@@ -842,9 +884,9 @@ class ISBOSampler(BaseSampler):
             # exact constrained optimum became a near miss (benchmarks/RESULTS.md).
             with _on_cpu():
                 x = space.sample_sobol(trial.number + 1, seed=(self._seed + 2) % (2**31))[-1]
-            return space.decode(x, 1.0)
+            return space.decode(x, 1.0), {"phase": TARGET_PHASE, "promoted": False}
         params[fidelity] = space.unit_to_fidelity(1.0)
-        return params
+        return params, {"phase": TARGET_PHASE}
 
     def _model_params(
         self,
@@ -853,8 +895,15 @@ class ISBOSampler(BaseSampler):
         space: SearchSpace,
         completed: list[FrozenTrial],
         pending_params: list[dict[str, Any]],
+        failed_params: list[dict[str, Any]],
         may_verify: bool = True,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The multi-fidelity search's proposal: a verification, else its acquisition's.
+
+        ``pending_params`` are the running trials' parameters, ``failed_params`` those of the
+        configurations that failed (:func:`optuna_isbo.trials.mark_params`); neither is
+        verified, and the failures condition the acquisition's model at the worst value.
+        """
         has_fidelity = space.fidelity_param is not None
         fit = self._fit_objective(study, space, completed)
         model, inputs = fit.model, fit.inputs
@@ -865,12 +914,8 @@ class ISBOSampler(BaseSampler):
         if not bool(full_runs.any()):
             full_runs[:] = True
         cost_model = self._fit_cost(space, cost_seconds[full_runs], inputs[full_runs])
-        pending = inputs.new_zeros(0, inputs.shape[1])
-        if pending_params:
-            encoded = [space.encode_params(p) for p in pending_params]
-            X_pending = torch.stack([x for x, _ in encoded])
-            s_pending = torch.tensor([s for _, s in encoded], dtype=torch.float64)
-            pending = model_inputs(space, X_pending, s_pending)
+        pending = _encoded_inputs(space, pending_params, inputs.shape[1])
+        failed = _encoded_inputs(space, failed_params, inputs.shape[1])
 
         feasibility = None
         keys = constraints.constraint_keys(completed)
@@ -887,7 +932,7 @@ class ISBOSampler(BaseSampler):
                 fit,
                 cost_seconds,
                 verifying,
-                pending,
+                torch.cat([pending, failed]),
                 self._verify_cost_fraction,
                 feasibility,
             )
@@ -915,6 +960,7 @@ class ISBOSampler(BaseSampler):
             cost_model,
             feasibility,
             pending,
+            failed=failed,
             acquisition=self._acquisition,
             n_fidelities=self._n_fidelities,
             consider_running_trials=self._consider_running_trials,
@@ -922,6 +968,18 @@ class ISBOSampler(BaseSampler):
             kappa=kappa,
             n_checks=n_checks,
         )
+
+
+def _encoded_inputs(
+    space: SearchSpace, params: list[dict[str, Any]], n_columns: int
+) -> torch.Tensor:
+    """``(len(params), n_columns)`` model inputs of parameter dictionaries."""
+    if not params:
+        return torch.zeros(0, n_columns, dtype=torch.float64)
+    encoded = [space.encode_params(p) for p in params]
+    X = torch.stack([x for x, _ in encoded])
+    s = torch.tensor([s for _, s in encoded], dtype=torch.float64)
+    return model_inputs(space, X, s)
 
 
 def _ask_seed(seed: int, trial_number: int) -> int:

@@ -30,6 +30,7 @@ such trials, the proposals are exactly those of
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Container, Sequence
 from typing import Any
 
@@ -85,6 +86,7 @@ class TargetView:
             for t in everything
             if t.state == TrialState.COMPLETE and self._keep(t)
         ]
+        observed = _with_missing_constraints_infeasible(observed)
         listed = observed + [t for t in everything if t.state == TrialState.RUNNING]
         listed += [self._listed_mark(t, observed) for t in self._marks]
         return [t for t in listed if states is None or t.state in states]
@@ -120,6 +122,51 @@ class TargetView:
     @property
     def trials(self) -> list[FrozenTrial]:
         return self.get_trials()
+
+
+_CONSTRAINT_PREFIX = "constraints:"
+
+
+def _with_missing_constraints_infeasible(observed: list[FrozenTrial]) -> list[FrozenTrial]:
+    """``observed`` with every trial carrying every constraint name that any of them carries.
+
+    A trial that returned before ``trial.set_constraint`` (an early exit, an exception caught
+    inside the objective) lacks a value that the others have; ``GPSampler`` would refuse every
+    later trial ("The constraint names must be the same for all trials."). The trial is counted
+    infeasible instead, as the multi-fidelity search counts it: the missing value becomes the
+    largest observed value of that constraint, or its observed spread where every observed
+    value is feasible (1 where they are all equal), with a warning naming the trial.
+    """
+    names = sorted({key for t in observed for key in t.constraints})
+    if not names:
+        return observed
+    columns = {
+        key: [t.constraints[key] for t in observed if key in t.constraints] for key in names
+    }
+    fill = {}
+    for key, values in columns.items():
+        finite = [v for v in values if abs(v) != float("inf")] or [0.0]
+        hi, spread = max(finite), max(finite) - min(finite)
+        fill[key] = hi if hi > 0.0 else (spread if spread > 0.0 else 1.0)
+    listed = []
+    for t in observed:
+        missing = [key for key in names if key not in t.constraints]
+        if not missing:
+            listed.append(t)
+            continue
+        warnings.warn(
+            f"Trial {t.number} has no value for the constraint(s) {missing}; it is counted "
+            "as infeasible. Call trial.set_constraint for every constraint before returning.",
+            UserWarning,
+            stacklevel=2,
+        )
+        filled = copy.copy(t)
+        filled._system_attrs = {
+            **t.system_attrs,
+            **{_CONSTRAINT_PREFIX + key: fill[key] for key in missing},
+        }
+        listed.append(filled)
+    return listed
 
 
 def make_target_sampler(

@@ -75,12 +75,20 @@ def failed_configurations(
     return marks
 
 
-def mark_params(trial: FrozenTrial, space: SearchSpace) -> dict[str, Any]:
-    """Parameters of a failed configuration as a pending point; at the target if it has none."""
+def mark_params(trial: FrozenTrial, space: SearchSpace) -> list[dict[str, Any]]:
+    """Parameters of a failed configuration as pending points.
+
+    At the fidelity it failed at and at the target (a run that failed cheaply, out of memory
+    say, is no likelier to succeed when dearer); at the target alone if it has no fidelity.
+    """
     params = dict(trial.params)
-    if space.fidelity_param is not None:
-        params.setdefault(space.fidelity_param, space.unit_to_fidelity(1.0))
-    return params
+    if space.fidelity_param is None:
+        return [params]
+    target = space.unit_to_fidelity(1.0)
+    at_target = {**params, space.fidelity_param: target}
+    if space.fidelity_param not in params or params[space.fidelity_param] == target:
+        return [at_target]
+    return [params, at_target]
 
 
 def usable_completed_trials(

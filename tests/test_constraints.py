@@ -153,3 +153,23 @@ def test_a_likely_feasible_configuration_beats_one_seen_infeasible_at_the_target
     assert recommendation.params["x"] <= 0.5
     assert recommendation.feasibility_probability is not None
     assert recommendation.feasibility_probability >= 0.5
+
+
+def test_a_trial_without_its_constraint_value_is_counted_infeasible_not_fatal() -> None:
+    """Without a fidelity the search is GPSampler's, which refuses every later trial once one
+    trial lacks a constraint name the others have. The trial is counted infeasible instead,
+    with a warning naming it, and the study goes on to the constrained optimum's region."""
+
+    def objective(trial: optuna.Trial) -> float:
+        x, y = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("y", 0.0, 1.0)
+        if trial.number == 3:
+            return -3.0  # returned before set_constraint: looks best, may be infeasible
+        trial.set_constraint("c", x + y - 1.0)
+        return -(x + 2.0 * y)
+
+    study = optuna.create_study(sampler=ISBOSampler(seed=0, fidelity_param=None))
+    with pytest.warns(UserWarning, match="Trial 3 has no value for the constraint"):
+        study.optimize(objective, n_trials=16)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    recommended = study.sampler.recommend(study)  # type: ignore[attr-defined]
+    assert recommended["x"] + recommended["y"] <= 1.0

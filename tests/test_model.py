@@ -405,3 +405,28 @@ def test_with_pending_grows_the_factor_as_a_full_refactorization_would() -> None
     for (m1, v1), (m2, v2) in ((grown.mean_var(A), full.mean_var(A)),):
         assert torch.allclose(m1, m2, atol=1e-9) and torch.allclose(v1, v2, atol=1e-9)
     assert torch.allclose(grown.chol, full.chol, atol=1e-9)
+
+
+def test_with_pending_values_condition_as_observations() -> None:
+    """Given values, the pending points are conditioned on them: the posterior of the GP
+    with those observations added, the hyperparameters unchanged (failed configurations at
+    the worst value)."""
+    gen = torch.Generator().manual_seed(10)
+    X = torch.rand(40, 3, dtype=torch.float64, generator=gen)
+    y = torch.randn(40, dtype=torch.float64, generator=gen)
+    model = condition(X, y, _params(2), has_fidelity=True, heteroscedastic=True)
+    X_p = torch.rand(3, 3, dtype=torch.float64, generator=gen)
+    y_p = y.max().expand(3)
+    grown = model.with_pending(X_p, y_pending=y_p)
+    full = condition(
+        torch.cat([X, X_p]),
+        torch.cat([y, y_p]),
+        model.params,
+        has_fidelity=True,
+        heteroscedastic=True,
+    )
+    A = torch.cat([X_p, torch.rand(20, 3, dtype=torch.float64, generator=gen)])
+    (m1, v1), (m2, v2) = grown.mean_var(A), full.mean_var(A)
+    assert torch.allclose(m1, m2, atol=1e-9) and torch.allclose(v1, v2, atol=1e-9)
+    # The mean at the failed points moves towards the worst value.
+    assert (grown.mean(X_p) > model.mean(X_p)).all()

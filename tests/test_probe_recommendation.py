@@ -36,7 +36,7 @@ from optuna.trial import create_trial
 
 from optuna_isbo import ISBOSampler
 from optuna_isbo.constraints import observed_feasible
-from optuna_isbo.decisions import sanitized_costs, search_at_target
+from optuna_isbo.decisions import sanitized_costs, search_at_target, split_costs
 from optuna_isbo.search_space import SearchSpace
 from optuna_isbo.trials import ran_in_full
 
@@ -371,6 +371,37 @@ def test_one_absurd_cost_is_charged_as_the_cost_model_clips_it() -> None:
     assert not search_at_target(phases, costs, 0.5)
     # Costs within the window are charged as they are.
     assert search_at_target(["startup", "startup", "target"], [1.0, 3.0, 1.0], 0.5)
+
+
+def test_one_stalled_cheap_run_does_not_hand_the_study_to_the_target_search() -> None:
+    """A plausible but inexplicable cost: one run at the cheapest fidelity took 2,000 s among
+    runs of 1-16 s (the target costs 16 s). Charged in full, the multi-fidelity search would
+    wait for 125 target runs; a cheap run is charged at most what the dearest target run cost,
+    and the capped charge is reported once."""
+    costs = [1.0, 2000.0, 4.0, 16.0]
+    at_target = [False, False, False, True]
+    assert split_costs(costs, at_target).tolist() == [1.0, 16.0, 4.0, 16.0]
+    assert split_costs(costs).tolist() == costs  # no fidelities: only the absurd is clipped
+    assert split_costs([3.0, 2000.0], [False, False]).tolist() == [3.0, 2000.0]  # no target run
+    phases = ["startup"] * 3 + ["target"]
+    assert search_at_target(phases, costs, 0.5)
+    assert not search_at_target(phases + ["target"], costs + [16.0], 0.5, at_target + [True])
+
+    sampler = ISBOSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    for x, b, cost in [(0.1, 32, 1.0), (0.5, 32, 2000.0), (0.9, 128, 4.0), (0.3, 32, 1.0)]:
+        attrs = {"isbo:phase": "startup", "isbo:cost": cost}
+        _add(study, (x - 0.3) ** 2 + _bias(b), {"x": x, FIDELITY: b}, user_attrs=attrs)
+    for x in [0.2, 0.7]:
+        attrs = {"isbo:phase": "target", "isbo:cost": 16.0}
+        _add(study, (x - 0.3) ** 2, {"x": x, FIDELITY: 512}, user_attrs=attrs)
+    for _ in range(4):
+        attrs = {"isbo:phase": "startup", "isbo:cost": 1.0}
+        _add(study, 0.3 + _bias(32), {"x": 0.95, FIDELITY: 32}, user_attrs=attrs)
+    with pytest.warns(RuntimeWarning, match="Trial 1 cost 2000 s below the target fidelity"):
+        trial = study.ask({"x": X, FIDELITY: B})
+    # Charged in full (2,008 s against 32 s) the next trial would be the target search's.
+    assert study._storage.get_trial(trial._trial_id).user_attrs["isbo:phase"] != "target"
 
 
 # ---- what the recommendation says it is ---------------------------------------------------
