@@ -814,6 +814,18 @@ def refusal(problem: MFProblem, method: str) -> str | None:
     conditions. Every other method takes them: the Optuna samplers and ``screen-topk`` through
     the problem's ``suggest``, SMAC3 and DEHB through a ConfigSpace with its conditions
     (``mf_peers.py``).
+
+    Parameters
+    ----------
+    problem
+        The problem.
+    method
+        A name from ``METHODS``.
+
+    Returns
+    -------
+    str or None
+        The reason, one sentence naming the method, the problem and its conditional parameters.
     """
     if method in FIXED_SPACE_METHODS and problem.conditions:
         names = ", ".join(

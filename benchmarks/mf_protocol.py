@@ -102,9 +102,23 @@ class MFProblem:
 def distributions_of(problem: MFProblem) -> dict[str, BaseDistribution]:
     """The search space without the fidelity, of a problem without conditional parameters.
 
-    A problem with conditional parameters raises ``ValueError``: no fixed list of parameters
-    describes it, and a driver that needs one must take :func:`space_of` with its conditions,
-    or refuse the problem.
+    Parameters
+    ----------
+    problem
+        The problem; its ``space`` where it gives one, else what one call of its ``suggest``
+        suggests.
+
+    Returns
+    -------
+    dict
+        The parameters' distributions by name.
+
+    Raises
+    ------
+    ValueError
+        The problem has conditional parameters: no fixed list of parameters describes it, and
+        a driver that needs one must take :func:`space_of` with its conditions, or refuse the
+        problem.
     """
     if problem.conditions:
         raise ValueError(
@@ -121,8 +135,19 @@ def distributions_of(problem: MFProblem) -> dict[str, BaseDistribution]:
 
 
 def space_of(problem: MFProblem) -> tuple[dict[str, BaseDistribution], tuple[Condition, ...]]:
-    """The whole search space without the fidelity, every branch's parameters, and when each
-    conditional parameter exists (``()`` for a problem without)."""
+    """The whole search space without the fidelity, and when each conditional parameter exists.
+
+    Parameters
+    ----------
+    problem
+        The problem.
+
+    Returns
+    -------
+    tuple
+        Every branch's parameters' distributions by name, and the problem's conditions (``()``
+        for a problem without).
+    """
     if problem.conditions:
         assert problem.space is not None
         return dict(problem.space), problem.conditions

@@ -14,11 +14,12 @@ With ``t = 1 - s`` (0 at the target), a branch ``b`` (the optimizer) and its opt
 
     y(x, s) = 0.6\,t + \phi_b(t) + h(q_b(x, t)) + (0.01 + 0.1\,t)\,\varepsilon, \qquad
     q_b(x, t) = \sum_j \left(\frac{z_j - z_{b,j}^*(t)}{w_j}\right)^2, \qquad
-    h(q) = \frac{q}{1 + q},
+    h(q) = \log(1 + q),
 
 :math:`\varepsilon \sim \mathcal{N}(0, 1)`. ``0.6 t`` is the higher loss of shorter training
-(the same for every configuration), :math:`\phi_b(t)` the branch's floor, and the bounded bowl
-:math:`h` is flat far from the optimum, as a loss that training barely moved is. The optimum
+(the same for every configuration), :math:`\phi_b(t)` the branch's floor, and the bowl
+:math:`h` is quadratic near the optimum and flattens far from it, as a loss that training
+barely moved does. The optimum
 :math:`z_b^*(t)` moves linearly with ``t`` and the floors change with it, so the cheapest
 fidelity's minimizer is not the target's; the bias shrinks to nothing at the target, and the
 intermediate fidelities interpolate, so cheap runs still tell where to look. The target value
@@ -26,9 +27,10 @@ intermediate fidelities interpolate, so cheap runs still tell where to look. The
 branch and 0 for one, whose bowl vanishes at one point: :math:`f^* = 0` by construction.
 
 For SGD the learning-rate coordinate is the effective step ``log10(lr / (1 - momentum))`` of
-heavy-ball momentum (Smith, Kindermans, Ying and Le, "Don't Decay the Learning Rate, Increase
-the Batch Size", ICLR 2018, section 4), so the best ``lr`` depends on ``momentum``: a curved
-valley, as in real training. The direction of each shift (larger steps and smaller models at
+heavy-ball momentum (the learning rate ``epsilon / (1 - m)`` in the noise scale of Smith,
+Kindermans, Ying and Le, "Don't Decay the Learning Rate, Increase the Batch Size", ICLR 2018,
+arXiv:1711.00489), so the best ``lr`` depends on ``momentum``: a curved valley, as in real
+training. The direction of each shift (larger steps and smaller models at
 low fidelity) is a choice of this benchmark, not a claim about any particular network.
 
 - ``mixed-momentum`` (``lr`` in ``[1e-4, 1]``, ``width`` a log int in ``[16, 1024]``): the
@@ -90,7 +92,19 @@ class Branch:
     width: Mapping[str, float]
 
     def value(self, z: Mapping[str, float], t: float) -> float:
-        """``phi(t) + h(q(z, t))``, the branch's loss without the offset and the noise."""
+        """``phi(t) + log(1 + q(z, t))``, the branch's loss without the offset and the noise.
+
+        Parameters
+        ----------
+        z
+            The configuration's coordinates (``MixedProblem.coordinates``).
+        t
+            ``1 - s``: 0 at the target, 1 at the cheapest fidelity.
+
+        Returns
+        -------
+        float
+        """
         q = sum(
             ((z[j] - (z0 + (z1 - z0) * t)) / self.width[j]) ** 2
             for j, (z0, z1) in self.optimum.items()
@@ -118,8 +132,16 @@ class MixedProblem:
     def check(self, params: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` unless ``params`` is one configuration of the space.
 
-        ``momentum`` must be set exactly when ``optimizer == "sgd"``; every other parameter
-        always, inside its distribution.
+        Parameters
+        ----------
+        params
+            A configuration without the fidelity: ``momentum`` set exactly when
+            ``optimizer == "sgd"``, every other parameter always, each inside its distribution.
+
+        Raises
+        ------
+        ValueError
+            A parameter missing, set outside its branch, unknown, or outside its range.
         """
         active = {n for n in self.space if n != CONDITIONAL}
         if params.get(CONDITION.parent) == CONDITION.value:
@@ -140,14 +162,37 @@ class MixedProblem:
                 raise ValueError(f"{self.name}: {name}={value!r} is outside {d!r}.")
 
     def value(self, params: dict[str, Any], s: float) -> float:
-        """The noiseless value at unit fidelity ``s`` (the target at ``s = 1``)."""
+        """The noiseless value at unit fidelity ``s`` (the target at ``s = 1``).
+
+        Parameters
+        ----------
+        params
+            A configuration (:meth:`check`).
+        s
+            The unit fidelity, ``log(epochs) / log(81)``, clipped to ``[0, 1]``.
+
+        Returns
+        -------
+        float
+        """
         self.check(params)
         t = 1.0 - min(max(s, 0.0), 1.0)
         branch = self.branches[params["optimizer"]]
         return OFFSET * t + branch.value(self.coordinates(params), t)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Suggest a configuration: ``momentum`` only for SGD."""
+        """Suggest a configuration: ``momentum`` only for SGD.
+
+        Parameters
+        ----------
+        trial
+            The trial that suggests the parameters (not the fidelity).
+
+        Returns
+        -------
+        dict
+            The suggested configuration.
+        """
         params: dict[str, Any] = {}
         for name, d in self.space.items():
             if name == CONDITIONAL:
@@ -168,16 +213,49 @@ class MixedProblem:
     def observe(
         self, params: dict[str, Any], s: float, rng: np.random.Generator, noise_scale: float
     ) -> float:
-        """The value at ``s`` with noise of standard deviation ``0.01 + 0.1 (1 - s)``."""
+        """The value at ``s`` with noise of standard deviation ``0.01 + 0.1 (1 - s)``.
+
+        Parameters
+        ----------
+        params
+            A configuration (:meth:`check`).
+        s
+            The unit fidelity.
+        rng
+            The source of the noise.
+        noise_scale
+            Multiplies the noise's standard deviation (0: noiseless).
+
+        Returns
+        -------
+        float
+        """
         std = noise_scale * (NOISE_STD[0] + NOISE_STD[1] * (1.0 - s))
         return self.value(params, s) + std * float(rng.normal())
 
     def target(self, params: dict[str, Any]) -> float:
-        """The noiseless target value ``f(x)``."""
+        """The noiseless target value ``f(x)``, ``>= 0`` and 0 at :attr:`optimum`.
+
+        Parameters
+        ----------
+        params
+            A configuration (:meth:`check`).
+
+        Returns
+        -------
+        float
+        """
         return self.value(params, 1.0)
 
     def problem(self) -> MFProblem:
-        """The :class:`~mf_protocol.MFProblem` that ``bench_mf.py`` runs."""
+        """The :class:`~mf_protocol.MFProblem` that ``bench_mf.py`` runs.
+
+        Returns
+        -------
+        MFProblem
+            With ``f_min = 0``, the fidelity ``epochs`` in ``[1, 81]``, the whole space and
+            the condition on ``momentum``.
+        """
         return MFProblem(
             name=self.name,
             suggest=self.suggest,
@@ -303,5 +381,11 @@ MIXED = {p.name: p for p in (MIXED_MOMENTUM, MIXED_SWITCH)}
 
 
 def build_mixed_problems() -> dict[str, MFProblem]:
-    """``mixed-momentum`` and ``mixed-switch`` as :class:`~mf_protocol.MFProblem` s."""
+    """``mixed-momentum`` and ``mixed-switch`` as :class:`~mf_protocol.MFProblem` s.
+
+    Returns
+    -------
+    dict
+        The problems by name.
+    """
     return {name: p.problem() for name, p in MIXED.items()}
