@@ -32,6 +32,15 @@ ISBOSampler encodes (its lower bound is 1), and the ``s`` handed to BoTorch's fu
   ordered by that RMSE: LF1, LF2, LF4, LF3, HF. Both are minimization problems in BoTorch
   (``_optimal_value`` is a minimum, 3.98 and 123.25); the minima here were recomputed on the
   bounds of botorch 0.18 (see ``BOREHOLE_MIN`` and ``WINGWEIGHT_MIN``). Noiseless.
+- ``mixed-momentum`` and ``mixed-switch`` (``mixed_problems.py``): simulated training runs with
+  a log-float learning rate, an int (width or depth), a categorical optimizer and a
+  conditional ``momentum`` that exists only for SGD; the fidelity is ``epochs`` in ``[1, 81]``
+  (ISBO's five levels are Hyperband's budgets at ``eta = 3``), ``f* = 0`` by construction,
+  noise std ``0.01 + 0.1 (1 - s)``. The cheap fidelities are biased (a larger learning rate, a
+  smaller network; the bias shrinks to nothing at the target): in ``mixed-momentum`` the
+  conditional branch holds the optimum at every fidelity, in ``mixed-switch`` it looks best
+  below 14 epochs and is not the target's. Each carries its whole search space and the
+  condition (``MFProblem.space``, ``MFProblem.conditions``).
 
 Cost models (simulated seconds, written to the user attribute ``isbo:cost``)
 ---------------------------------------------------------------------------
@@ -77,7 +86,9 @@ Methods
   5 one-shot problems). Initial design: the same 10 trials as ISBO's startup count, scrambled
   Sobol ``x`` and fidelity uniform over the grid levels (the tutorials'
   ``generate_initial_data``). Ints and categoricals (``mixed``) are
-  a rounded continuous relaxation. Recommendation: the maximizer of the posterior mean with
+  a rounded continuous relaxation; conditional parameters have none, so the loop refuses the
+  problems that have them (``refusal``; ``main`` skips those runs and says so). Recommendation:
+  the maximizer of the posterior mean with
   the fidelity fixed at the target (the tutorials' ``get_recommendation``), with its predicted
   value and std. When every restart of BoTorch's fit fails (a kernel matrix that is not
   positive definite), the last fitted hyperparameters are kept on the new data and the run
@@ -85,7 +96,8 @@ Methods
   and a failed recommendation step keeps the previous recommendation (``recommend_failures``).
 - ``smac``, ``dehb`` (optional, run by default only where installed; ``benchmarks/mf_peers.py``):
   SMAC3's ``MultiFidelityFacade`` (random forest + Hyperband) and DEHB, both with ``eta = 3``
-  and the fidelity as a continuous budget in ``[1, N]`` rounded to the nearest valid value.
+  and the fidelity as a continuous budget in ``[1, N]`` rounded to the nearest valid value; a
+  conditional parameter reaches both as a ConfigSpace ``EqualsCondition``.
   Recommendation: SMAC's incumbent; DEHB's best target-budget configuration (before the first
   target evaluation its best observed one). They are kept out of the ``benchmarks`` extra
   (DEHB 0.1.2 pins ``numpy<2``, SMAC brings dask): install them with::
@@ -112,6 +124,12 @@ Usage::
         screen-topk botorch-mfmes smac dehb --out benchmarks/results/mf.jsonl
     python benchmarks/bench_mf.py --jobs 2 --methods botorch-mfkg --out benchmarks/results/mf.jsonl
     python benchmarks/bench_mf.py --report benchmarks/results/mf.jsonl
+    # the mixed-space problems with a conditional parameter, against the peers that take them
+    python benchmarks/bench_mf.py --jobs 2 --problems mixed-momentum mixed-switch \
+        --methods isbo-mes gp-target gp tpe tpe-target random-target smac \
+        --out benchmarks/results/mf_mixed.jsonl
+    python benchmarks/bench_mf.py --report benchmarks/results/mf_mixed.jsonl \
+        --out-dir benchmarks/results/mf_mixed
 
 Seconds per model-based trial in the smoke runs (10-20 trials, one torch thread, a 2-core
 machine at load ~3 from other jobs): ISBO ES 0.7-1.4, MES 0.5-1.1, BoTorch MF-MES 4-7,
@@ -153,6 +171,7 @@ from bench_synthetic import PROBLEMS as SYNTHETIC  # noqa: E402
 from bench_synthetic import load_runs  # noqa: E402
 from harness import run_tasks  # noqa: E402
 from mf_protocol import BestObserved, Driver, MFProblem, Rec, distributions_of  # noqa: E402
+from mixed_problems import build_mixed_problems  # noqa: E402
 
 N_STEPS = "n_steps"
 N_STEPS_HIGH = 128
@@ -320,6 +339,7 @@ def build_problems() -> dict[str, MFProblem]:
         level_index=[3, 2, 1, 0],
         level_cost=[1.0, 10.0, 100.0, 1000.0],
     )
+    problems.update(build_mixed_problems())
     return problems
 
 
@@ -574,7 +594,10 @@ TROUBLES = ("fit_failures", "fallbacks", "recommend_failures")
 
 
 class BoTorchDriver(Driver):
-    """BoTorch's multi-fidelity tutorial loop (MF-KG or MF-MES) behind ask/tell."""
+    """BoTorch's multi-fidelity tutorial loop (MF-KG or MF-MES) behind ask/tell.
+
+    A problem with conditional parameters raises ``ValueError`` (:func:`refusal`).
+    """
 
     expensive_recommend = True
 
@@ -583,6 +606,9 @@ class BoTorchDriver(Driver):
         from botorch.models.cost import AffineFidelityCostModel
         from botorch.models.deterministic import GenericDeterministicModel
 
+        reason = refusal(problem, f"botorch-mf{acquisition}")
+        if reason is not None:
+            raise ValueError(reason)
         self.problem, self.acquisition = problem, acquisition
         self.codec = Codec(distributions_of(problem))
         self.d = self.codec.dim  # the fidelity is column d
@@ -775,6 +801,43 @@ class BoTorchDriver(Driver):
         self.Y.append(value)
 
 
+# Methods with one fixed input per parameter and no way to say when a parameter exists.
+FIXED_SPACE_METHODS = ("botorch-mfkg", "botorch-mfmes")
+
+
+def refusal(problem: MFProblem, method: str) -> str | None:
+    """Why ``method`` cannot run on ``problem``, or None when it can.
+
+    BoTorch's loop relaxes every parameter to one column of the unit cube (:class:`Codec`); it
+    has no way to leave out a conditional parameter outside its branch, and filling it in would
+    hand its GP a column that matters in one branch only, so it refuses problems with
+    conditions. Every other method takes them: the Optuna samplers and ``screen-topk`` through
+    the problem's ``suggest``, SMAC3 and DEHB through a ConfigSpace with its conditions
+    (``mf_peers.py``).
+
+    Parameters
+    ----------
+    problem
+        The problem.
+    method
+        A name from ``METHODS``.
+
+    Returns
+    -------
+    str or None
+        The reason, one sentence naming the method, the problem and its conditional parameters.
+    """
+    if method in FIXED_SPACE_METHODS and problem.conditions:
+        names = ", ".join(
+            f"{c.child} (only when {c.parent} == {c.value!r})" for c in problem.conditions
+        )
+        return (
+            f"{method} cannot run on {problem.name}: its unit-cube relaxation has no conditional "
+            f"parameters, and {problem.name} has {names}."
+        )
+    return None
+
+
 def make_driver(
     problem: MFProblem,
     cost_model: str,
@@ -783,6 +846,9 @@ def make_driver(
     budget: float,
     max_trials: int,
 ) -> Driver:
+    reason = refusal(problem, method)
+    if reason is not None:
+        raise ValueError(reason)
     if method in OPTUNA_METHODS:
         return OptunaDriver(problem, method, seed)
     if method == "screen-topk":
@@ -1485,7 +1551,13 @@ def main() -> None:
         for cost_model in args.costs
         if has_cost(PROBLEMS[name], cost_model)
         for method in args.methods
+        if refusal(PROBLEMS[name], method) is None
     ]
+    for name in args.problems:
+        for method in args.methods:
+            reason = refusal(PROBLEMS[name], method)
+            if reason is not None:
+                print(f"skipped: {reason}", file=sys.stderr)
 
     def describe(run: dict[str, Any]) -> str:
         n = len(run["cost"])

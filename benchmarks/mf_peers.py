@@ -7,9 +7,14 @@ Both are optional peers. They are not in the ``benchmarks`` extra because DEHB 0
     .venv/bin/pip install --no-deps dehb==0.1.2 loguru==0.7.3
 
 DEHB works with numpy 2 and without pyarrow (needed only to save its history, which these
-runs never do). Both optimizers see the fidelity as a continuous budget in ``[1, N]`` and
-propose Hyperband budgets ``N eta^-k`` (``eta = 3``); the harness rounds a budget to the
-nearest valid fidelity value and charges the simulated cost of that value.
+runs never do). A problem with conditional parameters (``MFProblem.conditions``) is handed to
+both as a ConfigSpace with an ``EqualsCondition`` per condition: SMAC's random forest and
+DEHB's unit-cube vectors fill an inactive parameter in themselves, and the configurations they
+propose leave it out, as the problem's own ``suggest`` does.
+
+Both optimizers see the fidelity as a continuous budget in ``[1, N]`` and propose Hyperband
+budgets ``N eta^-k`` (``eta = 3``); the harness rounds a budget to the nearest valid fidelity
+value and charges the simulated cost of that value.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
-from mf_protocol import BestObserved, Driver, MFProblem, Rec, distributions_of
+from mf_protocol import BestObserved, Condition, Driver, MFProblem, Rec, space_of
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -27,9 +32,27 @@ from optuna.distributions import (
 )
 
 
-def configspace_of(distributions: dict[str, BaseDistribution], seed: int) -> Any:
-    """A ConfigSpace with the same parameters as an Optuna search space."""
-    from ConfigSpace import Categorical, ConfigurationSpace, Float, Integer
+def configspace_of(
+    distributions: dict[str, BaseDistribution],
+    seed: int,
+    conditions: tuple[Condition, ...] = (),
+) -> Any:
+    """A ConfigSpace with the same parameters as an Optuna search space.
+
+    Parameters
+    ----------
+    distributions
+        The search space, every conditional parameter included.
+    seed
+        The ConfigSpace's seed.
+    conditions
+        When each conditional parameter exists: one ``EqualsCondition`` each.
+
+    Returns
+    -------
+    ConfigSpace.ConfigurationSpace
+    """
+    from ConfigSpace import Categorical, ConfigurationSpace, EqualsCondition, Float, Integer
 
     cs = ConfigurationSpace(seed=seed)
     for name, d in distributions.items():
@@ -41,13 +64,20 @@ def configspace_of(distributions: dict[str, BaseDistribution], seed: int) -> Any
             cs.add(Float(name, (d.low, d.high), log=d.log))
         else:
             raise ValueError(f"Unsupported distribution {d!r} for {name!r}.")
+    for c in conditions:
+        cs.add(EqualsCondition(cs[c.child], cs[c.parent], c.value))
     return cs
 
 
 def _plain(config: Any, distributions: dict[str, BaseDistribution]) -> dict[str, Any]:
-    """A ConfigSpace configuration as plain Python values of the Optuna types."""
+    """A ConfigSpace configuration as plain Python values of the Optuna types.
+
+    An inactive conditional parameter (absent from ``config``) is left out.
+    """
     params: dict[str, Any] = {}
     for name, d in distributions.items():
+        if name not in config:
+            continue
         v = config[name]
         if isinstance(d, IntDistribution):
             params[name] = int(v)
@@ -73,10 +103,10 @@ class SMACDriver(Driver):
         from smac import MultiFidelityFacade, Scenario
 
         self.problem = problem
-        self.distributions = distributions_of(problem)
+        self.distributions, conditions = space_of(problem)
         self._dir = tempfile.TemporaryDirectory(prefix="bench_mf_smac_")
         scenario = Scenario(
-            configspace_of(self.distributions, seed),
+            configspace_of(self.distributions, seed, conditions),
             name="bench_mf",
             output_directory=self._dir.name,
             deterministic=True,
@@ -137,9 +167,9 @@ class DEHBDriver(Driver):
         from dehb import DEHB
 
         self.problem = problem
-        self.distributions = distributions_of(problem)
+        self.distributions, conditions = space_of(problem)
         self._dir = tempfile.TemporaryDirectory(prefix="bench_mf_dehb_")
-        cs = configspace_of(self.distributions, seed)
+        cs = configspace_of(self.distributions, seed, conditions)
         self.dehb = DEHB(
             cs=cs,
             dimensions=len(cs),

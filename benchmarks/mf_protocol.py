@@ -2,7 +2,8 @@
 ask/tell.
 
 :class:`MFProblem` is a minimization problem whose fidelity is a log int in
-``[1, fidelity_high]``, and :func:`distributions_of` its search space without the fidelity.
+``[1, fidelity_high]``, :func:`distributions_of` its search space without the fidelity, and
+:func:`space_of` that space with its :class:`Condition` s where a parameter is conditional.
 :class:`Driver` is one method behind ask/tell, :class:`Rec` its recommendation, and
 :class:`BestObserved` the best values it has seen. ``bench_mf.py`` runs every driver on these
 problems (``run_one``) and reports on them; ``mf_peers.py`` and ``bench_lcbench.py`` add
@@ -24,13 +25,28 @@ N_GRID = 5  # fidelity levels considered by ISBOSampler (its default) and by the
 
 
 @dataclass(frozen=True)
+class Condition:
+    """Parameter ``child`` exists only where parameter ``parent`` equals ``value``.
+
+    ConfigSpace's ``EqualsCondition(child, parent, value)``.
+    """
+
+    child: str
+    parent: str
+    value: Any
+
+
+@dataclass(frozen=True)
 class MFProblem:
     """A minimization problem with a fidelity ``n`` in ``[1, fidelity_high]`` (log int).
 
     ``observe(params, s, rng, noise_scale)`` is the value at unit fidelity ``s``, ``target`` the
     noiseless value at ``s = 1``; ``levels`` is the number of discrete fidelity levels (0 for a
     continuous fidelity), ``source_cost`` the cost of the problem's source as a function of
-    ``s`` (None when it has none besides ``affine``).
+    ``s`` (None when it has none besides ``affine``). ``space`` is the whole search space
+    without the fidelity, every branch's parameters included, and ``conditions`` says when each
+    conditional parameter exists; a problem with conditions must give its ``space`` (one call
+    of ``suggest`` sees only one branch), which :func:`space_of` returns.
     """
 
     name: str
@@ -47,6 +63,16 @@ class MFProblem:
     #: on the configuration (a surrogate's training time); ``source_cost`` is then its typical
     #: value, which sets the budget and the plans of the methods that need one.
     run_cost: Callable[[dict[str, Any], float], float] | None = None
+    space: dict[str, BaseDistribution] | None = None
+    conditions: tuple[Condition, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.conditions and self.space is None:
+            raise ValueError(f"{self.name}: a problem with conditions must give its `space`.")
+        for c in self.conditions:
+            assert self.space is not None
+            if c.child not in self.space or c.parent not in self.space:
+                raise ValueError(f"{self.name}: {c} names a parameter outside `space`.")
 
     def unit(self, n: float) -> float:
         """``s = log(n) / log(fidelity_high)``, clipped to ``[0, 1]``."""
@@ -74,10 +100,58 @@ class MFProblem:
 
 
 def distributions_of(problem: MFProblem) -> dict[str, BaseDistribution]:
+    """The search space without the fidelity, of a problem without conditional parameters.
+
+    Parameters
+    ----------
+    problem
+        The problem; its ``space`` where it gives one, else what one call of its ``suggest``
+        suggests.
+
+    Returns
+    -------
+    dict
+        The parameters' distributions by name.
+
+    Raises
+    ------
+    ValueError
+        The problem has conditional parameters: no fixed list of parameters describes it, and
+        a driver that needs one must take :func:`space_of` with its conditions, or refuse the
+        problem.
+    """
+    if problem.conditions:
+        raise ValueError(
+            f"{problem.name} has conditional parameters "
+            f"({', '.join(c.child for c in problem.conditions)}): take `space_of(problem)` "
+            "and its conditions, or refuse the problem."
+        )
+    if problem.space is not None:
+        return dict(problem.space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
     problem.suggest(trial)
     return dict(trial.distributions)
+
+
+def space_of(problem: MFProblem) -> tuple[dict[str, BaseDistribution], tuple[Condition, ...]]:
+    """The whole search space without the fidelity, and when each conditional parameter exists.
+
+    Parameters
+    ----------
+    problem
+        The problem.
+
+    Returns
+    -------
+    tuple
+        Every branch's parameters' distributions by name, and the problem's conditions (``()``
+        for a problem without).
+    """
+    if problem.conditions:
+        assert problem.space is not None
+        return dict(problem.space), problem.conditions
+    return distributions_of(problem), ()
 
 
 @dataclass
