@@ -68,7 +68,8 @@ from optuna_isbo.search_space import (
 )
 from optuna_isbo.startup import startup_fidelity
 
-_logger = optuna.logging.get_logger(__name__)
+# A child of Optuna's logger, so that ``optuna.logging.set_verbosity`` applies to it.
+_logger = optuna.logging.get_logger("optuna." + __name__)
 
 ATTR_PREFIX = "isbo:"
 _RELATIVE_PARAMS_KEY = "isbo:relative_params"

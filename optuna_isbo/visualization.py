@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["plot_cost_history"]
 
-_logger = get_logger(__name__)
+# A child of Optuna's logger, so that ``optuna.logging.set_verbosity`` applies to it.
+_logger = get_logger("optuna." + __name__)
 
 
 class _CostHistoryInfo(NamedTuple):

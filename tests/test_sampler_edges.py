@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,38 @@ def test_a_fully_enqueued_trial_is_labelled_enqueued(fidelity_param: str | None)
     phases = [t.user_attrs.get("isbo:phase") for t in study.trials]
     assert phases[0] == "enqueued" and phases[4] == "enqueued" and phases[5] == "enqueued"
     assert phases[1] == "startup"
+
+
+def test_optunas_verbosity_applies_to_the_samplers_messages() -> None:
+    """The sampler logs through a child of Optuna's logger, so that
+    ``optuna.logging.set_verbosity`` silences its "sampled independently" message too."""
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        y = trial.suggest_float("y", 0.0, 1.0) if trial.number % 2 else 0.0
+        return (x - 0.3) ** 2 + y
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    collect = Collect()
+    library = logging.getLogger("optuna")
+    before = optuna.logging.get_verbosity()
+    library.addHandler(collect)
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=ISBOSampler(seed=0, n_startup_trials=2))
+        study.optimize(objective, n_trials=5)
+        assert any("sampled independently" in m for m in collect.messages)
+        collect.messages.clear()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        study.optimize(objective, n_trials=3)
+        assert not any("sampled independently" in m for m in collect.messages)
+    finally:
+        library.removeHandler(collect)
+        optuna.logging.set_verbosity(before)
