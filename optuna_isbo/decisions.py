@@ -52,9 +52,8 @@ from optuna_isbo.cost import MIN_COST_SECONDS
 from optuna_isbo.model import _LOG_COST_WINDOW, GPModel, tame_outliers
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import SearchSpace
-from optuna_isbo.trials import ran_in_full
+from optuna_isbo.trials import ATTR_PREFIX, ran_in_full
 
-ATTR_PREFIX = "isbo:"
 #: ``isbo:phase`` of the trials proposed by the target search.
 TARGET_PHASE = "target"
 #: ``isbo:phase`` of the trials whose parameters the user fixed (``study.enqueue_trial``).

@@ -46,8 +46,8 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_isbo import constraints
 from optuna_isbo import recommendation as rec
 from optuna_isbo import trials as study_trials
-from optuna_isbo.decisions import ATTR_PREFIX
 from optuna_isbo.search_space import SearchSpace
+from optuna_isbo.trials import ATTR_PREFIX
 
 #: Trials of each kind behind a verdict of :func:`promotions_pay`.
 MIN_EVIDENCE = 2

@@ -11,9 +11,7 @@ design, how running trials enter as pending points, and what is written to the t
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import json
 import math
 import threading
 import warnings
@@ -33,9 +31,10 @@ from optuna.search_space import intersection_search_space
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_isbo import constraints, mf_search, promotion, target_search
+from optuna_isbo import constraints, mf_search, target_search
 from optuna_isbo import recommendation as rec
 from optuna_isbo import trials as study_trials
+from optuna_isbo._device import on_cpu
 from optuna_isbo.cost import trial_cost_seconds
 from optuna_isbo.decisions import (
     TARGET_PHASE,
@@ -67,13 +66,11 @@ from optuna_isbo.search_space import (
     missing_fidelity_message,
 )
 from optuna_isbo.startup import startup_fidelity
+from optuna_isbo.trials import ATTR_PREFIX
 
 # A child of Optuna's logger, so that ``optuna.logging.set_verbosity`` applies to it.
 _logger = optuna.logging.get_logger("optuna." + __name__)
 
-ATTR_PREFIX = "isbo:"
-_RELATIVE_PARAMS_KEY = "isbo:relative_params"
-_ATTR_MAX_LENGTH = 2045
 _ACQUISITIONS = ("es", "mes")
 _LISTED_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED)
 # A trial that has been inside its ``ask`` for longer than this was abandoned.
@@ -423,7 +420,7 @@ class ISBOSampler(BaseSampler):
                 params = target_search.sample_at_target(self._target, view, trial, search_space)
             if params:
                 enqueued = bool(trial.system_attrs.get("fixed_params"))
-                _write_attrs(
+                study_trials.write_attrs(
                     study, trial, {"phase": "enqueued" if enqueued else TARGET_PHASE}, params
                 )
             return params
@@ -433,8 +430,17 @@ class ISBOSampler(BaseSampler):
             attrs = {"phase": "startup"}
         elif self._target_turn(study, space, completed):
             with self._lock:
-                params, attrs = self._target_params(
-                    study, trial, space, search_space, completed, marks, trials
+                params, attrs = target_search.propose(
+                    self._target,
+                    study,
+                    trial,
+                    space,
+                    search_space,
+                    completed,
+                    marks,
+                    trials,
+                    n_startup_trials=self._target_startup,
+                    sobol_seed=(self._seed + 2) % (2**31),
                 )
         else:
             running = [
@@ -442,7 +448,7 @@ class ISBOSampler(BaseSampler):
                 for t in trials
                 if t.state == TrialState.RUNNING
                 and t.number != trial.number
-                and search_space.keys() <= _pending_params(t).keys()
+                and search_space.keys() <= study_trials.pending_params(t).keys()
             ]
             # An earlier trial still inside its own ``ask`` (another worker) has not said what
             # it evaluates; it may be verifying the same configuration, so this one defers. A
@@ -452,20 +458,20 @@ class ISBOSampler(BaseSampler):
             earlier_deciding = any(
                 t.state == TrialState.RUNNING
                 and t.number < trial.number
-                and not search_space.keys() <= _pending_params(t).keys()
+                and not search_space.keys() <= study_trials.pending_params(t).keys()
                 and t.datetime_start is not None
                 and (now - t.datetime_start).total_seconds() < _MAX_ASK_SECONDS
                 for t in trials
             )
             pending_marks = [p for t in marks for p in study_trials.mark_params(t, space)]
             try:
-                with self._lock, _on_cpu():
+                with self._lock, on_cpu():
                     params, attrs = self._model_params(
                         study,
                         trial,
                         space,
                         completed,
-                        [_pending_params(t) for t in running],
+                        [study_trials.pending_params(t) for t in running],
                         pending_marks,
                         may_verify=not earlier_deciding,
                     )
@@ -486,7 +492,7 @@ class ISBOSampler(BaseSampler):
             attrs = {"phase": "enqueued"}
         if space.fidelity_param is not None:
             attrs["fidelity"] = params[space.fidelity_param]
-        _write_attrs(study, trial, attrs, params)
+        study_trials.write_attrs(study, trial, attrs, params)
         return params
 
     def sample_independent(
@@ -605,7 +611,7 @@ class ISBOSampler(BaseSampler):
         """
         self._raise_error_if_multi_objective(study)
         space, completed = self._recommendation_data(study)
-        with self._lock, _on_cpu():
+        with self._lock, on_cpu():
             result = self._recommendation(study, space, completed)
         attrs = {
             "recommendation": result.summary(),
@@ -712,7 +718,7 @@ class ISBOSampler(BaseSampler):
             for t in completed
             if name in t.params and study_trials.ran_in_full(t)
         ]
-        with _on_cpu():
+        with on_cpu():
             engine = torch.quasirandom.SobolEngine(1, scramble=True, seed=self._seed + 1)
             u = float(engine.draw(trial_number + 1, dtype=torch.float64)[-1, 0])
             grid = space.fidelity_grid(self._n_fidelities)
@@ -721,7 +727,7 @@ class ISBOSampler(BaseSampler):
     def _startup_params(
         self, space: SearchSpace, trial_number: int, completed: Sequence[FrozenTrial]
     ) -> dict[str, Any]:
-        with _on_cpu():
+        with on_cpu():
             x = space.sample_sobol(trial_number + 1, seed=self._seed)[-1]
         s = self._startup_fidelity(space, trial_number, completed) if space.fidelity_param else 1.0
         return space.decode(x, s)
@@ -802,16 +808,17 @@ class ISBOSampler(BaseSampler):
         if self._prior is not None:
             return False
         _, n_checks, rule = calibration_checks(completed, study)
-        _, s = space.encode_trials(completed)
-        at_target = rec.is_target(s).tolist()
         costs = [trial_cost_seconds(t, self._cost_attr) for t in completed]
-        self._report_capped_costs(completed, costs, at_target)
-        return search_at_target(
-            [t.user_attrs.get(ATTR_PREFIX + "phase") for t in completed],
-            costs,
-            mf_share(rule, n_checks, self._mf_cost_fraction),
-            at_target,
-        )
+        with on_cpu():
+            _, s = space.encode_trials(completed)
+            at_target = rec.is_target(s).tolist()
+            self._report_capped_costs(completed, costs, at_target)
+            return search_at_target(
+                [t.user_attrs.get(ATTR_PREFIX + "phase") for t in completed],
+                costs,
+                mf_share(rule, n_checks, self._mf_cost_fraction),
+                at_target,
+            )
 
     def _report_capped_costs(
         self, completed: list[FrozenTrial], costs: list[float], at_target: list[bool]
@@ -829,65 +836,6 @@ class ISBOSampler(BaseSampler):
                     RuntimeWarning,
                     stacklevel=4,
                 )
-
-    def _target_params(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        space: SearchSpace,
-        search_space: dict[str, BaseDistribution],
-        completed: list[FrozenTrial],
-        marks: list[FrozenTrial],
-        trials: list[FrozenTrial],
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The target search's proposal (:mod:`optuna_isbo.target_search`), at the target.
-
-        ``GPSampler`` sees the completed trials evaluated at the target alone, and ``marks``
-        (configurations that failed) as pending points. Until it has its startup count of
-        target trials, the proposal alternates between a promotion of the best-ranked cheap
-        configuration (:mod:`optuna_isbo.promotion`) and the next point of a scrambled Sobol
-        design in ``x``. Returns the parameters and the trial's ``isbo:`` attributes.
-        """
-        fidelity = space.fidelity_param
-        assert fidelity is not None
-        at_target = {
-            t.number
-            for t in completed
-            if space.fidelity_to_unit(t.params[fidelity]) >= rec.TARGET_S
-        }
-        x_space = {name: d for name, d in search_space.items() if name != fidelity}
-        params: dict[str, Any] = {}
-        if x_space and len(at_target) >= self._target_startup:
-            observed = [t for t in completed if t.number in at_target]
-            view = target_search.TargetView(
-                study,
-                lambda t: t.number in at_target,
-                marks,
-                study_trials.tamed_values(observed, study),
-            )
-            params = target_search.sample_at_target(self._target, view, trial, x_space)
-        if not params:
-            running = [
-                _pending_params(t)
-                for t in trials
-                if t.state == TrialState.RUNNING and t.number != trial.number
-            ]
-            with _on_cpu():
-                promoted = promotion.promotion(
-                    study, space, completed, trials, TARGET_PHASE, running
-                )
-            if promoted is not None:
-                return promoted, {"phase": TARGET_PHASE, "promoted": True}
-            # GPSampler's startup is random: the target search's is the next point of a
-            # scrambled Sobol design in ``x``. Screening it by the constraint model (the cheap
-            # trials inform it) cut the infeasible share of a constrained study's trials
-            # (0.31 to 0.24) but left the boundary unexplored at the target, and GPSampler's
-            # exact constrained optimum became a near miss (benchmarks/RESULTS.md).
-            with _on_cpu():
-                x = space.sample_sobol(trial.number + 1, seed=(self._seed + 2) % (2**31))[-1]
-            return space.decode(x, 1.0), {"phase": TARGET_PHASE, "promoted": False}
-        params[fidelity] = space.unit_to_fidelity(1.0)
-        return params, {"phase": TARGET_PHASE}
 
     def _model_params(
         self,
@@ -987,18 +935,6 @@ def _ask_seed(seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
 
 
-def _on_cpu() -> contextlib.AbstractContextManager[Any]:
-    """Context in which new tensors default to the CPU, whatever the user's default device.
-
-    The model's tensors are small; the CPU is where they belong. ``torch.device`` as a context
-    intercepts every torch call, which costs several microseconds per operation, so it is only
-    entered when the user has moved the default device (``torch.set_default_device``).
-    """
-    if torch.get_default_device().type == "cpu":
-        return contextlib.nullcontext()
-    return torch.device("cpu")
-
-
 def _check_types(**arguments: tuple[Any, type | tuple[type, ...]]) -> None:
     """Raise ``TypeError`` naming the first argument whose value is not of its types.
 
@@ -1027,49 +963,3 @@ def _describe(value: object) -> str:
     if isinstance(value, type):
         return f"the class {value.__name__} (an instance is needed)"
     return f"{text} ({type(value).__name__})"
-
-
-def _pending_params(trial: FrozenTrial) -> dict[str, Any]:
-    """Parameters of a running trial: those chosen by the sampler, then those set so far.
-
-    The chosen parameters are stored as JSON in chunks, with the number of chunks written last
-    (see :func:`_write_attrs`): a reader that finds the count finds every chunk. Anything else
-    (a writer killed between its writes, or a study written by an older version) is read as
-    "no chosen parameters", never as an error that would stop every later ``ask``.
-    """
-    params: dict[str, Any] = {}
-    n_chunks = trial.system_attrs.get(f"{_RELATIVE_PARAMS_KEY}:n")
-    chunks = (
-        [trial.system_attrs.get(f"{_RELATIVE_PARAMS_KEY}:{i}") for i in range(n_chunks)]
-        if (isinstance(n_chunks, int) and not isinstance(n_chunks, bool) and 0 < n_chunks < 10_000)
-        else []
-    )
-    if chunks and all(isinstance(c, str) for c in chunks):
-        try:
-            decoded = json.loads("".join(chunks))  # type: ignore[arg-type]
-        except json.JSONDecodeError:
-            decoded = None
-        if isinstance(decoded, dict):
-            params = decoded
-    params.update(trial.params)
-    return params
-
-
-def _write_attrs(
-    study: Study, trial: FrozenTrial, attrs: dict[str, Any], params: dict[str, Any]
-) -> None:
-    storage = study._storage
-    # Share the chosen parameters with other workers, which see this trial as pending before
-    # the objective has suggested all of them. RDB storages bound an attribute's length, so
-    # the JSON is split into chunks; the count goes last, when every chunk is in place. They go
-    # before the user attributes, so that a trial another worker sees with an ``isbo:phase``
-    # has its parameters readable too.
-    text = json.dumps(params)
-    chunks = [
-        text[i : i + _ATTR_MAX_LENGTH] for i in range(0, max(len(text), 1), _ATTR_MAX_LENGTH)
-    ]
-    for i, chunk in enumerate(chunks):
-        storage.set_trial_system_attr(trial._trial_id, f"{_RELATIVE_PARAMS_KEY}:{i}", chunk)
-    storage.set_trial_system_attr(trial._trial_id, f"{_RELATIVE_PARAMS_KEY}:n", len(chunks))
-    for key, value in attrs.items():
-        storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + key, value)

@@ -10,6 +10,7 @@ fidelity is not an evaluation at the target (:func:`runs_up_to_target`).
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -197,3 +198,56 @@ def diverged_flag(trial: FrozenTrial) -> bool:
         stacklevel=3,
     )
     return False
+
+
+#: System attributes holding a trial's chosen parameters as JSON, in chunks
+#: (``isbo:relative_params:0``, ...) and their count (``isbo:relative_params:n``).
+RELATIVE_PARAMS_KEY = "isbo:relative_params"
+#: The longest chunk: RDB storages bound an attribute's length.
+ATTR_MAX_LENGTH = 2045
+#: Prefix of the sampler's user attributes.
+ATTR_PREFIX = "isbo:"
+
+
+def pending_params(trial: FrozenTrial) -> dict[str, Any]:
+    """Parameters of a running trial: those chosen by the sampler, then those set so far.
+
+    The chosen parameters are stored as JSON in chunks, with the number of chunks written last
+    (see :func:`write_attrs`): a reader that finds the count finds every chunk. Anything else
+    (a writer killed between its writes, or a study written by an older version) is read as
+    "no chosen parameters", never as an error that would stop every later ``ask``.
+    """
+    params: dict[str, Any] = {}
+    n_chunks = trial.system_attrs.get(f"{RELATIVE_PARAMS_KEY}:n")
+    chunks = (
+        [trial.system_attrs.get(f"{RELATIVE_PARAMS_KEY}:{i}") for i in range(n_chunks)]
+        if (isinstance(n_chunks, int) and not isinstance(n_chunks, bool) and 0 < n_chunks < 10_000)
+        else []
+    )
+    if chunks and all(isinstance(c, str) for c in chunks):
+        try:
+            decoded = json.loads("".join(chunks))  # type: ignore[arg-type]
+        except json.JSONDecodeError:
+            decoded = None
+        if isinstance(decoded, dict):
+            params = decoded
+    params.update(trial.params)
+    return params
+
+
+def write_attrs(
+    study: Study, trial: FrozenTrial, attrs: dict[str, Any], params: dict[str, Any]
+) -> None:
+    storage = study._storage
+    # Share the chosen parameters with other workers, which see this trial as pending before
+    # the objective has suggested all of them. RDB storages bound an attribute's length, so
+    # the JSON is split into chunks; the count goes last, when every chunk is in place. They go
+    # before the user attributes, so that a trial another worker sees with an ``isbo:phase``
+    # has its parameters readable too.
+    text = json.dumps(params)
+    chunks = [text[i : i + ATTR_MAX_LENGTH] for i in range(0, max(len(text), 1), ATTR_MAX_LENGTH)]
+    for i, chunk in enumerate(chunks):
+        storage.set_trial_system_attr(trial._trial_id, f"{RELATIVE_PARAMS_KEY}:{i}", chunk)
+    storage.set_trial_system_attr(trial._trial_id, f"{RELATIVE_PARAMS_KEY}:n", len(chunks))
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial._trial_id, ATTR_PREFIX + key, value)

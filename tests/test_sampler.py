@@ -563,7 +563,7 @@ def test_pending_params_come_from_storage_before_the_objective_suggests_them() -
     trial.suggest_float("x", -2.0, 2.0)
     frozen = study._storage.get_trial(trial._trial_id)
     assert frozen.params.keys() == {"x"}
-    from optuna_isbo.sampler import _pending_params
+    from optuna_isbo.trials import pending_params as _pending_params
 
     pending = _pending_params(frozen)
     assert pending.keys() == {"x", "y", FIDELITY}

@@ -19,8 +19,9 @@ from optuna_isbo import ISBOSampler
 from optuna_isbo.cost import trial_cost_seconds
 from optuna_isbo.model import fit_gp, standardize
 from optuna_isbo.recommendation import Recommendation
-from optuna_isbo.sampler import _RELATIVE_PARAMS_KEY, _pending_params
 from optuna_isbo.search_space import SearchSpace
+from optuna_isbo.trials import RELATIVE_PARAMS_KEY as _RELATIVE_PARAMS_KEY
+from optuna_isbo.trials import pending_params as _pending_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
