@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 from optuna.study import Study, StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from optuna_isbo import constraints
 from optuna_isbo import recommendation as rec
@@ -73,10 +73,11 @@ def promotion_candidate(
         ``(n,)`` their values, minimized (outliers already tamed).
     usable
         ``(n,)`` bool, the evaluations that may rank a configuration (e.g. those observed
-        feasible in a constrained study); all of them when ``None``.
+        feasible in a constrained study); all of them when ``None``. A configuration with
+        any other evaluation is not promoted.
     pending
-        ``(m, d)`` configurations already running (or decided) at the target; not promoted
-        again.
+        ``(m, d)`` configurations not to promote: running (or decided) at the target, or
+        failed (an error, a pruned or non-finite run) at any fidelity.
 
     Returns
     -------
@@ -91,12 +92,18 @@ def promotion_candidate(
     configs = rec.group_configurations(X, s)
     at_target = rec.is_target(s)
     blocked = configs.n_target > 0
+    # A configuration with an evaluation that may not rank it (observed infeasible) is not
+    # promoted at all: a constraint that grows with the fidelity (memory) fails dearer still.
+    k = configs.X.shape[0]
+    unusable = torch.zeros(k, dtype=torch.long).scatter_add(
+        0, configs.index, (~usable).to(torch.long)
+    )
+    blocked = blocked | (unusable > 0)
     if pending is not None and pending.shape[0] > 0 and X.shape[1] > 0:
         close = (configs.X[:, None, :] - pending[None, :, :]).abs() <= 1e-9
         blocked = blocked | close.all(dim=-1).any(dim=-1)
     # Each configuration's highest rung below the target, and its mean value there.
     cheap = ~at_target & usable & torch.isfinite(y)
-    k = configs.X.shape[0]
     top = torch.full((k,), -math.inf, dtype=s.dtype).scatter_reduce(
         0, configs.index[cheap], s[cheap], reduce="amax"
     )
@@ -164,6 +171,7 @@ def promotion(
     trials: Sequence[FrozenTrial],
     phase: str,
     pending_params: Sequence[dict[str, Any]] = (),
+    failed: Sequence[FrozenTrial] = (),
 ) -> dict[str, Any] | None:
     """The parameters of the target search's next startup slot when it is a promotion.
 
@@ -187,13 +195,15 @@ def promotion(
         ``isbo:phase`` of the target search's trials.
     pending_params
         Parameters of the other running trials; those at the target are not promoted again.
+    failed
+        Trials whose configuration failed (:func:`optuna_isbo.trials.failed_configurations`):
+        not promoted. A promotion that failed counts as the worst outcome in
+        :func:`promotions_pay`, and as a promotion in the alternation.
     """
     own = [
         t
         for t in trials
-        if t.user_attrs.get(ATTR_PREFIX + "phase") == phase
-        and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
-        and PROMOTED_ATTR in t.user_attrs
+        if t.user_attrs.get(ATTR_PREFIX + "phase") == phase and PROMOTED_ATTR in t.user_attrs
     ]
     n_promoted = sum(bool(t.user_attrs[PROMOTED_ATTR]) for t in own)
     if not promotion_due(n_promoted, len(own) - n_promoted):
@@ -201,10 +211,12 @@ def promotion(
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
     tamed = study_trials.tamed_values(completed, study)
     values = {t.number: sign * tamed.get(t.number, float(t.values[0])) for t in completed}
-    finished = [t for t in own if t.state == TrialState.COMPLETE and t.number in values]
+    # A finished trial that taught nothing (failed, pruned, non-finite) counts as the worst.
+    finished = [t for t in own if t.state.is_finished()]
+    outcome = {t.number: values.get(t.number, math.inf) for t in finished}
     if not promotions_pay(
-        [values[t.number] for t in finished if t.user_attrs[PROMOTED_ATTR]],
-        [values[t.number] for t in finished if not t.user_attrs[PROMOTED_ATTR]],
+        [outcome[t.number] for t in finished if t.user_attrs[PROMOTED_ATTR]],
+        [outcome[t.number] for t in finished if not t.user_attrs[PROMOTED_ATTR]],
     ):
         return None
     X, s = space.encode_trials(completed)
@@ -220,8 +232,13 @@ def promotion(
         for p in pending_params
         if set(space.names) <= p.keys() and space.fidelity_param in p
     ]
-    at_target = [x for x, s_run in encoded if s_run >= rec.TARGET_S]
-    if at_target:
-        pending = torch.stack(at_target)
+    blocked = [x for x, s_run in encoded if s_run >= rec.TARGET_S]
+    blocked += [
+        space.encode_params(study_trials.mark_params(t, space)[-1])[0]
+        for t in failed
+        if set(space.names) <= t.params.keys()
+    ]
+    if blocked:
+        pending = torch.stack(blocked)
     i = promotion_candidate(X, s, y, usable=usable, pending=pending)
     return None if i is None else space.decode(X[i], 1.0)

@@ -318,6 +318,8 @@ class ISBOSampler(BaseSampler):
         self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
         # Trials whose cost the split capped (:func:`split_costs`), each reported once.
         self._costs_capped: set[int] = set()
+        # Trials reported as missing a constraint value (:class:`target_search.TargetView`).
+        self._warned_missing_constraints: set[int] = set()
         self._constraint_warm_starts: dict[tuple[Any, ...], dict[int, GPParams]] = {}
         self._constraints_func = constraints_func
         # What was reported once (``_joint_search_space``): the fidelity parameter missing from
@@ -335,6 +337,7 @@ class ISBOSampler(BaseSampler):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_costs_capped", set())
+        self.__dict__.setdefault("_warned_missing_constraints", set())
         self._lock = threading.Lock()
 
     # -- Optuna hooks ----------------------------------------------------------------------
@@ -415,6 +418,7 @@ class ISBOSampler(BaseSampler):
                 lambda t: t.number in usable,
                 marks,
                 study_trials.tamed_values(completed, study),
+                self._warned_missing_constraints,
             )
             with self._lock:
                 params = target_search.sample_at_target(self._target, view, trial, search_space)
@@ -429,6 +433,7 @@ class ISBOSampler(BaseSampler):
             params = self._startup_params(space, trial.number, completed)
             attrs = {"phase": "startup"}
         elif self._target_turn(study, space, completed):
+            deciding = _earlier_trial_deciding(trials, trial, search_space)
             with self._lock:
                 params, attrs = target_search.propose(
                     self._target,
@@ -441,6 +446,8 @@ class ISBOSampler(BaseSampler):
                     trials,
                     n_startup_trials=self._target_startup,
                     sobol_seed=(self._seed + 2) % (2**31),
+                    may_promote=not deciding,
+                    warned=self._warned_missing_constraints,
                 )
         else:
             running = [
@@ -450,19 +457,7 @@ class ISBOSampler(BaseSampler):
                 and t.number != trial.number
                 and search_space.keys() <= study_trials.pending_params(t).keys()
             ]
-            # An earlier trial still inside its own ``ask`` (another worker) has not said what
-            # it evaluates; it may be verifying the same configuration, so this one defers. A
-            # trial that has been "deciding" for longer than any ``ask`` takes was abandoned
-            # (a worker killed during ``ask``, an ask-and-tell trial never told) and is ignored.
-            now = datetime.datetime.now()
-            earlier_deciding = any(
-                t.state == TrialState.RUNNING
-                and t.number < trial.number
-                and not search_space.keys() <= study_trials.pending_params(t).keys()
-                and t.datetime_start is not None
-                and (now - t.datetime_start).total_seconds() < _MAX_ASK_SECONDS
-                for t in trials
-            )
+            earlier_deciding = _earlier_trial_deciding(trials, trial, search_space)
             pending_marks = [p for t in marks for p in study_trials.mark_params(t, space)]
             try:
                 with self._lock, on_cpu():
@@ -929,6 +924,27 @@ def _encoded_inputs(
     X = torch.stack([x for x, _ in encoded])
     s = torch.tensor([s for _, s in encoded], dtype=torch.float64)
     return model_inputs(space, X, s)
+
+
+def _earlier_trial_deciding(
+    trials: list[FrozenTrial], trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+) -> bool:
+    """Whether an earlier trial is still inside its own ``ask`` (another worker).
+
+    It has not said what it evaluates; it may be verifying or promoting the same
+    configuration, so this one defers. A trial that has been "deciding" for longer than any
+    ``ask`` takes was abandoned (a worker killed during ``ask``, an ask-and-tell trial never
+    told) and is ignored.
+    """
+    now = datetime.datetime.now()
+    return any(
+        t.state == TrialState.RUNNING
+        and t.number < trial.number
+        and not search_space.keys() <= study_trials.pending_params(t).keys()
+        and t.datetime_start is not None
+        and (now - t.datetime_start).total_seconds() < _MAX_ASK_SECONDS
+        for t in trials
+    )
 
 
 def _ask_seed(seed: int, trial_number: int) -> int:

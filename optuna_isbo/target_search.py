@@ -64,6 +64,9 @@ class TargetView:
     values
         Values, by trial number, that replace the observed ones (the model's tamed outliers,
         :func:`optuna_isbo.model.tame_outliers`).
+    warned
+        Numbers of the trials already reported as missing a constraint value; updated (the
+        sampler keeps it, so that each trial is reported once per study, not once per ``ask``).
     """
 
     def __init__(
@@ -72,11 +75,13 @@ class TargetView:
         keep: Callable[[FrozenTrial], bool],
         marks: Sequence[FrozenTrial] = (),
         values: dict[int, float] | None = None,
+        warned: set[int] | None = None,
     ) -> None:
         self._study = study
         self._keep = keep
         self._marks = list(marks)
         self._values = values or {}
+        self._warned = set() if warned is None else warned
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -93,7 +98,7 @@ class TargetView:
             for t in everything
             if t.state == TrialState.COMPLETE and self._keep(t)
         ]
-        observed = _with_missing_constraints_infeasible(observed)
+        observed = _with_missing_constraints_infeasible(observed, self._warned)
         listed = observed + [t for t in everything if t.state == TrialState.RUNNING]
         listed += [self._listed_mark(t, observed) for t in self._marks]
         return [t for t in listed if states is None or t.state in states]
@@ -134,7 +139,9 @@ class TargetView:
 _CONSTRAINT_PREFIX = "constraints:"
 
 
-def _with_missing_constraints_infeasible(observed: list[FrozenTrial]) -> list[FrozenTrial]:
+def _with_missing_constraints_infeasible(
+    observed: list[FrozenTrial], warned: set[int]
+) -> list[FrozenTrial]:
     """``observed`` with every trial carrying every constraint name that any of them carries.
 
     A trial that returned before ``trial.set_constraint`` (an early exit, an exception caught
@@ -142,7 +149,8 @@ def _with_missing_constraints_infeasible(observed: list[FrozenTrial]) -> list[Fr
     later trial ("The constraint names must be the same for all trials."). The trial is counted
     infeasible instead, as the multi-fidelity search counts it: the missing value becomes the
     largest observed value of that constraint, or its observed spread where every observed
-    value is feasible (1 where they are all equal), with a warning naming the trial.
+    value is feasible (1 where they are all equal), with a warning naming the trial (once:
+    ``warned`` holds the trials already reported).
     """
     names = sorted({key for t in observed for key in t.constraints})
     if not names:
@@ -161,12 +169,15 @@ def _with_missing_constraints_infeasible(observed: list[FrozenTrial]) -> list[Fr
         if not missing:
             listed.append(t)
             continue
-        warnings.warn(
-            f"Trial {t.number} has no value for the constraint(s) {missing}; it is counted "
-            "as infeasible. Call trial.set_constraint for every constraint before returning.",
-            UserWarning,
-            stacklevel=2,
-        )
+        if t.number not in warned:
+            warned.add(t.number)
+            warnings.warn(
+                f"Trial {t.number} has no value for the constraint(s) {missing}; it is counted "
+                "as infeasible. Call trial.set_constraint for every constraint before "
+                "returning.",
+                UserWarning,
+                stacklevel=2,
+            )
         filled = copy.copy(t)
         filled._system_attrs = {
             **t.system_attrs,
@@ -218,6 +229,8 @@ def propose(
     *,
     n_startup_trials: int,
     sobol_seed: int,
+    may_promote: bool = True,
+    warned: set[int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The target search's proposal in a study with a fidelity, at the target.
 
@@ -227,6 +240,9 @@ def propose(
     the proposal alternates between a promotion of the best-ranked cheap configuration
     (:mod:`optuna_isbo.promotion`) and the next point of a scrambled Sobol design in ``x``
     (seeded with ``sobol_seed``). ``trials`` are every listed trial, running ones included.
+    Without ``may_promote`` (another worker's trial is still deciding what it runs, and may be
+    promoting the same configuration) the slot is a Sobol point. ``warned`` is
+    :class:`TargetView`'s.
 
     Returns
     -------
@@ -247,6 +263,7 @@ def propose(
             lambda t: t.number in at_target,
             marks,
             study_trials.tamed_values(observed, study),
+            warned,
         )
         params = sample_at_target(sampler, view, trial, x_space)
         if params:
@@ -256,8 +273,12 @@ def propose(
         for t in trials
         if t.state == TrialState.RUNNING and t.number != trial.number
     ]
-    with on_cpu():
-        promoted = promotion.promotion(study, space, completed, trials, TARGET_PHASE, running)
+    promoted = None
+    if may_promote:
+        with on_cpu():
+            promoted = promotion.promotion(
+                study, space, completed, trials, TARGET_PHASE, running, marks
+            )
     if promoted is not None:
         return promoted, {"phase": TARGET_PHASE, "promoted": True}
     # GPSampler's startup is random: the target search's is the next point of a scrambled

@@ -119,3 +119,72 @@ def test_promotions_stop_when_the_cheap_ranking_misleads() -> None:
     new = study.trials[18:]
     assert [t.user_attrs.get("isbo:promoted") for t in new[:4]] == [True, False, True, False]
     assert not any(t.user_attrs.get("isbo:promoted") for t in new[4:])
+
+
+def test_a_configuration_observed_infeasible_is_not_promoted() -> None:
+    # Configuration a: feasible at rung 0, infeasible at rung 0.5 (a memory bound that grows
+    # with the fidelity); b: feasible, ranked below a at rung 0.
+    X = _t([0.1], [0.1], [0.2])
+    s = torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64)
+    y = torch.tensor([0.1, 0.05, 0.3], dtype=torch.float64)
+    usable = torch.tensor([True, False, True])
+    assert promotion_candidate(X, s, y, usable=usable) == 2
+
+
+def _fails_dear(trial: optuna.Trial) -> float:
+    x, y = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("y", 0.0, 1.0)
+    b = trial.suggest_int(FIDELITY, 16, 256, log=True)
+    trial.set_user_attr("isbo:cost", 10.0 * b / 16)
+    if b >= 128 and x < 0.5:
+        raise MemoryError("out of memory at a large super-batch")
+    return _target(x, y) + 0.2 * (1.0 - b / 256)
+
+
+def test_a_promotion_that_failed_is_not_promoted_again() -> None:
+    """The cheap runs' best configurations fail at the target (out of memory). Each failed
+    promotion counts as a promotion and as the worst outcome: the next slot is a design
+    point, no configuration is promoted twice, and the study moves on."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=6, mf_cost_fraction=0.0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_fails_dear, n_trials=18, catch=(MemoryError,))
+    promoted = [
+        (t.params["x"], t.params["y"]) for t in study.trials if t.user_attrs.get("isbo:promoted")
+    ]
+    assert len(promoted) == len(set(promoted))
+    failed = [
+        (t.params["x"], t.params["y"])
+        for t in study.trials
+        if t.state.is_finished() and t.value is None
+    ]
+    assert len(failed) == len(set(failed))
+    flags = [
+        t.user_attrs["isbo:promoted"] for t in study.trials if "isbo:promoted" in t.user_attrs
+    ]
+    assert not any(a and b for a, b in zip(flags, flags[1:], strict=False))  # never twice
+    assert sum(t.value is not None for t in study.trials[6:]) >= 6
+
+
+def test_no_promotion_while_another_worker_is_still_deciding() -> None:
+    """Another worker's trial has not said what it runs yet (inside its ``ask``): it may be
+    promoting the same configuration, so this trial takes a design point instead."""
+    study = _study_with_failed_checks(lambda x, y: 0.5 + 2.0 * _target(x, y))
+    deciding = study.ask()  # running, nothing suggested or chosen yet
+    trial = study.ask(
+        {
+            "x": FloatDistribution(0.0, 1.0),
+            "y": FloatDistribution(0.0, 1.0),
+            FIDELITY: IntDistribution(16, 256, log=True),
+        }
+    )
+    attrs = study._storage.get_trial(trial._trial_id).user_attrs
+    assert attrs["isbo:phase"] == "target" and attrs["isbo:promoted"] is False
+    study.tell(deciding, state=optuna.trial.TrialState.FAIL)
+    study.tell(trial, _target(trial.params["x"], trial.params["y"]))
+    nxt = study.ask(
+        {
+            "x": FloatDistribution(0.0, 1.0),
+            "y": FloatDistribution(0.0, 1.0),
+            FIDELITY: IntDistribution(16, 256, log=True),
+        }
+    )
+    assert study._storage.get_trial(nxt._trial_id).user_attrs["isbo:promoted"] is True
