@@ -240,8 +240,9 @@ def propose(
     the proposal alternates between a promotion of the best-ranked cheap configuration
     (:mod:`optuna_isbo.promotion`) and the next point of a scrambled Sobol design in ``x``
     (seeded with ``sobol_seed``). ``trials`` are every listed trial, running ones included.
-    Without ``may_promote`` (another worker's trial is still deciding what it runs, and may be
-    promoting the same configuration) the slot is a Sobol point. ``warned`` is
+    Without ``may_promote`` (the sampler allows promotions only once the multi-fidelity
+    search's checks have failed, and not while another worker's trial is still deciding what
+    it runs) the slot is a Sobol point. ``warned`` is
     :class:`TargetView`'s.
 
     Returns

@@ -137,31 +137,33 @@ def _fails_dear(trial: optuna.Trial) -> float:
     trial.set_user_attr("isbo:cost", 10.0 * b / 16)
     if b >= 128 and x < 0.5:
         raise MemoryError("out of memory at a large super-batch")
-    return _target(x, y) + 0.2 * (1.0 - b / 256)
+    return _target(x, y)
 
 
 def test_a_promotion_that_failed_is_not_promoted_again() -> None:
-    """The cheap runs' best configurations fail at the target (out of memory). Each failed
-    promotion counts as a promotion and as the worst outcome: the next slot is a design
-    point, no configuration is promoted twice, and the study moves on."""
-    sampler = ISBOSampler(seed=0, n_startup_trials=6, mf_cost_fraction=0.0)
-    study = optuna.create_study(sampler=sampler)
-    study.optimize(_fails_dear, n_trials=18, catch=(MemoryError,))
-    promoted = [
-        (t.params["x"], t.params["y"]) for t in study.trials if t.user_attrs.get("isbo:promoted")
-    ]
-    assert len(promoted) == len(set(promoted))
-    failed = [
-        (t.params["x"], t.params["y"])
-        for t in study.trials
-        if t.state.is_finished() and t.value is None
-    ]
+    """The cheap runs' best configurations fail at the target (out of memory). A failed
+    promotion counts as a promotion (the next slot is a design point) and as the worst
+    outcome in the verdict on promotions, and its configuration is never promoted again."""
+    study = _study_with_failed_checks(lambda x, y: (x - 0.1) ** 2 + (y - 0.1) ** 2)
+    study.optimize(_fails_dear, n_trials=8, catch=(MemoryError,))
+    new = study.trials[18:]
+    flags = [bool(t.user_attrs.get("isbo:promoted")) for t in new]
+    assert flags[:4] == [True, False, True, False]
+    assert not any(a and b for a, b in zip(flags, flags[1:], strict=False))
+    promoted = [(t.params["x"], t.params["y"]) for t in new if t.user_attrs.get("isbo:promoted")]
+    assert len(promoted) == len(set(promoted)) >= 2
+    failed = [(t.params["x"], t.params["y"]) for t in new if t.state.name == "FAIL"]
     assert len(failed) == len(set(failed))
-    flags = [
-        t.user_attrs["isbo:promoted"] for t in study.trials if "isbo:promoted" in t.user_attrs
-    ]
-    assert not any(a and b for a, b in zip(flags, flags[1:], strict=False))  # never twice
-    assert sum(t.value is not None for t in study.trials[6:]) >= 6
+
+
+def test_no_promotion_before_the_checks_have_failed() -> None:
+    """While the multi-fidelity search runs (no failed checks), its verifications promote its
+    best guesses and the target search's start stays space-filling, as GPSampler's."""
+    sampler = ISBOSampler(seed=0, n_startup_trials=6)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_objective, n_trials=20)
+    starts = [t for t in study.trials if "isbo:promoted" in t.user_attrs]
+    assert starts and not any(t.user_attrs["isbo:promoted"] for t in starts)
 
 
 def test_no_promotion_while_another_worker_is_still_deciding() -> None:
