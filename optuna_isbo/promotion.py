@@ -9,11 +9,13 @@ whose values are biased or scaled (an early epoch's validation error is higher, 
 necessarily differently ordered), where the multi-fidelity GP's extrapolation in value may
 fail its checks.
 
-The promotion here is a hedge, never a bet. The target search's startup slots alternate
-between the next point of its space-filling design and a promotion, so at least half of the
-design stays space-filling (a cheap fidelity that misleads cannot hold the search in a poor
-basin), and promotions stop once their target values have been worse than those of the
-space-filling points (:func:`promotions_pay`).
+The promotion here is a hedge, never a bet. It starts only once the multi-fidelity search's
+verifications have failed (the sampler's rule "observed"; before, the verifications are its
+promotions, and the target search's start stays space-filling, as GPSampler's). Then the
+target search's startup slots alternate between the next point of its space-filling design
+and a promotion, so at least half of the design stays space-filling (a cheap fidelity that
+misleads cannot hold the search in a poor basin), and promotions stop once their target
+values have been worse than those of the space-filling points (:func:`promotions_pay`).
 
 The promoted configuration (:func:`promotion_candidate`) is, among the configurations with
 no target evaluation, the one whose rank is best in its highest rung: with ``r`` the
