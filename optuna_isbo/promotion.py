@@ -235,11 +235,7 @@ def promotion(
         if set(space.names) <= p.keys() and space.fidelity_param in p
     ]
     blocked = [x for x, s_run in encoded if s_run >= rec.TARGET_S]
-    blocked += [
-        space.encode_params(study_trials.mark_params(t, space)[-1])[0]
-        for t in failed
-        if set(space.names) <= t.params.keys()
-    ]
+    blocked += [space.encode_params(study_trials.mark_params(t, space)[-1])[0] for t in failed]
     if blocked:
         pending = torch.stack(blocked)
     i = promotion_candidate(X, s, y, usable=usable, pending=pending)

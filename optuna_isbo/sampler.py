@@ -429,17 +429,17 @@ class ISBOSampler(BaseSampler):
                 )
             return params
         attrs: dict[str, Any]
+        checks = calibration_checks(completed, study)  # kappa, n_checks, rule
         if len(completed) < max(self._n_startup_trials, 1):
             params = self._startup_params(space, trial.number, completed)
             attrs = {"phase": "startup"}
-        elif self._target_turn(study, space, completed):
+        elif self._target_turn(study, space, completed, *checks[1:]):
             # Promotions only once the checks have failed (rule "observed"): the multi-fidelity
             # search then stops, and the cheap runs' ranks are all that is left of them. While
             # it runs, its verifications promote the model's best guesses, and the target
             # search's start stays space-filling, as GPSampler's (promoting then as well cost
             # regret on 9 of 11 bench_mf pairs; benchmarks/RESULTS.md).
-            _, _, rule = calibration_checks(completed, study)
-            may_promote = rule == "observed" and not _earlier_trial_deciding(
+            may_promote = checks[2] == "observed" and not _earlier_trial_deciding(
                 trials, trial, search_space
             )
             with self._lock:
@@ -803,14 +803,20 @@ class ISBOSampler(BaseSampler):
         self._warm_starts[key] = model.gp.params
         return model
 
-    def _target_turn(self, study: Study, space: SearchSpace, completed: list[FrozenTrial]) -> bool:
+    def _target_turn(
+        self,
+        study: Study,
+        space: SearchSpace,
+        completed: list[FrozenTrial],
+        n_checks: int,
+        rule: rec.Rule,
+    ) -> bool:
         """Whether the target search proposes the next trial (:func:`search_at_target`).
 
         Never with a ``prior``: the pre-trained GP is the multi-fidelity search's.
         """
         if self._prior is not None:
             return False
-        _, n_checks, rule = calibration_checks(completed, study)
         costs = [trial_cost_seconds(t, self._cost_attr) for t in completed]
         with on_cpu():
             _, s = space.encode_trials(completed)
