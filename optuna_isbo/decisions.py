@@ -49,7 +49,7 @@ from optuna_isbo.constraints import (
     observed_feasible,
 )
 from optuna_isbo.cost import MIN_COST_SECONDS
-from optuna_isbo.model import _LOG_COST_WINDOW, GPModel, tame_outliers
+from optuna_isbo.model import _LOG_COST_WINDOW, GPModel, condition, tame_outliers
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import SearchSpace
 from optuna_isbo.trials import ATTR_PREFIX, ran_in_full
@@ -251,6 +251,61 @@ def target_posterior(
     return fit.shift + fit.scale * mean, fit.scale * var.sqrt()
 
 
+def extrapolation_factor(fit: ObjectiveFit) -> float:
+    r"""Calibration of the model's extrapolation along the fidelity, tested on the cheap runs.
+
+    Before the first verification trial nothing has tested how the model extrapolates to the
+    target, yet a recommendation made before any target evaluation rests on that alone. The
+    cheap runs test the same kind of extrapolation one step down: the model, with its
+    hyperparameters as fitted, conditioned on the runs below the highest cheap fidelity
+    observed, ``s_top < 1``, predicts the runs at ``s_top``. With ``m_i`` and ``v_i`` the
+    posterior mean and variance of the latent value at such a run and ``sigma_0^2(s_top)``
+    the noise variance there, ``z_i = (y_i - m_i) / sqrt(v_i + sigma_0^2)`` has unit variance
+    for a calibrated model, and the factor is
+    :func:`~optuna_isbo.recommendation.calibration_factor` of these ``z_i``,
+    ``max(1, sqrt(mean z_i^2))``. On learning curves that keep improving, for example, the
+    runs at ``s_top`` are better than the lower fidelities made the model expect, and so is the
+    target.
+
+    Parameters
+    ----------
+    fit
+        The objective GP; the last input column is the fidelity.
+
+    Returns
+    -------
+    float
+        The factor in ``[1, 1000]``; 1 when there is nothing to test (fewer than two runs below
+        ``s_top``, or no cheap run).
+    """
+    model = fit.model
+    s = model.X[:, -1]
+    cheap = ~rec.is_target(s)
+    if not bool(cheap.any()):
+        return 1.0
+    s_top = float(s[cheap].max())
+    held = cheap & (s >= s_top - 1e-9)
+    below = s < s_top - 1e-9
+    if int(below.sum()) < 2:
+        return 1.0
+    with torch.no_grad():
+        try:
+            reduced = condition(
+                model.X[below],
+                model.y[below],
+                model.params,
+                model.has_fidelity,
+                model.heteroscedastic,
+                model.mean_fn,
+            )
+        except torch.linalg.LinAlgError:
+            return 1.0
+        A = model.X[held]
+        mean, var = reduced.mean_var(A)
+        std = (var + reduced.noise_var(A)).sqrt()
+        return rec.calibration_factor(model.y[held], mean, std)
+
+
 def calibration_checks(completed: list[FrozenTrial], study: Study) -> tuple[float, int, rec.Rule]:
     """``kappa``, the number of verification trials behind it, and the rule they set."""
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
@@ -289,10 +344,13 @@ class TargetEvidence:
 
     ``n_checks`` verification trials measured ``kappa``, from which ``rule`` follows. ``std``
     is already widened by ``kappa``, except under the rule ``"observed"``: the posterior is
-    then that of a GP fitted to the target trials alone. ``feasibility`` ``(k,)`` is each
-    configuration's probability of feasibility at the target (the observed share of feasible
-    target evaluations among those with every constraint value known, where it has some, else
-    the constraint GPs'; :func:`feasibility_of_configurations`); ``None`` without constraints.
+    then that of a GP fitted to the target trials alone. Before the first verification
+    (``n_checks == 0``), the configurations without a target evaluation are widened instead by
+    :func:`extrapolation_factor`, the model's calibration along the cheap fidelities.
+    ``feasibility`` ``(k,)`` is each configuration's probability of feasibility at the target
+    (the observed share of feasible target evaluations among those with every constraint value
+    known, where it has some, else the constraint GPs'; :func:`feasibility_of_configurations`);
+    ``None`` without constraints.
     """
 
     configs: rec.Configurations

@@ -12,7 +12,9 @@ from optuna.trial import create_trial
 
 from optuna_isbo import ISBOSampler
 from optuna_isbo import recommendation as rec
-from optuna_isbo.decisions import calibration_checks
+from optuna_isbo import sampler as sampler_module
+from optuna_isbo.decisions import ObjectiveFit, calibration_checks, extrapolation_factor
+from optuna_isbo.model import fit_gp, standardize
 
 
 def test_group_configurations_counts_target_evaluations() -> None:
@@ -221,3 +223,100 @@ def test_after_passed_checks_a_cheap_only_configuration_is_not_recommended() -> 
     recommendation = sampler.recommendation(study)
     assert recommendation.n_target_evaluations == 1
     assert recommendation.params == {"x": 0.5, "B": 256}
+
+
+def test_small_sample_factor_is_the_t_quantile_over_the_normal_one() -> None:
+    # Student-t 0.9 quantiles from tables: 3, 5 and 14 degrees of freedom.
+    assert rec.small_sample_factor(4) == pytest.approx(1.637744 / rec.Z_80, rel=1e-5)
+    assert rec.small_sample_factor(6) == pytest.approx(1.475884 / rec.Z_80, rel=1e-5)
+    assert rec.small_sample_factor(15) == pytest.approx(1.345030 / rec.Z_80, rel=1e-5)
+    factors = [rec.small_sample_factor(n) for n in (4, 10, 100, 10_000)]
+    assert factors == sorted(factors, reverse=True)
+    assert 1.0 < factors[-1] < 1.0005
+
+
+def _fidelity_fit(top_shift: float, levels: tuple[float, ...] = (0.0, 0.4, 0.7)) -> ObjectiveFit:
+    """A GP of ``sin(6 x)`` at cheap fidelities ``levels``, the highest shifted by ``top_shift``
+    (about 0.01 noise)."""
+    gen = torch.Generator().manual_seed(0)
+    rows, values = [], []
+    for s in levels:
+        for x in torch.linspace(0.0, 1.0, 8, dtype=torch.float64).tolist():
+            rows.append([x, s])
+            shift = top_shift if s == max(levels) else 0.0
+            noise = 0.01 * float(torch.randn(1, generator=gen, dtype=torch.float64))
+            values.append(math.sin(6.0 * x) + shift + noise)
+    inputs = torch.tensor(rows, dtype=torch.float64)
+    y_std, shift, scale = standardize(torch.tensor(values, dtype=torch.float64))
+    return ObjectiveFit(fit_gp(inputs, y_std, has_fidelity=True), inputs, shift, scale)
+
+
+def test_extrapolation_factor_measures_how_the_cheap_rungs_predict_the_highest() -> None:
+    # For a calibrated model the eight held-out ``z_i^2`` average about 1; a factor above 2
+    # (their mean above 4) has probability ``P(chi^2_8 > 32) < 1e-4``.
+    # Every fidelity shows the same function: the lower rungs predict the highest within its
+    # stated uncertainty.
+    assert extrapolation_factor(_fidelity_fit(0.0)) < 2.0
+    # The highest rung lies 1.5 (about 150 noise standard deviations, a whole amplitude of
+    # the function) below what the lower rungs show: the model's extrapolation along the
+    # fidelity missed by more than it stated.
+    assert extrapolation_factor(_fidelity_fit(-1.5)) > 2.0
+    # A single cheap level below the target: nothing to hold out, nothing measured.
+    assert extrapolation_factor(_fidelity_fit(-1.5, levels=(0.5,))) == 1.0
+
+
+def _cheap_study(sampler: ISBOSampler, n: int, verified: bool = False) -> optuna.Study:
+    dists = {"x": FloatDistribution(0.0, 1.0), "B": IntDistribution(16, 256, log=True)}
+    study = optuna.create_study(sampler=sampler)
+    for i in range(n):
+        x = (i + 0.5) / n
+        study.add_trial(
+            create_trial(
+                value=(x - 0.6) ** 2 + 0.1,
+                params={"x": x, "B": (16, 64)[i % 2]},
+                distributions=dists,
+                user_attrs={"isbo:cost": 1.0},
+            )
+        )
+    if verified:
+        study.add_trial(
+            create_trial(
+                value=0.01,
+                params={"x": 0.6, "B": 256},
+                distributions=dists,
+                user_attrs={
+                    "isbo:cost": 16.0,
+                    "isbo:phase": "verify",
+                    "isbo:predicted_value_at_target": 0.01,
+                    "isbo:predicted_std_at_target": 0.05,
+                },
+            )
+        )
+    return study
+
+
+@pytest.mark.parametrize("verified", [False, True])
+def test_unchecked_extrapolations_are_widened_by_the_extrapolation_factor(
+    monkeypatch: pytest.MonkeyPatch, verified: bool
+) -> None:
+    stds = []
+    for factor in (1.0, 3.0):
+        monkeypatch.setattr(sampler_module, "extrapolation_factor", lambda fit, f=factor: f)
+        sampler = ISBOSampler(seed=0, fidelity_param="B")
+        stds.append(sampler.recommendation(_cheap_study(sampler, 8, verified)).std)
+    # Before any check every configuration is an extrapolation, widened by the factor; a check
+    # (one passed verification) replaces it by ``kappa``, and the recommendation is then the
+    # verified configuration.
+    assert stds[1] == pytest.approx((1.0 if verified else 3.0) * stds[0], rel=1e-9)
+
+
+def test_a_model_of_fewer_than_four_observations_is_not_reported() -> None:
+    for n, has_std in [(3, False), (4, True)]:
+        sampler = ISBOSampler(seed=0, fidelity_param="B")
+        recommendation = sampler.recommendation(_cheap_study(sampler, n))
+        # With three trials the predictive t distribution (2 degrees of freedom) has no
+        # variance: the value is the best one observed at the highest fidelity, no std.
+        assert math.isnan(recommendation.std) != has_std
+        assert recommendation.n_target_evaluations == 0
+        if not has_std:
+            assert recommendation.observed_at == {"B": 64}

@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 from optuna_isbo import ISBOSampler
 from optuna_isbo.cost import trial_cost_seconds
 from optuna_isbo.model import fit_gp, standardize
-from optuna_isbo.recommendation import Recommendation
+from optuna_isbo.recommendation import Recommendation, small_sample_factor
 from optuna_isbo.search_space import SearchSpace
 from optuna_isbo.trials import RELATIVE_PARAMS_KEY as _RELATIVE_PARAMS_KEY
 from optuna_isbo.trials import pending_params as _pending_params
@@ -73,7 +73,9 @@ def test_huge_values_are_standardized_without_overflow(scale: float) -> None:
 def test_values_beyond_the_float_range_get_a_clear_error() -> None:
     sampler = ISBOSampler(seed=0, n_startup_trials=0)
     study = optuna.create_study(sampler=sampler)
-    for x, v in [(0.1, 1.7e308), (0.9, -1.7e308)]:
+    # Four trials: the recommendation fits a model from four observations on (fewer are
+    # ranked by their observed values, which needs no arithmetic on them).
+    for x, v in [(0.1, 1.7e308), (0.4, -1.7e308), (0.6, 1.7e308), (0.9, -1.7e308)]:
         study.add_trial(create_trial(value=v, params={"x": x}, distributions={"x": X_DIST}))
     with pytest.raises(ValueError, match="float64 range"):
         sampler.recommend(study)
@@ -233,7 +235,7 @@ def test_shared_params_round_trip_across_chunks() -> None:
 def test_recommend_falls_back_when_the_model_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     sampler = ISBOSampler(seed=0, n_startup_trials=0)
     study = optuna.create_study(sampler=sampler)
-    for x, b, v in [(0.1, 16, -5.0), (0.5, 256, 1.0), (0.9, 256, 0.5)]:
+    for x, b, v in [(0.1, 16, -5.0), (0.3, 256, 2.0), (0.5, 256, 1.0), (0.9, 256, 0.5)]:
         study.add_trial(
             create_trial(
                 value=v,
@@ -257,16 +259,21 @@ def test_recommend_falls_back_when_the_model_fails(monkeypatch: pytest.MonkeyPat
 _CHEAP_VALUES = (1.0, 0.2, 0.6, 1.2)
 
 
+_TARGET_RUNS = ((0.3, 0.25), (0.7, 1.15))
+
+
 def _verified_study(
     misses: list[float | None],
     cheap_values: Sequence[float] = _CHEAP_VALUES,
+    target_runs: Sequence[tuple[float, float]] = _TARGET_RUNS,
     **sampler_kwargs: Any,
 ) -> optuna.Study:
-    """Four cheap trials and two target trials, best near ``x = 0.3``.
+    """Four cheap trials and target trials (by default two), best near ``x = 0.3``.
 
     ``misses[j]``: the ``j``-th target trial is a verification whose prediction was off by that
     many stated standard deviations (0.01), or ``None`` for an ordinary trial.
     ``cheap_values``: the values of the cheap trials at ``x = 0.1, 0.3, 0.5, 0.7``.
+    ``target_runs``: ``(x, value)`` of the target trials.
     """
     # The multi-fidelity search alone, unless the checks send the study to the target search.
     sampler = ISBOSampler(
@@ -283,7 +290,7 @@ def _verified_study(
                 user_attrs={"isbo:cost": 1.0},
             )
         )
-    for (x, v), miss in zip([(0.3, 0.25), (0.7, 1.15)], misses, strict=True):
+    for (x, v), miss in zip(target_runs, misses, strict=True):
         attrs: dict[str, Any] = {"isbo:cost": 20.0}
         if miss is not None:
             attrs |= {
@@ -314,24 +321,42 @@ def test_missed_verification_predictions_widen_the_reported_uncertainty() -> Non
     after = _recommendation(_verified_study([8.0, 8.0]))
     assert after.params == before.params
     # A model that failed its checks no longer ranks or values the configurations: the
-    # configuration is the best observed at the target, and its value and uncertainty are those
-    # of a GP of the two target trials alone, whatever the cheap trials said.
-    space = SearchSpace({"x": X_DIST, FIDELITY: B_DIST}, FIDELITY)
-    X = torch.stack([space.encode_params({"x": x, FIDELITY: 256})[0] for x in (0.3, 0.7)])
-    inputs = torch.cat([X, torch.ones(2, 1, dtype=torch.float64)], dim=1)
-    y_std, shift, scale = standardize(torch.tensor([0.25, 1.15], dtype=torch.float64))
-    mean, var = fit_gp(inputs, y_std, has_fidelity=True).mean_var(inputs[:1])
-    assert after.value == pytest.approx(shift + scale * float(mean[0]), rel=1e-6)
-    assert after.std == pytest.approx(scale * float(var[0].sqrt()), rel=1e-6)
+    # configuration is the best observed at the target, and with two target trials (too few
+    # for a GP of them alone to state a variance) its value is the one observed there,
+    # whatever the cheap trials said.
+    assert after.value == 0.25 and math.isnan(after.std)
     reversed_cheap = _recommendation(_verified_study([8.0, 8.0], _CHEAP_VALUES[::-1]))
     assert reversed_cheap.params == after.params
-    assert reversed_cheap.std == after.std
-    assert reversed_cheap.value == after.value
-    assert after.std != pytest.approx(8.0 * before.std, rel=1e-3)
+    assert reversed_cheap.value == after.value and math.isnan(reversed_cheap.std)
     # One failed check widens the uncertainty but does not overrule the model.
     one = _recommendation(_verified_study([8.0, None]))
     assert one.std == pytest.approx(8.0 * before.std, rel=1e-6)
     assert one.value == pytest.approx(before.value)
+
+
+def test_a_model_that_failed_its_checks_is_replaced_by_a_gp_of_the_target_trials() -> None:
+    targets = ((0.3, 0.25), (0.7, 1.15), (0.5, 0.6), (0.9, 1.4))
+    after = _recommendation(_verified_study([8.0, 8.0, None, None], target_runs=targets))
+    # The value and uncertainty are those of a GP of the four target trials alone (its
+    # standard deviation widened for the output scale it fitted), whatever the cheap trials
+    # said.
+    space = SearchSpace({"x": X_DIST, FIDELITY: B_DIST}, FIDELITY)
+    X = torch.stack([space.encode_params({"x": x, FIDELITY: 256})[0] for x, _ in targets])
+    inputs = torch.cat([X, torch.ones(4, 1, dtype=torch.float64)], dim=1)
+    values = torch.tensor([v for _, v in targets], dtype=torch.float64)
+    y_std, shift, scale = standardize(values)
+    mean, var = fit_gp(inputs, y_std, has_fidelity=True).mean_var(inputs[:1])
+    assert after.params["x"] == 0.3
+    assert after.value == pytest.approx(shift + scale * float(mean[0]), rel=1e-6)
+    widen = small_sample_factor(4)
+    assert widen > 1.2
+    assert after.std == pytest.approx(widen * scale * float(var[0].sqrt()), rel=1e-6)
+    reversed_cheap = _recommendation(
+        _verified_study([8.0, 8.0, None, None], _CHEAP_VALUES[::-1], target_runs=targets)
+    )
+    assert reversed_cheap.params == after.params
+    assert reversed_cheap.std == after.std
+    assert reversed_cheap.value == after.value
 
 
 def _add_cheap_trials(study: optuna.Study, n: int) -> None:
