@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
+from harness import optuna_peer
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from optuna_isbo import ISBOSampler
@@ -171,13 +172,7 @@ def make_sampler(
         )
     if method == "isbo":
         return ISBOSampler(fidelity_param=None, seed=seed, acquisition=acquisition)
-    if method == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if method == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if method == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(method)
+    return optuna_peer(method, seed)
 
 
 def run_one(

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
+from harness import OPTUNA_PEERS, optuna_peer
 
 from optuna_isbo import ISBOSampler
 
@@ -185,12 +186,10 @@ def make_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
         return ISBOSampler(seed=seed)
     if method == "isbo-mes":
         return ISBOSampler(seed=seed, acquisition="mes")
-    if method in ("gp", "gp-target"):
-        return optuna.samplers.GPSampler(seed=seed)
-    if method == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if method == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+    if method == "gp-target":
+        return optuna_peer("gp", seed)
+    if method in OPTUNA_PEERS:
+        return optuna_peer(method, seed)
     raise ValueError(f"Unknown `method` {method!r}; choose from {METHODS}.")
 
 

@@ -9,6 +9,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
+
+# Optuna's own samplers, by the benchmarks' method names.
+OPTUNA_PEERS = {
+    "gp": optuna.samplers.GPSampler,
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+}
+
+
+def optuna_peer(method: str, seed: int) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler named ``method`` (``gp``, ``tpe`` or ``random``), seeded with ``seed``.
+
+    Raises
+    ------
+    ValueError
+        For any other name.
+    """
+    if method not in OPTUNA_PEERS:
+        raise ValueError(f"Unknown method {method!r}; Optuna's peers are {list(OPTUNA_PEERS)}.")
+    return OPTUNA_PEERS[method](seed=seed)
+
 
 def run_tasks(
     run: Callable[[Any], dict[str, Any]],
