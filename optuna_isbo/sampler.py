@@ -40,9 +40,9 @@ from optuna_isbo.decisions import (
     TARGET_PHASE,
     ObjectiveFit,
     TargetEvidence,
+    calibrated_std,
     calibration_checks,
     choose_recommendation,
-    extrapolation_factor,
     feasibility_of_configurations,
     mf_share,
     model_inputs,
@@ -712,24 +712,10 @@ class ISBOSampler(BaseSampler):
                 stacklevel=4,
             )
             return None
-        n_observations = fit.model.X.shape[0]
-        if n_observations < rec.MIN_MODEL_OBSERVATIONS:
+        if fit.model.X.shape[0] < rec.MIN_MODEL_OBSERVATIONS:
             return None
-        # The output scale was fitted to these observations, not known.
-        sd = sd * rec.small_sample_factor(n_observations)
-        if fit.target_only:
-            widen = torch.ones_like(sd)
-        elif n_checks == 0 and space.fidelity_param is not None:
-            # Nothing has checked the extrapolation to the target yet: the configurations
-            # without a target evaluation are widened by how the model extrapolated along the
-            # cheap fidelities (on LCBench, recommendations made this way covered the truth
-            # with their 80 % interval 62 % of the time before; benchmarks/RESULTS.md).
-            unchecked = configs.n_target == 0
-            factor = extrapolation_factor(fit) if bool(unchecked.any()) else 1.0
-            widen = torch.where(unchecked, factor, 1.0)
-        else:
-            widen = torch.full_like(sd, kappa)
-        return TargetEvidence(configs, mean, sd * widen, kappa, n_checks, rule, feasibility)
+        sd = calibrated_std(fit, sd, configs.n_target, kappa, n_checks)
+        return TargetEvidence(configs, mean, sd, kappa, n_checks, rule, feasibility)
 
     # -- internals -------------------------------------------------------------------------
     def _startup_fidelity(

@@ -10,9 +10,8 @@ import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import create_trial
 
-from optuna_isbo import ISBOSampler
+from optuna_isbo import ISBOSampler, decisions
 from optuna_isbo import recommendation as rec
-from optuna_isbo import sampler as sampler_module
 from optuna_isbo.decisions import ObjectiveFit, calibration_checks, extrapolation_factor
 from optuna_isbo.model import fit_gp, standardize
 
@@ -301,7 +300,7 @@ def test_unchecked_extrapolations_are_widened_by_the_extrapolation_factor(
 ) -> None:
     stds = []
     for factor in (1.0, 3.0):
-        monkeypatch.setattr(sampler_module, "extrapolation_factor", lambda fit, f=factor: f)
+        monkeypatch.setattr(decisions, "extrapolation_factor", lambda fit, f=factor: f)
         sampler = ISBOSampler(seed=0, fidelity_param="B")
         stds.append(sampler.recommendation(_cheap_study(sampler, 8, verified)).std)
     # Before any check every configuration is an extrapolation, widened by the factor; a check
