@@ -684,6 +684,40 @@ def tame_outliers(y: torch.Tensor, bad: torch.Tensor | None = None) -> torch.Ten
     return y
 
 
+def loo_log_density(model: GPModel, scale: float = 1.0) -> float:
+    r"""Leave-one-out log predictive density of a GP's training values.
+
+    With ``K`` the training covariance plus noise, ``alpha = K^{-1} (y - m(X))`` and
+    ``c_i = [K^{-1}]_{ii}``, the prediction of ``y_i`` from the other points has mean
+    ``y_i - alpha_i / c_i`` and variance ``1 / c_i`` (Rasmussen and Williams, "Gaussian
+    Processes for Machine Learning", 2006, eqs. 5.10-5.12), so that
+
+    .. math::
+
+        \mathrm{LOO} = \sum_i \left[-\tfrac12 \log(2 \pi / c_i)
+            - \tfrac12 \alpha_i^2 / c_i\right] - n \log(\mathrm{scale}),
+
+    the hyperparameters held at their fitted values. ``scale`` converts the density to the
+    units of the original values when the GP models ``(y - shift) / scale``, so that two GPs
+    of the same values in different units can be compared.
+
+    Parameters
+    ----------
+    model
+        The conditioned GP, ``n`` training points.
+    scale
+        The unit of the GP's values, in the original units.
+    """
+    n = model.X.shape[0]
+    eye = torch.eye(n, dtype=model.chol.dtype)
+    inv_chol = torch.linalg.solve_triangular(model.chol, eye, upper=False)
+    precision_diag = inv_chol.square().sum(0)
+    alpha = model.alpha.detach()
+    variance = 1.0 / precision_diag
+    terms = -0.5 * torch.log(2.0 * math.pi * variance) - 0.5 * alpha.square() * variance
+    return float(terms.sum()) - n * math.log(scale)
+
+
 def standardize(y: torch.Tensor) -> tuple[torch.Tensor, float, float]:
     """Standardize values without overflow: ``y = shift + scale * z``.
 

@@ -57,6 +57,7 @@ from optuna_isbo.model import (
     GPParams,
     fit_cost_model,
     fit_gp,
+    loo_log_density,
     standardize,
     tame_outliers,
 )
@@ -73,6 +74,9 @@ from optuna_isbo.trials import ATTR_PREFIX
 _logger = optuna.logging.get_logger("optuna." + __name__)
 
 _ACQUISITIONS = ("es", "mes")
+#: Completed trials from which a GP of the study alone challenges a pre-trained ``prior``
+#: (as many as the sampler without a prior spends on its startup design).
+PRIOR_CHALLENGE_TRIALS = 10
 _LISTED_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED)
 # A trial that has been inside its ``ask`` for longer than this was abandoned.
 _MAX_ASK_SECONDS = 600.0
@@ -138,6 +142,11 @@ class ISBOSampler(BaseSampler):
         refitted to the study under a hyperprior centred on the pre-trained values (see
         ``prior_refit_log_sd``). The study's search space and fidelity parameter must match the
         prior's, else :class:`ValueError` names the difference. The cost GP is fitted as usual.
+        From ``PRIOR_CHALLENGE_TRIALS`` (10) completed trials on, a GP fitted to the study
+        alone challenges it at every fit, and the one with the higher leave-one-out log
+        predictive density of the study's values is used
+        (:func:`~optuna_isbo.model.loo_log_density`): a prior that does not describe the new
+        task gives way to the study's own data.
     prior_refit_log_sd
         Width, in natural-log units, of the hyperprior under which the outputscale and noise
         variance of ``prior`` are refitted to the study at each trial
@@ -779,9 +788,22 @@ class ISBOSampler(BaseSampler):
             model = self._prior.adapt(
                 inputs, self._prior.transform(y), log_sd=self._prior_refit_log_sd
             )
-            return ObjectiveFit(
+            pretrained = ObjectiveFit(
                 model, inputs, self._prior.y_shift, self._prior.y_scale, target_only
             )
+            if y.shape[0] < PRIOR_CHALLENGE_TRIALS:
+                return pretrained
+            # The study's own GP takes over where it predicts the study's values better.
+            own = self._fit_own(space, inputs, y, target_only)
+            if loo_log_density(own.model, own.scale) > loo_log_density(model, pretrained.scale):
+                return own
+            return pretrained
+        return self._fit_own(space, inputs, y, target_only)
+
+    def _fit_own(
+        self, space: SearchSpace, inputs: torch.Tensor, y: torch.Tensor, target_only: bool
+    ) -> ObjectiveFit:
+        """The objective GP fitted to the study's values ``y (n,)`` alone (MAP, warm-started)."""
         y_std, shift, scale = standardize(y)
         key = ("objective", inputs.shape[1], space.fidelity_param, target_only)
         model = fit_gp(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from optuna_isbo import ISBOSampler
 from optuna_isbo.meta import GPPrior, MeanFunction, fit_prior
-from optuna_isbo.model import GPParams, condition, matern52
+from optuna_isbo.model import _JITTER, GPParams, condition, loo_log_density, matern52
+from optuna_isbo.sampler import PRIOR_CHALLENGE_TRIALS
+from optuna_isbo.search_space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -852,3 +855,51 @@ def _assert_load_refuses(
     file.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=fragment):
         GPPrior.load(file)
+
+
+def test_loo_log_density_is_the_sum_of_leave_one_out_predictions() -> None:
+    (study,) = _gp_studies(1, 12, seed=5)
+    (X,) = _points_of([study])
+    y = torch.tensor([t.value for t in study.trials], dtype=torch.float64)
+    prior = _known_prior(outputscale=TRUE_OUTPUTSCALE, noise=0.01)
+    model = prior.condition(X, y)
+    brute = 0.0
+    for i in range(X.shape[0]):
+        rest = torch.arange(X.shape[0]) != i
+        others = condition(
+            X[rest], y[rest], model.params, False, False, mean_fn=prior.mean_function
+        )
+        mean, var = others.mean_var(X[i : i + 1])
+        # The training covariance carries the jitter on its diagonal, as noise.
+        var = var + others.noise_var(X[i : i + 1]) + _JITTER
+        brute += float(torch.distributions.Normal(mean, var.sqrt()).log_prob(y[i : i + 1]))
+    # Equal in exact arithmetic; float64 round-off through solves of a covariance whose
+    # condition number is about 1e3 leaves far less than 1e-7 of relative difference.
+    assert loo_log_density(model) == pytest.approx(brute, rel=1e-7)
+    # In the units of values ``scale`` times larger, every density is ``scale`` times lower.
+    shift = loo_log_density(model) - loo_log_density(model, 2.0)
+    assert shift == pytest.approx(12 * math.log(2.0), rel=1e-12)
+
+
+def _prior_fit(prior: GPPrior, n_trials: int) -> Any:
+    """The objective fit of a study of ``n_trials`` draws of this module's GP, with ``prior``."""
+    (study,) = _gp_studies(1, n_trials, seed=11)
+    sampler = ISBOSampler(seed=0, prior=prior, fidelity_param=None)
+    space = SearchSpace(SPACE, None)
+    return sampler._fit_objective(study, space, list(study.trials))
+
+
+def test_a_prior_unlike_the_study_gives_way_to_the_studys_own_gp() -> None:
+    fitting = _known_prior(outputscale=TRUE_OUTPUTSCALE, noise=TRUE_NOISE)
+    # The generating GP's own prior describes the study better than a GP fitted to 30 points.
+    assert _prior_fit(fitting, 30).model.mean_fn is not None
+    # A prior whose mean slopes the other way, three times as steep, and whose functions are
+    # ten times flatter: from PRIOR_CHALLENGE_TRIALS trials on, the study's own GP is used.
+    params = replace(fitting.params, outputscale=torch.tensor(0.05, dtype=torch.float64))
+    weights = {
+        "weight": -3.0 * TRUE_SLOPE,
+        "bias": torch.tensor(TRUE_BIAS, dtype=torch.float64),
+    }
+    unlike = replace(fitting, params=params, mean_function=MeanFunction("linear", 2, 0, weights))
+    assert _prior_fit(unlike, 30).model.mean_fn is None
+    assert _prior_fit(unlike, PRIOR_CHALLENGE_TRIALS - 1).model.mean_fn is not None
