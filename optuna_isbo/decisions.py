@@ -373,10 +373,8 @@ class TargetEvidence:
     """Posterior at the target of the evaluated configurations, calibrated.
 
     ``n_checks`` verification trials measured ``kappa``, from which ``rule`` follows. ``std``
-    is already widened by ``kappa``, except under the rule ``"observed"``: the posterior is
-    then that of a GP fitted to the target trials alone. Before the first verification
-    (``n_checks == 0``), the configurations without a target evaluation are widened instead by
-    :func:`extrapolation_factor`, the model's calibration along the cheap fidelities.
+    is already widened as reported (:func:`calibrated_std`); under the rule ``"observed"`` the
+    posterior is that of a GP fitted to the target trials alone.
     ``feasibility`` ``(k,)`` is each configuration's probability of feasibility at the target
     (the observed share of feasible target evaluations among those with every constraint value
     known, where it has some, else the constraint GPs'; :func:`feasibility_of_configurations`);

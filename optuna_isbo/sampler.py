@@ -439,17 +439,17 @@ class ISBOSampler(BaseSampler):
                 )
             return params
         attrs: dict[str, Any]
-        checks = calibration_checks(completed, study)  # kappa, n_checks, rule
+        kappa, n_checks, rule = calibration_checks(completed, study)
         if len(completed) < max(self._n_startup_trials, 1):
             params = self._startup_params(space, trial.number, completed)
             attrs = {"phase": "startup"}
-        elif self._target_turn(study, space, completed, *checks[1:]):
+        elif self._target_turn(study, space, completed, n_checks, rule):
             # Promotions only once the checks have failed (rule "observed"): the multi-fidelity
             # search then stops, and the cheap runs' ranks are all that is left of them. While
             # it runs, its verifications promote the model's best guesses, and the target
             # search's start stays space-filling, as GPSampler's (promoting then as well cost
             # regret on 9 of 11 bench_mf pairs; benchmarks/RESULTS.md).
-            may_promote = checks[2] == "observed" and not _earlier_trial_deciding(
+            may_promote = rule == "observed" and not _earlier_trial_deciding(
                 trials, trial, search_space
             )
             with self._lock:
@@ -486,6 +486,8 @@ class ISBOSampler(BaseSampler):
                         completed,
                         [study_trials.pending_params(t) for t in running],
                         pending_marks,
+                        kappa=kappa,
+                        n_checks=n_checks,
                         may_verify=not earlier_deciding,
                     )
             except torch.linalg.LinAlgError as err:
@@ -884,6 +886,9 @@ class ISBOSampler(BaseSampler):
         completed: list[FrozenTrial],
         pending_params: list[dict[str, Any]],
         failed_params: list[dict[str, Any]],
+        *,
+        kappa: float,
+        n_checks: int,
         may_verify: bool = True,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The multi-fidelity search's proposal: a verification, else its acquisition's.
@@ -891,6 +896,7 @@ class ISBOSampler(BaseSampler):
         ``pending_params`` are the running trials' parameters, ``failed_params`` those of the
         configurations that failed (:func:`optuna_isbo.trials.mark_params`); neither is
         verified, and the failures condition the acquisition's model at the worst value.
+        ``kappa`` and ``n_checks`` are :func:`~optuna_isbo.decisions.calibration_checks`'.
         """
         has_fidelity = space.fidelity_param is not None
         fit = self._fit_objective(study, space, completed)
@@ -938,9 +944,8 @@ class ISBOSampler(BaseSampler):
             }
             return space.decode(x_verify, 1.0), attrs
 
-        kappa, n_checks = 1.0, 0
-        if has_fidelity:
-            kappa, n_checks, _ = calibration_checks(completed, study)
+        if not has_fidelity:
+            kappa, n_checks = 1.0, 0
         return mf_search.propose(
             study,
             space,

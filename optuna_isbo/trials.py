@@ -238,6 +238,8 @@ def pending_params(trial: FrozenTrial) -> dict[str, Any]:
 def write_attrs(
     study: Study, trial: FrozenTrial, attrs: dict[str, Any], params: dict[str, Any]
 ) -> None:
+    """Record the sampler's decision on ``trial``: ``params`` for :func:`pending_params`, and
+    ``attrs`` as user attributes prefixed with ``isbo:``."""
     storage = study._storage
     # Share the chosen parameters with other workers, which see this trial as pending before
     # the objective has suggested all of them. RDB storages bound an attribute's length, so
