@@ -27,6 +27,7 @@ from optuna.samplers._base import (
     _INDEPENDENT_SAMPLING_WARNING_TEMPLATE,
     _process_constraints_after_trial,
 )
+from optuna.search_space import intersection_search_space
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -34,7 +35,6 @@ from optuna_isbo import constraints, mf_search, target_search
 from optuna_isbo import recommendation as rec
 from optuna_isbo import trials as study_trials
 from optuna_isbo._device import on_cpu
-from optuna_isbo.conditional import conditional_names, learn_conditions, union_search_space
 from optuna_isbo.cost import trial_cost_seconds
 from optuna_isbo.decisions import (
     TARGET_PHASE,
@@ -361,21 +361,17 @@ class ISBOSampler(BaseSampler):
         return self._joint_search_space(study)
 
     def _joint_search_space(self, study: Study) -> dict[str, BaseDistribution]:
-        """The completed trials' parameters, over the trials that have a fidelity.
-
-        Every parameter with one distribution throughout the study is in it, those that some
-        trials lack as conditional parameters (:mod:`optuna_isbo.conditional`): the model
-        encodes them at an inactive value where a trial lacks them.
+        """Intersection of the completed trials' spaces, over the trials that have a fidelity.
 
         A completed trial that never suggested the fidelity (an objective that returned early)
-        is not an evaluation at any fidelity; were it counted, the fidelity would become a
-        conditional parameter, and the trial an evaluation at no fidelity in particular.
+        is not an evaluation at any fidelity; were it counted, the fidelity would drop out of
+        the intersection and with it the fidelity axis of every later trial.
 
         Two things the user may not have meant are reported once, with a ``UserWarning``: a
         ``fidelity_param`` that no completed trial has while they have numeric parameters (a
         misspelt name turns the sampler into ``GPSampler``), and a parameter that completed
-        trials have but the joint space leaves out (its distribution changed), which the model
-        then ignores.
+        trials have but the intersection leaves out (its distribution changed, or some trials
+        lack it), which the model then ignores.
         """
         trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if self._fidelity_param is not None:
@@ -395,7 +391,9 @@ class ISBOSampler(BaseSampler):
                     "the range, or start a new study for the new one."
                 )
         joint = {
-            name: dist for name, dist in union_search_space(trials).items() if not dist.single()
+            name: dist
+            for name, dist in intersection_search_space(trials).items()
+            if not dist.single()
         }
         proposer = type(self._independent_sampler).__name__
         for name, message in left_joint_space_messages(
@@ -411,15 +409,14 @@ class ISBOSampler(BaseSampler):
         self._raise_error_if_multi_objective(study)
         if not search_space:
             return {}
-        trials = study._get_trials(deepcopy=False, states=_LISTED_STATES, use_cache=False)
-        space, completed = self._space_and_completed(search_space, trials)
+        space = SearchSpace(search_space, self._fidelity_param, self._target_fidelity)
         if self._prior is not None:
             self._prior.check_search_space(
                 search_space, space.fidelity_param, target_fidelity=space.target_fidelity
             )
-        # The parameters every trial has; conditional ones are encoded where a trial lacks them.
-        required = space.required_distributions()
-        marks = study_trials.failed_configurations(trials, required, space.fidelity_param)
+        trials = study._get_trials(deepcopy=False, states=_LISTED_STATES, use_cache=False)
+        completed = study_trials.usable_completed_trials(trials, search_space)
+        marks = study_trials.failed_configurations(trials, search_space, space.fidelity_param)
         if space.fidelity_param is None and self._prior is None:
             # No fidelity: the search is the target search, Optuna's GPSampler (an empty result
             # during its startup sends every parameter to ``sample_independent``).
@@ -432,11 +429,9 @@ class ISBOSampler(BaseSampler):
                 marks,
                 study_trials.tamed_values(completed, study),
                 self._warned_missing_constraints,
-                fill=space.inactive_values(),
             )
             with self._lock:
                 params = target_search.sample_at_target(self._target, view, trial, search_space)
-            params = space.without_inactive(params) if params else params
             if params:
                 enqueued = bool(trial.system_attrs.get("fixed_params"))
                 study_trials.write_attrs(
@@ -455,7 +450,7 @@ class ISBOSampler(BaseSampler):
             # search's start stays space-filling, as GPSampler's (promoting then as well cost
             # regret on 9 of 11 bench_mf pairs; benchmarks/RESULTS.md).
             may_promote = rule == "observed" and not _earlier_trial_deciding(
-                trials, trial, required
+                trials, trial, search_space
             )
             with self._lock:
                 params, attrs = target_search.propose(
@@ -478,9 +473,9 @@ class ISBOSampler(BaseSampler):
                 for t in trials
                 if t.state == TrialState.RUNNING
                 and t.number != trial.number
-                and required.keys() <= study_trials.pending_params(t).keys()
+                and search_space.keys() <= study_trials.pending_params(t).keys()
             ]
-            earlier_deciding = _earlier_trial_deciding(trials, trial, required)
+            earlier_deciding = _earlier_trial_deciding(trials, trial, search_space)
             pending_marks = [p for t in marks for p in study_trials.mark_params(t, space)]
             try:
                 with self._lock, on_cpu():
@@ -657,36 +652,10 @@ class ISBOSampler(BaseSampler):
         """The joint search space and the completed trials a recommendation is made from."""
         search_space = self._joint_search_space(study)
         trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        space, completed = self._space_and_completed(search_space, trials)
+        completed = study_trials.usable_completed_trials(trials, search_space)
         if not completed:
             raise ValueError("`recommend` needs at least one completed trial with a finite value.")
-        return space, completed
-
-    def _space_and_completed(
-        self, search_space: dict[str, BaseDistribution], trials: list[FrozenTrial]
-    ) -> tuple[SearchSpace, list[FrozenTrial]]:
-        """The encoding of ``search_space`` and the completed trials it models.
-
-        The parameters of ``search_space`` that some completed trials (with the fidelity) lack
-        are conditional, with the rules learnt from the trials that
-        :func:`~optuna_isbo.conditional.learn_conditions` finds.
-        """
-        fidelity = self._fidelity_param
-        complete = [
-            t
-            for t in trials
-            if t.state == TrialState.COMPLETE
-            and (fidelity not in search_space or fidelity in t.params)
-        ]
-        space = SearchSpace(
-            search_space,
-            fidelity,
-            self._target_fidelity,
-            conditional=conditional_names(complete, search_space),
-        )
-        completed = study_trials.usable_completed_trials(trials, space.required_distributions())
-        space.conditions = learn_conditions(space, completed)
-        return space, completed
+        return SearchSpace(search_space, self._fidelity_param, self._target_fidelity), completed
 
     def _recommendation(
         self,
@@ -1007,7 +976,7 @@ def _encoded_inputs(
 
 
 def _earlier_trial_deciding(
-    trials: list[FrozenTrial], trial: FrozenTrial, required: dict[str, BaseDistribution]
+    trials: list[FrozenTrial], trial: FrozenTrial, search_space: dict[str, BaseDistribution]
 ) -> bool:
     """Whether an earlier trial is still inside its own ``ask`` (another worker).
 
@@ -1020,7 +989,7 @@ def _earlier_trial_deciding(
     return any(
         t.state == TrialState.RUNNING
         and t.number < trial.number
-        and not required.keys() <= study_trials.pending_params(t).keys()
+        and not search_space.keys() <= study_trials.pending_params(t).keys()
         and t.datetime_start is not None
         and (now - t.datetime_start).total_seconds() < _MAX_ASK_SECONDS
         for t in trials

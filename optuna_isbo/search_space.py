@@ -32,10 +32,6 @@ so that ``s = 1`` is the target fidelity. Values above the target are encoded as
 the model has no axis beyond the target, so a run there is not data about the target
 (:meth:`SearchSpace.above_target`; the recommendation leaves such runs out).
 
-A *conditional* parameter (one that some trials lack, :mod:`optuna_isbo.conditional`) is
-encoded, where a trial lacks it, at its inactive value: ``u = 1/2`` for a numeric parameter,
-``1 / C`` in every column of a categorical's block.
-
 Values outside their distribution (possible when a study's search space changed) are clipped
 into it when encoded, and a categorical value that is not among the choices is encoded as the
 centre of its one-hot block (``1 / C`` in every column), equally far from every choice.
@@ -48,9 +44,9 @@ import decimal
 import enum
 import functools
 import math
-from collections.abc import Collection, Container, Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from optuna.distributions import (
@@ -61,12 +57,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial
 
-if TYPE_CHECKING:
-    from optuna_isbo.conditional import Condition
-
 _DTYPE = torch.float64
-# Encoded value of a numeric conditional parameter in a trial that lacks it.
-_INACTIVE_UNIT = 0.5
 
 
 class _Kind(enum.Enum):
@@ -249,9 +240,6 @@ class SearchSpace:
     target_fidelity
         The fidelity that the optimization is about (``s = 1``). Defaults to the
         distribution's ``high``; must be one of the distribution's values.
-    conditional
-        Names of parameters that some trials lack (:mod:`optuna_isbo.conditional`): a trial or
-        a parameter dictionary without one is encoded with it at its inactive value.
 
     Raises
     ------
@@ -278,13 +266,6 @@ class SearchSpace:
         One slice of columns per categorical parameter (its one-hot block).
     param_columns
         Parameter name to its slice of columns (empty for single-valued parameters).
-    conditional
-        The names passed as ``conditional``.
-    conditions
-        Conditional parameter name to the rule that says where it is active
-        (:func:`optuna_isbo.conditional.learn_conditions` sets it; empty by default, which
-        takes every parameter as active in every candidate). :meth:`snap` and :meth:`decode`
-        apply it.
     """
 
     def __init__(
@@ -292,11 +273,8 @@ class SearchSpace:
         distributions: dict[str, BaseDistribution],
         fidelity_param: str | None = None,
         target_fidelity: float | None = None,
-        conditional: Collection[str] = (),
     ) -> None:
         self.distributions = dict(distributions)
-        self.conditional = frozenset(conditional)
-        self.conditions: dict[str, Condition] = {}
         self.fidelity_param: str | None = None
         self.fidelity_low = math.nan
         self.target_fidelity: float = math.nan
@@ -477,8 +455,7 @@ class SearchSpace:
         ----------
         params
             Parameter values (external representation); must contain every name in
-            :attr:`names` that is not conditional, and the fidelity parameter, if any. Other
-            keys are ignored.
+            :attr:`names` and the fidelity parameter, if any. Other keys are ignored.
 
         Returns
         -------
@@ -498,9 +475,6 @@ class SearchSpace:
         for param in self._params:
             if param.kind == _Kind.SINGLE:
                 continue
-            if param.name in self.conditional and param.name not in params:
-                row[param.columns] = self._inactive_encoding(param)
-                continue
             value = self._get(params, param.name)
             if param.kind == _Kind.CONTINUOUS:
                 row[param.columns.start] = _continuous_unit_of_value(param, float(value))
@@ -516,46 +490,6 @@ class SearchSpace:
                 else:
                     row[param.columns.start + choice] = 1.0
         return row
-
-    def required_distributions(self) -> dict[str, BaseDistribution]:
-        """The distributions of the parameters that every trial has: all but the conditional
-        ones."""
-        return {
-            name: dist for name, dist in self.distributions.items() if name not in self.conditional
-        }
-
-    @staticmethod
-    def _inactive_encoding(param: _Param) -> list[float]:
-        if param.kind == _Kind.CATEGORICAL:
-            return [1.0 / param.n_values] * param.n_values
-        return [_INACTIVE_UNIT]
-
-    def inactive_values(self) -> dict[str, Any]:
-        """A valid value per conditional parameter, for a sampler that needs every parameter in
-        every trial (the target search's ``GPSampler``): the decoded inactive value of a
-        numeric parameter (the centre of its range), the first choice of a categorical one."""
-        values: dict[str, Any] = {}
-        for param in self._params:
-            if param.name not in self.conditional:
-                continue
-            if param.kind == _Kind.CATEGORICAL or param.kind == _Kind.SINGLE:
-                x = torch.zeros(self.dim, dtype=_DTYPE)
-            else:
-                x = torch.full((self.dim,), _INACTIVE_UNIT, dtype=_DTYPE)
-            values[param.name] = self._decode_param(param, x)
-        return values
-
-    def without_inactive(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``params`` without the conditional parameters that :attr:`conditions` says are
-        inactive there. ``params`` must have every parameter that is not conditional."""
-        if not self.conditions:
-            return params
-        x = torch.tensor([self._encode_row(params)], dtype=_DTYPE).reshape(1, self.dim)
-        return {
-            name: value
-            for name, value in params.items()
-            if name not in self.conditions or bool(self.conditions[name].active(x)[0])
-        }
 
     def _choice_index(self, param: _Param, value: Any) -> int | None:
         """Index of ``value`` among a categorical's choices, or ``None`` if it is not one."""
@@ -591,8 +525,8 @@ class SearchSpace:
         Parameters
         ----------
         trials
-            Trials whose ``params`` contain every name in :attr:`names` that is not
-            conditional, and the fidelity parameter, if any.
+            Trials whose ``params`` contain every name in :attr:`names` and the
+            fidelity parameter, if any.
 
         Returns
         -------
@@ -629,49 +563,38 @@ class SearchSpace:
         -------
         dict
             Parameter name to a value that its distribution contains, for every name in
-            :attr:`names` but the conditional parameters that :attr:`conditions` says are
-            inactive at ``x``, and for the fidelity parameter, if any.
+            :attr:`names` and for the fidelity parameter, if any.
         """
         if x.shape != (self.dim,):
             raise ValueError(f"`x` must have shape ({self.dim},), but got {tuple(x.shape)}.")
         x = x.detach().to(_DTYPE)
         params: dict[str, Any] = {}
-        inactive = {
-            name
-            for name, condition in self.conditions.items()
-            if not bool(condition.active(x[None])[0])
-        }
         for param in self._params:
-            if param.name not in inactive:
-                params[param.name] = self._decode_param(param, x)
+            distribution = param.distribution
+            if param.kind == _Kind.SINGLE:
+                if isinstance(distribution, CategoricalDistribution):
+                    params[param.name] = distribution.choices[0]
+                else:
+                    assert isinstance(distribution, (FloatDistribution, IntDistribution))
+                    params[param.name] = distribution.low
+            elif param.kind == _Kind.CONTINUOUS:
+                params[param.name] = _continuous_value_of_unit(param, float(x[param.columns]))
+            elif param.kind == _Kind.GRID:
+                index = int(_grid_index_of_unit(param, x[param.columns])[0])
+                params[param.name] = _grid_value(distribution, index)
+            else:
+                assert isinstance(distribution, CategoricalDistribution)
+                params[param.name] = distribution.choices[int(torch.argmax(x[param.columns]))]
         if self.fidelity_param is not None:
             params[self.fidelity_param] = self.unit_to_fidelity(s)
         return params
-
-    @staticmethod
-    def _decode_param(param: _Param, x: torch.Tensor) -> Any:
-        distribution = param.distribution
-        if param.kind == _Kind.SINGLE:
-            if isinstance(distribution, CategoricalDistribution):
-                return distribution.choices[0]
-            assert isinstance(distribution, (FloatDistribution, IntDistribution))
-            return distribution.low
-        if param.kind == _Kind.CONTINUOUS:
-            return _continuous_value_of_unit(param, float(x[param.columns]))
-        if param.kind == _Kind.GRID:
-            index = int(_grid_index_of_unit(param, x[param.columns])[0])
-            return _grid_value(distribution, index)
-        assert isinstance(distribution, CategoricalDistribution)
-        return distribution.choices[int(torch.argmax(x[param.columns]))]
 
     def snap(self, X: torch.Tensor) -> torch.Tensor:
         """Move points to the encoding of the valid point they decode to.
 
         Continuous columns are clipped to ``[0, 1]``, grid columns are moved to the encoding of
         their grid value, and each one-hot block becomes the one-hot vector of its argmax.
-        A conditional parameter that :attr:`conditions` says is inactive in a row is set to
-        its inactive value there. ``snap`` is idempotent, and
-        ``decode(snap(X)[i], s) == decode(X[i], s)``.
+        ``snap`` is idempotent, and ``decode(snap(X)[i], s) == decode(X[i], s)``.
 
         Parameters
         ----------
@@ -698,13 +621,6 @@ class SearchSpace:
                 one_hot = torch.zeros_like(block)
                 one_hot.scatter_(1, block.argmax(dim=1, keepdim=True), 1.0)
                 snapped[:, param.columns] = one_hot
-        for name, condition in self.conditions.items():
-            # Parents are never conditional, so they are snapped already.
-            param = self._params[self.names.index(name)]
-            inactive = ~condition.active(snapped)
-            snapped[inactive, param.columns] = torch.tensor(
-                self._inactive_encoding(param), dtype=_DTYPE
-            )
         return snapped
 
     def sample_sobol(self, n: int, seed: int) -> torch.Tensor:
@@ -778,12 +694,11 @@ def left_joint_space_messages(
 ) -> list[tuple[str, str]]:
     """``(name, message)`` for each parameter of ``trials`` that the joint space ``joint`` lacks.
 
-    Such a parameter changed its distribution during the study (a widened range); the
-    sampler's model ignores it, and ``proposer`` (the independent sampler's class name)
-    proposes its values. (A parameter that some trials lack is in the joint space, as a
-    conditional parameter: :mod:`optuna_isbo.conditional`.) Parameters in ``already`` (reported
-    before) and those whose every distribution holds one value (left out of the joint space on
-    purpose) are skipped.
+    Such a parameter changed its distribution during the study (a widened range) or is
+    missing from some of ``trials`` (added during the study, or conditional); the sampler's
+    model ignores it, and ``proposer`` (the independent sampler's class name) proposes its
+    values. Parameters in ``already`` (reported before) and those whose every distribution
+    holds one value (left out of the joint space on purpose) are skipped.
     """
     distributions: dict[str, list[BaseDistribution]] = {}
     counts: dict[str, int] = {}
@@ -814,8 +729,8 @@ def left_joint_space_messages(
                 f"Parameter {name!r} is not in ISBOSampler's joint search space: "
                 f"{' and '.join(reasons)}. The model ignores it: {proposer} proposes its "
                 "values, and the model's predictions, hence its proposals and the "
-                "recommendation's ranking, do not depend on it. Keep one distribution for it "
-                "for the model to use it, or start a new study.",
+                "recommendation's ranking, do not depend on it. Suggest it in every trial with "
+                "one distribution for the model to use it, or start a new study.",
             )
         )
     return messages

@@ -67,10 +67,6 @@ class TargetView:
     warned
         Numbers of the trials already reported as missing a constraint value; updated (the
         sampler keeps it, so that each trial is reported once per study, not once per ``ask``).
-    fill
-        Values of conditional parameters (:mod:`optuna_isbo.conditional`) for the listed
-        finished trials that lack them, which ``GPSampler`` needs in every trial; the
-        distributions are the study's.
     """
 
     def __init__(
@@ -80,11 +76,8 @@ class TargetView:
         marks: Sequence[FrozenTrial] = (),
         values: dict[int, float] | None = None,
         warned: set[int] | None = None,
-        fill: dict[str, Any] | None = None,
     ) -> None:
         self._study = study
-        self._fill = fill or {}
-        self._fill_distributions: dict[str, BaseDistribution] | None = None
         self._keep = keep
         self._marks = list(marks)
         self._values = values or {}
@@ -108,33 +101,7 @@ class TargetView:
         observed = _with_missing_constraints_infeasible(observed, self._warned)
         listed = observed + [t for t in everything if t.state == TrialState.RUNNING]
         listed += [self._listed_mark(t, observed) for t in self._marks]
-        listed = [self._with_fill(t) if t.state.is_finished() else t for t in listed]
         return [t for t in listed if states is None or t.state in states]
-
-    def _with_fill(self, trial: FrozenTrial) -> FrozenTrial:
-        missing = [name for name in self._fill if name not in trial.params]
-        if not missing:
-            return trial
-        if self._fill_distributions is None:
-            self._fill_distributions = self._distributions_of_fill()
-        distributions = self._fill_distributions
-        listed = copy.copy(trial)
-        listed._params = {**trial.params, **{name: self._fill[name] for name in missing}}
-        listed._distributions = {
-            **trial.distributions,
-            **{name: distributions[name] for name in missing},
-        }
-        return listed
-
-    def _distributions_of_fill(self) -> dict[str, BaseDistribution]:
-        found: dict[str, BaseDistribution] = {}
-        for t in self._study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            for name in self._fill.keys() - found.keys():
-                if name in t.distributions:
-                    found[name] = t.distributions[name]
-            if len(found) == len(self._fill):
-                break
-        return found
 
     def _with_value(self, trial: FrozenTrial) -> FrozenTrial:
         if trial.number not in self._values:
@@ -298,12 +265,10 @@ def propose(
             marks,
             study_trials.tamed_values(observed, study),
             warned,
-            fill=space.inactive_values(),
         )
         params = sample_at_target(sampler, view, trial, x_space)
         if params:
-            params = space.without_inactive({**params, fidelity: space.unit_to_fidelity(1.0)})
-            return params, {"phase": TARGET_PHASE}
+            return {**params, fidelity: space.unit_to_fidelity(1.0)}, {"phase": TARGET_PHASE}
     running = [
         study_trials.pending_params(t)
         for t in trials

@@ -162,25 +162,24 @@ def _add(study: optuna.Study, params: dict[str, Any], distributions: dict[str, A
     )
 
 
-def test_a_parameter_added_during_the_study_is_modelled_as_conditional() -> None:
-    """``y`` exists in the last three trials only: it is in the joint space, as a conditional
-    parameter, without a warning."""
+def test_a_parameter_added_during_the_study_is_reported_once() -> None:
+    """``y`` exists in the last three trials only: the model cannot use it."""
     sampler = ISBOSampler(seed=0, fidelity_param=None, warn_independent_sampling=False)
     study = optuna.create_study(sampler=sampler)
     for x in (0.1, 0.5, 0.9, 0.3):
         _add(study, {"x": x}, {"x": X})
     for x, y in ((0.2, 0.6), (0.4, 0.1), (0.7, 0.8)):
         _add(study, {"x": x, "y": y}, {"x": X, "y": X})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trial = study.ask()
+    trial = study.ask()
+    with pytest.warns(UserWarning, match=r"'y'.*missing from 4 of the 7 completed trials"):
         space = sampler.infer_relative_search_space(
             study, study._storage.get_trial(trial._trial_id)
         )
-        trial.suggest_float("x", 0.0, 1.0)
-        trial.suggest_float("y", 0.0, 1.0)
+    assert set(space) == {"x"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler.infer_relative_search_space(study, study._storage.get_trial(trial._trial_id))
         sampler.recommendation(study)
-    assert set(space) == {"x", "y"}
     assert _messages(caught, "'y'", "joint search space") == []
 
 
