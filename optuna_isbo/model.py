@@ -653,7 +653,9 @@ def minimize_lbfgsb(
     return res.x, loss if math.isfinite(loss) and loss < _INFEASIBLE_LOSS else math.inf
 
 
-def tame_outliers(y: torch.Tensor, bad: torch.Tensor | None = None) -> torch.Tensor:
+def tame_outliers(
+    y: torch.Tensor, bad: torch.Tensor | None = None, *, min_squeeze: float | None = None
+) -> torch.Tensor:
     r"""Values to model, with the bad extremes pulled in: ``(n,)``, minimization.
 
     One diverged run reported at its actual loss (``1e6`` among errors below 1) would set the
@@ -670,18 +672,35 @@ def tame_outliers(y: torch.Tensor, bad: torch.Tensor | None = None) -> torch.Ten
         ``(n,)`` finite values (lower is better).
     bad
         ``(n,)`` mask of runs known to have failed, or ``None``.
+    min_squeeze
+        If given, the fence applies only where the values above it squeeze the others: where
+        they make the standard deviation of all the values more than ``min_squeeze`` times
+        that of the values below the fence, so that standardizing (as ``GPSampler`` does)
+        would press the others into less than ``1 / min_squeeze`` of the unit scale. Honest
+        bad values (a poor architecture's error of 0.6 among 0.3s) are then left as they are.
     """
     y = y.to(torch.float64)
     bad = torch.zeros_like(y, dtype=torch.bool) if bad is None else bad
     good = y[~bad]
     if good.numel() >= 4:
         q25, q75 = torch.quantile(good, torch.tensor([0.25, 0.75], dtype=y.dtype))
-        spread = q75 - q25
-        if bool(spread > 0):
-            y = torch.minimum(y, q75 + 5.0 * spread)
+        fence = q75 + 5.0 * (q75 - q25)
+        above = good > fence
+        if bool(fence > q75) and bool(above.any()) and _squeezes(good, above, min_squeeze):
+            y = torch.minimum(y, fence)
     if bool(bad.any()) and bool((~bad).any()):
         y = torch.where(bad, y[~bad].max(), y)
     return y
+
+
+def _squeezes(values: torch.Tensor, above: torch.Tensor, min_squeeze: float | None) -> bool:
+    """Whether the ``above`` values inflate the standard deviation of ``values`` by more than
+    ``min_squeeze`` (always, when it is ``None``)."""
+    if min_squeeze is None:
+        return True
+    below = values[~above]
+    spread = float(below.std(correction=0)) if below.numel() > 1 else 0.0
+    return float(values.std(correction=0)) > min_squeeze * spread
 
 
 def loo_log_density(model: GPModel, scale: float = 1.0) -> float:

@@ -427,7 +427,9 @@ class ISBOSampler(BaseSampler):
                 study,
                 lambda t: t.number in usable,
                 marks,
-                study_trials.tamed_values(completed, study),
+                study_trials.tamed_values(
+                    completed, study, min_squeeze=target_search.OUTLIER_MIN_SQUEEZE
+                ),
                 self._warned_missing_constraints,
             )
             with self._lock:

@@ -24,7 +24,14 @@ point by point. (Where that is not possible, before any observation or where the
 the study's constraint values, it is listed as running: a pending point, which keeps the
 acquisition from proposing it again.) On a study without a fidelity parameter and without
 such trials, the proposals are exactly those of
-``GPSampler(seed=seed, independent_sampler=...)``.
+``GPSampler(seed=seed, independent_sampler=...)``, unless outliers would squeeze the other
+values: values far above the rest (beyond ``q75 + 5 IQR``) are handed over
+pulled in to that fence only where they inflate the standard deviation of the values more
+than :data:`OUTLIER_MIN_SQUEEZE`-fold (a diverged training's loss of ``4e7`` among errors
+below 1, which standardized would leave ``GPSampler`` a flat landscape). Honest bad values (a
+poor architecture's error of 0.6 among 0.3s) reach it as they are. With a fidelity, the
+target search gets the values as the multi-fidelity model sees them, every value beyond the
+fence pulled in (:func:`optuna_isbo.model.tame_outliers`).
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ from optuna_isbo import trials as study_trials
 from optuna_isbo._device import on_cpu
 from optuna_isbo.decisions import TARGET_PHASE
 from optuna_isbo.search_space import SearchSpace
+
+# How much outliers must inflate the values' standard deviation before a study without a
+# fidelity hands them to GPSampler pulled in to the outlier fence (the module docstring).
+OUTLIER_MIN_SQUEEZE = 10.0
 
 
 class TargetView:

@@ -26,16 +26,21 @@ from optuna_isbo.model import tame_outliers
 from optuna_isbo.search_space import SearchSpace
 
 
-def tamed_values(completed: list[FrozenTrial], study: Study) -> dict[int, float]:
+def tamed_values(
+    completed: list[FrozenTrial], study: Study, min_squeeze: float | None = None
+) -> dict[int, float]:
     """Values, by trial number, that :func:`~optuna_isbo.model.tame_outliers` changed.
 
     In the study's units and direction; diverged runs (``isbo:diverged``) count as bad.
+    ``min_squeeze`` is :func:`~optuna_isbo.model.tame_outliers`'s.
     """
     if not completed:
         return {}
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
     y = torch.tensor([sign * float(t.values[0]) for t in completed], dtype=torch.float64)
-    tamed = tame_outliers(y, torch.tensor([not ran_in_full(t) for t in completed]))
+    tamed = tame_outliers(
+        y, torch.tensor([not ran_in_full(t) for t in completed]), min_squeeze=min_squeeze
+    )
     return {
         t.number: sign * float(v)
         for t, v, old in zip(completed, tamed.tolist(), y.tolist(), strict=True)

@@ -15,7 +15,8 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from optuna_isbo import ISBOSampler
+from optuna_isbo import ISBOSampler, target_search
+from optuna_isbo import trials as study_trials
 from optuna_isbo.cost import trial_cost_seconds
 from optuna_isbo.decisions import TARGET_PHASE, mf_share, search_at_target
 
@@ -212,3 +213,38 @@ def test_after_failed_checks_the_search_leaves_a_poor_basin() -> None:
     assert min(_two_basins(t.params["x"], t.params["y"]) for t in new) < 0.3
     recommended = study.sampler.recommend(study)  # type: ignore[attr-defined]
     assert _two_basins(recommended["x"], recommended["y"]) < 0.3
+
+
+def _heavy_tailed_objective(trial: optuna.Trial) -> float:
+    # Bad configurations far above the rest: from trial 12 on, GPSampler's own values have one
+    # or two beyond the outlier fence q75 + 5 IQR, but they widen the values' spread only 1.4-
+    # to 4.7-fold, not enough to squeeze the others.
+    return math.exp(_mixed_objective(trial) / 3.0)
+
+
+def test_honest_bad_values_reach_gpsampler_as_they_are() -> None:
+    n_trials = 16
+    reference = _params(optuna.samplers.GPSampler(seed=5), _heavy_tailed_objective, n_trials)
+    isbo = _params(ISBOSampler(seed=5, fidelity_param=None), _heavy_tailed_objective, n_trials)
+    assert isbo == reference
+
+
+def test_values_that_squeeze_the_others_are_pulled_in() -> None:
+    """A diverged training's loss of 4e7 among errors of 0.1-0.3 (HPOLib's tables have such
+    runs) is handed to GPSampler at the fence; a poor cell's 0.6 among 0.27-0.35 is not."""
+    study = optuna.create_study()
+    diverged = [0.1, 0.2, 0.15, 0.3, 0.25, 0.12, 4e7]
+    poor = [0.27, 0.3, 0.35, 0.29, 0.31, 0.33, 0.6]
+    for value in diverged:
+        study.add_trial(create_trial(value=value, params={}, distributions={}))
+    trials = study.trials
+    squeeze = target_search.OUTLIER_MIN_SQUEEZE
+    tamed = study_trials.tamed_values(trials, study, min_squeeze=squeeze)
+    assert list(tamed) == [6] and tamed[6] < 1.0
+    poor_study = optuna.create_study()
+    for value in poor:
+        poor_study.add_trial(create_trial(value=value, params={}, distributions={}))
+    trials = poor_study.trials
+    assert study_trials.tamed_values(trials, poor_study, min_squeeze=squeeze) == {}
+    # The multi-fidelity model's own rule pulls in both.
+    assert list(study_trials.tamed_values(trials, poor_study)) == [6]
