@@ -27,6 +27,10 @@ Methods
 (Optuna's samplers at epoch 52), ``tpe-hb`` (TPESampler with ``HyperbandPruner``, the curve
 reported every epoch; recommendation: the best completed 52-epoch run, before any the best
 value seen), and ``dehb`` and ``smac`` through the drivers of ``mf_peers.py`` where installed.
+``isbo-prior`` is ``isbo-mes`` with a GP prior (``fit_prior``, fidelity included) pre-trained
+on finished multi-fidelity studies of the other seven development tasks, one ``isbo-mes``
+study each (seed 1000, kept in ``results/lcbench_meta_studies.db``); ``--fit-priors`` makes
+them and writes the priors to ``results/lcbench_priors/``.
 Every method runs through the ask/tell harness of ``bench_mf.py`` (``run_one``) and its report.
 
 Usage::
@@ -34,6 +38,7 @@ Usage::
     python benchmarks/bench_lcbench.py --jobs 2 --seeds 0 1 2 3 4 \
         --out benchmarks/results/lcbench.jsonl
     python benchmarks/bench_lcbench.py --report benchmarks/results/lcbench.jsonl
+    python benchmarks/bench_lcbench.py --fit-priors    # then --methods isbo-prior
 
 Develop only on the eight development tasks of ``SOURCE.md`` (the default ``--tasks``); the
 others judge a release.
@@ -46,12 +51,15 @@ import json
 import math
 import os
 import sys
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+
+from optuna_isbo import GPPrior, fit_prior
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_mf  # noqa: E402
@@ -72,8 +80,13 @@ METHODS = (
     "tpe-hb",
     "dehb",
     "smac",
+    "isbo-prior",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
+# Pre-trained priors, one per held-out task (``--fit-priors``), and the studies behind them.
+PRIORS = RESULTS / "lcbench_priors"
+META_STORAGE = RESULTS / "lcbench_meta_studies.db"
+META_SEED = 1000
 # x columns of the surrogate's ``x_cont`` after ``epoch``, in its order.
 COLUMNS = (
     "batch_size",
@@ -263,10 +276,49 @@ class HyperbandDriver(Driver):
 def make_driver(
     problem: MFProblem, cost_model: str, method: str, seed: int, budget: float, max_trials: int
 ) -> Driver:
-    """``bench_mf.make_driver``, plus this benchmark's TPE + Hyperband (``tpe-hb``)."""
+    """``bench_mf.make_driver``, plus this benchmark's TPE + Hyperband (``tpe-hb``) and ISBO
+    with the prior pre-trained on the other development tasks (``isbo-prior``)."""
     if method == "tpe-hb":
         return HyperbandDriver(problem, seed)
+    if method == "isbo-prior":
+        path = PRIORS / f"{problem.name}.json"
+        if not path.exists():
+            raise SystemExit(f"No prior at {path}: run with --fit-priors first.")
+        return bench_mf.OptunaDriver(problem, "isbo-mes", seed, prior=GPPrior.load(path))
     return bench_mf.make_driver(problem, cost_model, method, seed, budget, max_trials)
+
+
+def meta_study(folder: Path, task: str, budget: float) -> optuna.Study:
+    """A finished multi-fidelity study of ``task``: ``isbo-mes`` (seed ``META_SEED``, which no
+    benchmark run uses) under ``budget`` full runs, kept in ``META_STORAGE``."""
+    storage = f"sqlite:///{META_STORAGE}"
+    name = f"lcbench-{task}"
+    if name in optuna.study.get_all_study_names(storage):
+        return optuna.load_study(study_name=name, storage=storage)
+    _, finished = bench_mf.study_of_run(
+        problem(task, folder), "source", "isbo-mes", META_SEED, budget, 100_000, make_driver
+    )
+    study = optuna.create_study(study_name=name, storage=storage)
+    study.add_trials(finished.trials)
+    return study
+
+
+def fit_priors(folder: Path, tasks: list[str], budget: float) -> None:
+    """For each of ``tasks``, a prior pre-trained on the studies of the other development
+    tasks (leave one task out), saved to ``PRIORS``."""
+    PRIORS.mkdir(exist_ok=True)
+    studies = {task: meta_study(folder, task, budget) for task in DEV_TASKS}
+    for task in tasks:
+        others = [study for name, study in studies.items() if name != task]
+        start = time.perf_counter()
+        prior = fit_prior(others, fidelity_param=FIDELITY, target_fidelity=EPOCHS, seed=0)
+        prior.save(PRIORS / f"lcbench-{task}.json")
+        print(
+            f"[lcbench-{task}] prior from {len(others)} studies "
+            f"({sum(len(s.trials) for s in others)} trials) in "
+            f"{time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
 
 
 def _task(task: tuple[str, str, str, int, float, int]) -> dict[str, Any]:
@@ -304,7 +356,7 @@ def goals(runs: list[dict[str, Any]], method: str = "isbo-mes") -> dict[str, Any
         final = {
             m: np.array([bench_mf.regret_at(v[s], budget) for s in seeds]) for m, v in by.items()
         }
-        peers = [m for m in final if m not in (method, "isbo-target")]
+        peers = [m for m in final if m not in (method, "isbo-target", "isbo-prior")]
         med = {m: float(np.median(final[m])) for m in final}
         p90 = {m: float(np.percentile(final[m], 90)) for m in final}
         best_med = min(med[m] for m in peers)
@@ -364,11 +416,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "lcbench.jsonl")
     parser.add_argument("--report", type=Path, nargs="+", help="summarize JSONL files and exit")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--fit-priors",
+        action="store_true",
+        help="pre-train the priors of isbo-prior (leave one development task out) and exit",
+    )
     args = parser.parse_args()
     if args.report:
         runs = bench_mf.load_runs(args.report)
         bench_mf.report(runs, args.out_dir)
         goals(runs)
+        if any(r["method"] == "isbo-prior" for r in runs):
+            bench_mf.prior_goals(runs)
         return
     folder = data_dir(args.data_dir)
     if not (folder / "model.onnx").exists():
@@ -376,6 +435,9 @@ def main() -> None:
     for name in args.tasks:
         task_constants(str(folder), name)  # computed once, before any worker starts
     bench_mf._init_worker()
+    if args.fit_priors:
+        fit_priors(folder, args.tasks, args.budget)
+        return
     tasks = [
         (str(folder), name, method, seed, args.budget, args.max_trials)
         for seed in args.seeds

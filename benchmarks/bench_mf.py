@@ -163,7 +163,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from optuna_isbo import ISBOSampler
+from optuna_isbo import GPPrior, ISBOSampler
 from optuna_isbo.recommendation import Recommendation, Rule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -433,7 +433,11 @@ RULES: tuple[Rule, ...] = ("extrapolate", "supported", "observed")
 
 
 class OptunaDriver(Driver):
-    def __init__(self, problem: MFProblem, method: str, seed: int) -> None:
+    """An Optuna sampler behind ask/tell; ``prior`` is an ISBO method's pre-trained GP prior."""
+
+    def __init__(
+        self, problem: MFProblem, method: str, seed: int, prior: GPPrior | None = None
+    ) -> None:
         self.problem, self.method = problem, method
         self.is_isbo = method.startswith("isbo")
         self.expensive_recommend = self.is_isbo
@@ -443,6 +447,7 @@ class OptunaDriver(Driver):
                 seed=seed,
                 fidelity_param=problem.fidelity,
                 acquisition="es" if method == "isbo-es" else "mes",
+                prior=prior,
             )
         elif method in ("gp", "gp-target"):
             self.sampler = optuna.samplers.GPSampler(seed=seed)
@@ -984,11 +989,91 @@ def run_one(
     }
 
 
+def study_of_run(
+    problem: MFProblem,
+    cost_model: str,
+    method: str,
+    seed: int,
+    budget: float,
+    max_trials: int,
+    driver_factory: Callable[..., Driver] | None = None,
+) -> tuple[dict[str, Any], optuna.Study]:
+    """:func:`run_one` of an Optuna method, and its finished study (for a pre-trained prior)."""
+    drivers: list[Driver] = []
+
+    def factory(*args: Any) -> Driver:
+        drivers.append((driver_factory or make_driver)(*args))
+        return drivers[-1]
+
+    run = run_one(problem, cost_model, method, seed, budget, max_trials, driver_factory=factory)
+    driver = drivers[0]
+    if not isinstance(driver, OptunaDriver):
+        raise ValueError(f"{method!r} runs no Optuna study.")
+    return run, driver.study
+
+
 def _finite_or_none(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
 # -- report ----------------------------------------------------------------------------------
+def prior_goals(
+    runs: list[dict[str, Any]], method: str = "isbo-prior", base: str = "isbo-mes"
+) -> dict[str, Any]:
+    """The pre-trained prior's goals on LCBench, per task; printed as a table.
+
+    Per task, over the seeds both methods have: final median and 90th percentile regret of
+    ``method`` and ``base``; the cost at which ``method``'s median curve first reaches
+    ``base``'s final median, as a share of the budget (goal: at most a third); and by seed,
+    how often ``method`` ends lower and higher.
+    """
+    table: dict[str, Any] = {}
+    print(
+        f"\n### {method} against {base}\n\n| task | {method} median [90th] | {base} median "
+        f"[90th] | median ratio | reaches {base}'s final median at | lower / higher |\n"
+        "|---|---|---|---|---|---|"
+    )
+    for task in sorted({r["problem"] for r in runs}):
+        by: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in runs:
+            if r["problem"] == task and r["method"] in (method, base):
+                by.setdefault(r["method"], {})[r["seed"]] = r
+        if len(by) < 2:
+            continue
+        seeds = sorted(set(by[method]) & set(by[base]))
+        budget = float(np.median([by[base][s]["budget_cost"] for s in seeds]))
+        final = {m: np.array([regret_at(by[m][s], budget) for s in seeds]) for m in by}
+        grid = np.linspace(budget / 200, budget, 200)
+        curve = np.median([[regret_at(by[method][s], c) for c in grid] for s in seeds], axis=0)
+        target = float(np.median(final[base]))
+        hits = np.nonzero(curve <= target + 1e-12)[0]
+        row = {
+            "median": float(np.median(final[method])),
+            "p90": float(np.percentile(final[method], 90)),
+            "base_median": target,
+            "base_p90": float(np.percentile(final[base], 90)),
+            "reach_fraction": float(grid[hits[0]] / budget) if hits.size else math.inf,
+            "lower": int((final[method] < final[base]).sum()),
+            "higher": int((final[method] > final[base]).sum()),
+            "seeds": len(seeds),
+        }
+        table[task] = row
+        ratio = row["median"] / target if target > 0 else math.inf
+        print(
+            f"| {task} | {row['median']:.4f} [{row['p90']:.4f}] | {target:.4f} "
+            f"[{row['base_p90']:.4f}] | {ratio:.2f} | {row['reach_fraction']:.2f} of the "
+            f"budget | {row['lower']} / {row['higher']} |"
+        )
+    n = len(table)
+    print(
+        f"\n{base}'s final median reached within a third of the budget on "
+        f"{sum(r['reach_fraction'] <= 1 / 3 for r in table.values())} of {n}; final median at "
+        f"most {base}'s on {sum(r['median'] <= r['base_median'] for r in table.values())} of "
+        f"{n}, 90th percentile on {sum(r['p90'] <= r['base_p90'] for r in table.values())}."
+    )
+    return table
+
+
 def regret_at(run: dict[str, Any], cost: float, key: str = "regret") -> float:
     """Regret of the recommendation after the last trial finished within ``cost``."""
     regret = math.inf
