@@ -30,7 +30,8 @@ value seen), and ``dehb`` and ``smac`` through the drivers of ``mf_peers.py`` wh
 ``isbo-prior`` is ``isbo-mes`` with a GP prior (``fit_prior``, fidelity included) pre-trained
 on finished multi-fidelity studies of the other seven development tasks, one ``isbo-mes``
 study each (seed 1000, kept in ``results/lcbench_meta_studies.db``); ``--fit-priors`` makes
-them and writes the priors to ``results/lcbench_priors/``.
+them and writes the priors to ``results/lcbench_priors/``. ``isbo-prior-startup`` is the same
+with the 10-trial startup design of a study without a prior.
 Every method runs through the ask/tell harness of ``bench_mf.py`` (``run_one``) and its report.
 
 Usage::
@@ -81,6 +82,7 @@ METHODS = (
     "dehb",
     "smac",
     "isbo-prior",
+    "isbo-prior-startup",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 # Pre-trained priors, one per held-out task (``--fit-priors``), and the studies behind them.
@@ -280,11 +282,16 @@ def make_driver(
     with the prior pre-trained on the other development tasks (``isbo-prior``)."""
     if method == "tpe-hb":
         return HyperbandDriver(problem, seed)
-    if method == "isbo-prior":
+    if method.startswith("isbo-prior"):
         path = PRIORS / f"{problem.name}.json"
         if not path.exists():
             raise SystemExit(f"No prior at {path}: run with --fit-priors first.")
-        return bench_mf.OptunaDriver(problem, "isbo-mes", seed, prior=GPPrior.load(path))
+        # ``-startup``: the startup design a study without a prior has (10 trials, mostly
+        # cheap), which teaches the cost model before the prior's proposals.
+        options = {"n_startup_trials": 10} if method.endswith("-startup") else {}
+        return bench_mf.OptunaDriver(
+            problem, "isbo-mes", seed, prior=GPPrior.load(path), isbo_options=options
+        )
     return bench_mf.make_driver(problem, cost_model, method, seed, budget, max_trials)
 
 

@@ -433,10 +433,16 @@ RULES: tuple[Rule, ...] = ("extrapolate", "supported", "observed")
 
 
 class OptunaDriver(Driver):
-    """An Optuna sampler behind ask/tell; ``prior`` is an ISBO method's pre-trained GP prior."""
+    """An Optuna sampler behind ask/tell; ``prior`` is an ISBO method's pre-trained GP prior,
+    ``isbo_options`` further keyword arguments of its ``ISBOSampler``."""
 
     def __init__(
-        self, problem: MFProblem, method: str, seed: int, prior: GPPrior | None = None
+        self,
+        problem: MFProblem,
+        method: str,
+        seed: int,
+        prior: GPPrior | None = None,
+        isbo_options: dict[str, Any] | None = None,
     ) -> None:
         self.problem, self.method = problem, method
         self.is_isbo = method.startswith("isbo")
@@ -448,6 +454,7 @@ class OptunaDriver(Driver):
                 fidelity_param=problem.fidelity,
                 acquisition="es" if method == "isbo-es" else "mes",
                 prior=prior,
+                **(isbo_options or {}),
             )
         elif method in ("gp", "gp-target"):
             self.sampler = optuna.samplers.GPSampler(seed=seed)
