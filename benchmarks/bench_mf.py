@@ -1050,7 +1050,11 @@ def prior_goals(
         seeds = sorted(set(by[method]) & set(by[base]))
         budget = float(np.median([by[base][s]["budget_cost"] for s in seeds]))
         final = {m: np.array([regret_at(by[m][s], budget) for s in seeds]) for m in by}
-        grid = np.linspace(budget / 200, budget, 200)
+        # The median curve changes only where a run's trial ends: those costs are exact.
+        grid = np.array(
+            sorted({c for s in seeds for c in by[method][s]["cumulative_cost"] if c <= budget})
+            or [budget]
+        )
         curve = np.median([[regret_at(by[method][s], c) for c in grid] for s in seeds], axis=0)
         target = float(np.median(final[base]))
         hits = np.nonzero(curve <= target + 1e-12)[0]

@@ -211,3 +211,37 @@ def test_botorch_loop_keeps_last_recommendation_when_its_step_fails(
     monkeypatch.setattr(driver, "_posterior_mean_max", fail)
     assert driver.recommend() is first
     assert driver.recommend_failures == 1
+
+
+def test_prior_goals_reach_the_base_median_where_the_prior_curve_first_gets_there(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Three seeds each, budget 9: the base ends at 0.5, 0.4 and 0.6 (median 0.5); the prior's
+    runs reach 0.5 or below after costs 3, 3 and 6, so its median curve gets there at 3, a
+    third of the budget, and ends lower on every seed."""
+
+    def run(method: str, seed: int, costs: list[float], regrets: list[float]) -> dict:
+        return {
+            "problem": "p",
+            "method": method,
+            "seed": seed,
+            "budget_cost": 9.0,
+            "cumulative_cost": costs,
+            "regret": regrets,
+        }
+
+    runs = [
+        run("isbo-mes", 0, [3.0, 6.0, 9.0], [0.9, 0.7, 0.5]),
+        run("isbo-mes", 1, [3.0, 6.0, 9.0], [0.8, 0.6, 0.4]),
+        run("isbo-mes", 2, [3.0, 6.0, 9.0], [0.9, 0.8, 0.6]),
+        run("isbo-prior", 0, [3.0, 6.0, 9.0], [0.5, 0.3, 0.2]),
+        run("isbo-prior", 1, [3.0, 6.0, 9.0], [0.4, 0.3, 0.3]),
+        run("isbo-prior", 2, [3.0, 6.0, 9.0], [0.7, 0.5, 0.4]),
+    ]
+    table = bench_mf.prior_goals(runs)
+    row = table["p"]
+    assert row["base_median"] == pytest.approx(0.5)
+    assert row["median"] == pytest.approx(0.3)
+    assert row["reach_fraction"] == pytest.approx(1 / 3)
+    assert (row["lower"], row["higher"]) == (3, 0)
+    assert "within a third of the budget on 1 of 1" in capsys.readouterr().out
