@@ -118,9 +118,12 @@ class ISBOSampler(BaseSampler):
         ``s > 0.56``, so the model sees how fidelities relate. Once two fidelities have
         completed trials, a startup trial whose cheaper fidelity would not pay for its cost
         (a cheapest run dearer than about half a target run) runs at the target instead
-        (:mod:`optuna_isbo.startup`). Defaults to 10, or to 1 with a
-        ``prior`` (the pre-trained prior already says where good configurations are, so the
-        model is used from the second trial on).
+        (:mod:`optuna_isbo.startup`). Defaults to 10, or to 1 with a ``prior`` without a
+        fidelity (the pre-trained prior already says where good configurations are, so the
+        model is used from the second trial on). A prior with a fidelity keeps the 10: it
+        speaks of the objective, not of the cost, and the cost model learns from the startup
+        design's cheap runs which configurations are dear (on LCBench, with one startup trial
+        the prior's first proposals cost up to a whole budget; ``benchmarks/RESULTS.md``).
     consider_running_trials
         Condition the model on running trials at their predicted values (kriging believer), so
         that parallel workers do not pick the same point.
@@ -283,7 +286,7 @@ class ISBOSampler(BaseSampler):
             prior_refit_log_sd=(prior_refit_log_sd, (int, float)),
         )
         if n_startup_trials is None:
-            n_startup_trials = 10 if prior is None else 1
+            n_startup_trials = 10 if prior is None or prior.has_fidelity else 1
         if not (math.isfinite(prior_refit_log_sd) and prior_refit_log_sd >= 0):
             raise ValueError(
                 f"`prior_refit_log_sd` must be finite and >= 0, got {prior_refit_log_sd}."

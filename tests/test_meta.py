@@ -544,22 +544,32 @@ def test_sampler_rejects_mismatched_space(mixed_prior: GPPrior) -> None:
         study.optimize(objective, n_trials=1)
 
 
+def _fidelity_objective(trial: optuna.Trial) -> float:
+    lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    layers = trial.suggest_int("layers", 1, 4)
+    trial.suggest_categorical("act", ["relu", "tanh"])
+    trial.suggest_int("super_batch_size", 16, 256, log=True)
+    trial.set_user_attr("isbo:cost", 1.0)
+    return (math.log10(lr) + 2) ** 2 + 0.1 * layers
+
+
 def test_sampler_with_fidelity_prior_runs(mixed_prior: GPPrior) -> None:
-    sampler = ISBOSampler(prior=mixed_prior, seed=0)
+    sampler = ISBOSampler(prior=mixed_prior, seed=0, n_startup_trials=1)
     study = optuna.create_study(sampler=sampler)
-
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
-        layers = trial.suggest_int("layers", 1, 4)
-        trial.suggest_categorical("act", ["relu", "tanh"])
-        trial.suggest_int("super_batch_size", 16, 256, log=True)
-        trial.set_user_attr("isbo:cost", 1.0)
-        return (math.log10(lr) + 2) ** 2 + 0.1 * layers
-
-    study.optimize(objective, n_trials=3)
+    study.optimize(_fidelity_objective, n_trials=3)
     phases = [t.user_attrs.get("isbo:phase") for t in study.trials]
     assert phases[0] == "startup" and set(phases[1:]) <= {"model", "verify"}
     assert set(sampler.recommend(study)) == set(mixed_prior.distributions)
+
+
+def test_a_prior_with_a_fidelity_keeps_the_startup_design(mixed_prior: GPPrior) -> None:
+    """The prior speaks of the objective, not of the cost: with a fidelity the startup design
+    (10 trials by default) still teaches the cost model."""
+    assert mixed_prior.has_fidelity
+    sampler = ISBOSampler(prior=mixed_prior, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_fidelity_objective, n_trials=4)
+    assert [t.user_attrs.get("isbo:phase") for t in study.trials] == ["startup"] * 4
 
 
 @pytest.mark.parametrize("has_fidelity", [False, True])
