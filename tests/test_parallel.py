@@ -52,8 +52,10 @@ def _run_example(storage: str, study_name: str, n_workers: int, n_trials: int) -
     command = [
         sys.executable, str(EXAMPLE), "--storage", storage, "--study-name", study_name,
         "--workers", str(n_workers), "--n-trials", str(n_trials), "--sampler", "isbo",
-        "--n-startup-trials", "3", "--seed", "0", "--time-scale", "0.1",
+        "--n-startup-trials", "3", "--seed", "0", "--time-scale", "0.5",
     ]  # fmt: skip
+    # Trials of 0.6-8 s: a worker that spawns seconds after the other (importing torch on a
+    # loaded machine) still finds it running, so that the overlap checked below happens.
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -73,7 +75,7 @@ def _check_parallel_study(storage: str, study_name: str, n_workers: int, n_trial
     assert {t.user_attrs["worker"] for t in trials} == set(range(n_workers))
     assert all(t.user_attrs["isbo:cost"] > 0 for t in trials)
     overlapping = _overlapping_pairs(trials)
-    # Each trial sleeps at least 0.1 s and every worker runs several: without any concurrency
+    # Each trial sleeps at least 0.6 s and every worker runs several: without any concurrency
     # the duplicate check below would be vacuous.
     assert overlapping, "no two trials ran at the same time"
     for a, b in overlapping:
