@@ -298,16 +298,16 @@ def make_driver(
 def meta_study(folder: Path, task: str, budget: float) -> optuna.Study:
     """A finished multi-fidelity study of ``task``: ``isbo-mes`` (seed ``META_SEED``, which no
     benchmark run uses) under ``budget`` full runs, kept in ``META_STORAGE``."""
-    storage = f"sqlite:///{META_STORAGE}"
-    name = f"lcbench-{task}"
-    if name in optuna.study.get_all_study_names(storage):
-        return optuna.load_study(study_name=name, storage=storage)
-    _, finished = bench_mf.study_of_run(
-        problem(task, folder), "source", "isbo-mes", META_SEED, budget, 100_000, make_driver
+    return bench_mf.kept_study(
+        f"sqlite:///{META_STORAGE}",
+        problem(task, folder),
+        "source",
+        "isbo-mes",
+        META_SEED,
+        budget,
+        100_000,
+        make_driver,
     )
-    study = optuna.create_study(study_name=name, storage=storage)
-    study.add_trials(finished.trials)
-    return study
 
 
 def fit_priors(folder: Path, tasks: list[str], budget: float) -> None:

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 
 from optuna_isbo import GPPrior, fit_prior
 
@@ -87,18 +86,12 @@ def fit_family_prior(out: Path, budget: float, max_trials: int) -> GPPrior:
     if path.exists():
         return GPPrior.load(path)
     storage = f"sqlite:///{out.parent / 'meta_mf_studies.db'}"
-    names = set(optuna.study.get_all_study_names(storage))
-    studies = []
-    for k in TRAINING:
-        name = task(k).name
-        if name not in names:
-            _, finished = bench_mf.study_of_run(
-                task(k), COST_MODEL, "isbo-mes", META_SEED, budget, max_trials
-            )
-            study = optuna.create_study(study_name=name, storage=storage)
-            study.add_trials(finished.trials)
-            print(f"[{name}] meta study: {len(finished.trials)} trials", flush=True)
-        studies.append(optuna.load_study(study_name=name, storage=storage))
+    studies = [
+        bench_mf.kept_study(
+            storage, task(k), COST_MODEL, "isbo-mes", META_SEED, budget, max_trials
+        )
+        for k in TRAINING
+    ]
     prior = fit_prior(
         studies, fidelity_param=bench_mf.N_STEPS, target_fidelity=bench_mf.N_STEPS_HIGH, seed=0
     )

@@ -996,7 +996,8 @@ def run_one(
     }
 
 
-def study_of_run(
+def kept_study(
+    storage: str,
     problem: MFProblem,
     cost_model: str,
     method: str,
@@ -1004,19 +1005,25 @@ def study_of_run(
     budget: float,
     max_trials: int,
     driver_factory: Callable[..., Driver] | None = None,
-) -> tuple[dict[str, Any], optuna.Study]:
-    """:func:`run_one` of an Optuna method, and its finished study (for a pre-trained prior)."""
+) -> optuna.Study:
+    """The finished study of one :func:`run_one` of an Optuna method, kept in ``storage``
+    under the problem's name (for a pre-trained prior); run only where it is not there yet."""
+    if problem.name in optuna.study.get_all_study_names(storage):
+        return optuna.load_study(study_name=problem.name, storage=storage)
     drivers: list[Driver] = []
 
     def factory(*args: Any) -> Driver:
         drivers.append((driver_factory or make_driver)(*args))
         return drivers[-1]
 
-    run = run_one(problem, cost_model, method, seed, budget, max_trials, driver_factory=factory)
+    run_one(problem, cost_model, method, seed, budget, max_trials, driver_factory=factory)
     driver = drivers[0]
     if not isinstance(driver, OptunaDriver):
         raise ValueError(f"{method!r} runs no Optuna study.")
-    return run, driver.study
+    study = optuna.create_study(study_name=problem.name, storage=storage)
+    study.add_trials(driver.study.trials)
+    print(f"[{problem.name}] kept a study of {len(driver.study.trials)} trials", flush=True)
+    return study
 
 
 def _finite_or_none(x: float | None) -> float | None:
