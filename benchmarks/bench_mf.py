@@ -512,11 +512,13 @@ class OptunaDriver(Driver):
         sampler = self.sampler
         assert isinstance(sampler, ISBOSampler)
         space, completed = sampler._recommendation_data(self.study)
-        evidence = sampler._target_evidence(self.study, space, completed)
+        evidence = sampler._fits.target_evidence(self.study, space, completed)
         default = None if evidence is None else evidence.rule
         every_trial = evidence
         if evidence is not None and evidence.rule == "observed":
-            every_trial = sampler._target_evidence(self.study, space, completed, target_only=False)
+            every_trial = sampler._fits.target_evidence(
+                self.study, space, completed, target_only=False
+            )
         self.kappa = None if evidence is None else evidence.kappa
         self.rule = default
         picks: dict[str, Recommendation] = {

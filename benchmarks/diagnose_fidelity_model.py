@@ -97,7 +97,7 @@ def diagnose(run: dict[str, Any]) -> None:
         raise SystemExit(f"{run['method']} chooses no fidelity; use isbo or isbo-steps.")
     study = rebuild(run, sampler)
     space, completed = sampler._recommendation_data(study)
-    fit = sampler._fit_objective(study, space, completed)
+    fit = sampler._fits.objective(study, space, completed)
     p = fit.model.params
     print(f"{run['method']} seed {run['seed']}: {len(completed)} completed trials")
     print(
@@ -120,7 +120,7 @@ def diagnose(run: dict[str, Any]) -> None:
         f"{fit.scale * float(var_1[k].sqrt()):.4f} at the target"
     )
     costs = torch.tensor([trial_cost_seconds(t) for t in completed], dtype=torch.float64)
-    cost_model = sampler._fit_cost(space, costs, fit.inputs)
+    cost_model = sampler._fits.cost(space, costs, fit.inputs)
     target = _inputs(space, X[k : k + 1], torch.ones(1, dtype=torch.float64))
     print("| s | fidelity | mean | sd | noise sd | corr(y_s, f_target) | cost (s) |")
     print("|---|---|---|---|---|---|---|")

@@ -16,9 +16,11 @@ constraint GPs, :func:`propose` chooses the next trial's configuration *and* fid
 3. **Its maximum** over ``x`` and the fidelity grid
    (:func:`~optuna_isbo.optim.maximize_acquisition`).
 
-The verification of the model's beliefs at the target and the split of the cost between this
-search and the target search are decided before (:mod:`optuna_isbo.decisions`); the sampler
-calls :func:`propose` for the trials that are this search's to choose.
+The split of the cost between this search and the target search is decided before
+(:mod:`optuna_isbo.decisions`); for the trials that are this search's to choose, the sampler
+calls :func:`model_trial`, which fits the models (:class:`~optuna_isbo.fits.ModelFits`) and
+either verifies the model's best guess at the target
+(:func:`~optuna_isbo.decisions.verification_candidate`) or calls :func:`propose`.
 """
 
 from __future__ import annotations
@@ -27,16 +29,131 @@ from typing import Any
 
 import torch
 from optuna.study import Study
+from optuna.trial import FrozenTrial
 
 from optuna_isbo import acquisition as acq
+from optuna_isbo import constraints
+from optuna_isbo import trials as study_trials
 from optuna_isbo.constraints import ConstraintModel
-from optuna_isbo.decisions import ObjectiveFit, model_inputs
+from optuna_isbo.cost import trial_cost_seconds
+from optuna_isbo.decisions import ObjectiveFit, model_inputs, verification_candidate
+from optuna_isbo.fits import ModelFits
 from optuna_isbo.model import CostModel
 from optuna_isbo.optim import maximize_acquisition, perturb
 from optuna_isbo.search_space import SearchSpace
 
 #: Evaluated configurations in the representer pool, at most.
 MAX_POOL_SEEN = 128
+
+
+def model_trial(
+    fits: ModelFits,
+    study: Study,
+    space: SearchSpace,
+    completed: list[FrozenTrial],
+    pending_params: list[dict[str, Any]],
+    failed_params: list[dict[str, Any]],
+    *,
+    cost_attr: str,
+    verify_cost_fraction: float,
+    acquisition: str,
+    n_fidelities: int,
+    consider_running_trials: bool,
+    ask_seed: int,
+    kappa: float,
+    n_checks: int,
+    may_verify: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The multi-fidelity search's trial: a verification, else :func:`propose`'s proposal.
+
+    ``pending_params`` are the running trials' parameters, ``failed_params`` those of the
+    configurations that failed (:func:`optuna_isbo.trials.mark_params`); neither is
+    verified, and the failures condition the acquisition's model at the worst value.
+    ``kappa`` and ``n_checks`` are :func:`~optuna_isbo.decisions.calibration_checks`';
+    ``may_verify`` is ``False`` while another worker's trial is still deciding what it runs.
+    The cost GP learns from the runs that ran in full (a diverged run's cost is truncated),
+    or from every run while none did.
+
+    Returns
+    -------
+    tuple
+        The parameters (fidelity included) and the trial's ``isbo:`` attributes.
+    """
+    has_fidelity = space.fidelity_param is not None
+    fit = fits.objective(study, space, completed)
+    model, inputs = fit.model, fit.inputs
+    cost_seconds = torch.tensor(
+        [trial_cost_seconds(t, cost_attr) for t in completed], dtype=torch.float64
+    )
+    full_runs = torch.tensor([study_trials.ran_in_full(t) for t in completed])
+    if not bool(full_runs.any()):
+        full_runs[:] = True
+    cost_model = fits.cost(space, cost_seconds[full_runs], inputs[full_runs])
+    pending = _encoded_inputs(space, pending_params, inputs.shape[1])
+    failed = _encoded_inputs(space, failed_params, inputs.shape[1])
+
+    feasibility = None
+    keys = constraints.constraint_keys(completed)
+    if keys:
+        feasibility = fits.constraints(
+            space, inputs, constraints.constraint_values(completed, keys)
+        )
+    verifying = torch.tensor(
+        [t.user_attrs.get(study_trials.ATTR_PREFIX + "phase") == "verify" for t in completed]
+    )
+    x_verify = (
+        verification_candidate(
+            space,
+            fit,
+            cost_seconds,
+            verifying,
+            torch.cat([pending, failed]),
+            verify_cost_fraction,
+            feasibility,
+        )
+        if may_verify
+        else None
+    )
+    if x_verify is not None:
+        chosen = model_inputs(space, x_verify[None], torch.ones(1, dtype=torch.float64))
+        mean, var = model.mean_var(chosen)
+        attrs = {
+            "phase": "verify",
+            "predicted_cost_seconds": float(cost_model.expected_seconds(chosen)[0]),
+            "predicted_value_at_target": fit.value_of(float(mean[0]), study),
+            "predicted_std_at_target": fit.scale * float(var[0].sqrt()),
+        }
+        return space.decode(x_verify, 1.0), attrs
+
+    if not has_fidelity:
+        kappa, n_checks = 1.0, 0
+    return propose(
+        study,
+        space,
+        fit,
+        cost_model,
+        feasibility,
+        pending,
+        failed=failed,
+        acquisition=acquisition,
+        n_fidelities=n_fidelities,
+        consider_running_trials=consider_running_trials,
+        ask_seed=ask_seed,
+        kappa=kappa,
+        n_checks=n_checks,
+    )
+
+
+def _encoded_inputs(
+    space: SearchSpace, params: list[dict[str, Any]], n_columns: int
+) -> torch.Tensor:
+    """``(len(params), n_columns)`` model inputs of parameter dicts (none: an empty tensor)."""
+    if not params:
+        return torch.zeros(0, n_columns, dtype=torch.float64)
+    encoded = [space.encode_params(p) for p in params]
+    X = torch.stack([x for x, _ in encoded])
+    s = torch.tensor([s for _, s in encoded], dtype=torch.float64)
+    return model_inputs(space, X, s)
 
 
 def propose(

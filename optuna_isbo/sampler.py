@@ -28,39 +28,24 @@ from optuna.samplers._base import (
     _process_constraints_after_trial,
 )
 from optuna.search_space import intersection_search_space
-from optuna.study import Study, StudyDirection
+from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_isbo import constraints, mf_search, target_search
+from optuna_isbo import mf_search, target_search
 from optuna_isbo import recommendation as rec
 from optuna_isbo import trials as study_trials
 from optuna_isbo._device import on_cpu
 from optuna_isbo.cost import trial_cost_seconds
 from optuna_isbo.decisions import (
     TARGET_PHASE,
-    ObjectiveFit,
-    TargetEvidence,
-    calibrated_std,
     calibration_checks,
     choose_recommendation,
-    feasibility_of_configurations,
     mf_share,
-    model_inputs,
     search_at_target,
     split_costs,
-    target_posterior,
-    verification_candidate,
 )
+from optuna_isbo.fits import ModelFits
 from optuna_isbo.meta import GPPrior
-from optuna_isbo.model import (
-    CostModel,
-    GPParams,
-    fit_cost_model,
-    fit_gp,
-    loo_log_density,
-    standardize,
-    tame_outliers,
-)
 from optuna_isbo.recommendation import Recommendation
 from optuna_isbo.search_space import (
     SearchSpace,
@@ -74,9 +59,6 @@ from optuna_isbo.trials import ATTR_PREFIX
 _logger = optuna.logging.get_logger("optuna." + __name__)
 
 _ACQUISITIONS = ("es", "mes")
-#: Completed trials from which a GP of the study alone challenges a pre-trained ``prior``
-#: (as many as the sampler without a prior spends on its startup design).
-PRIOR_CHALLENGE_TRIALS = 10
 _LISTED_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED)
 # A trial that has been inside its ``ask`` for longer than this was abandoned.
 _MAX_ASK_SECONDS = 600.0
@@ -145,9 +127,9 @@ class ISBOSampler(BaseSampler):
         refitted to the study under a hyperprior centred on the pre-trained values (see
         ``prior_refit_log_sd``). The study's search space and fidelity parameter must match the
         prior's, else :class:`ValueError` names the difference. The cost GP is fitted as usual.
-        From ``PRIOR_CHALLENGE_TRIALS`` (10) completed trials on, a GP fitted to the study
-        alone challenges it at every fit, and the one with the higher leave-one-out log
-        predictive density of the study's values is used
+        From :data:`~optuna_isbo.fits.PRIOR_CHALLENGE_TRIALS` (10) completed trials on, a GP
+        fitted to the study alone challenges it at every fit, and the one with the higher
+        leave-one-out log predictive density of the study's values is used
         (:func:`~optuna_isbo.model.loo_log_density`): a prior that does not describe the new
         task gives way to the study's own data.
     prior_refit_log_sd
@@ -318,7 +300,6 @@ class ISBOSampler(BaseSampler):
         self._n_fidelities = n_fidelities
         self._warn_independent_sampling = bool(warn_independent_sampling)
         self._prior = prior
-        self._prior_refit_log_sd = prior_refit_log_sd
         self._verify_cost_fraction = verify_cost_fraction
         self._mf_cost_fraction = mf_cost_fraction
         # The target search's startup count: observations at the target before its GP is used
@@ -328,12 +309,11 @@ class ISBOSampler(BaseSampler):
             seed, self._independent_sampler, self._target_startup
         )
         self._lock = threading.Lock()
-        self._warm_starts: dict[tuple[Any, ...], GPParams] = {}
+        self._fits = ModelFits(prior, prior_refit_log_sd)
         # Trials whose cost the split capped (:func:`split_costs`), each reported once.
         self._costs_capped: set[int] = set()
         # Trials reported as missing a constraint value (:class:`target_search.TargetView`).
         self._warned_missing_constraints: set[int] = set()
-        self._constraint_warm_starts: dict[tuple[Any, ...], dict[int, GPParams]] = {}
         self._constraints_func = constraints_func
         # What was reported once (``_joint_search_space``): the fidelity parameter missing from
         # every completed trial, and parameters that left the joint search space.
@@ -351,6 +331,8 @@ class ISBOSampler(BaseSampler):
         self.__dict__.update(state)
         self.__dict__.setdefault("_costs_capped", set())
         self.__dict__.setdefault("_warned_missing_constraints", set())
+        if "_fits" not in self.__dict__:  # pickled before the fits had their own owner
+            self._fits = ModelFits(state.get("_prior"), state.get("_prior_refit_log_sd", 1.0))
         self._lock = threading.Lock()
 
     # -- Optuna hooks ----------------------------------------------------------------------
@@ -484,13 +466,19 @@ class ISBOSampler(BaseSampler):
             pending_marks = [p for t in marks for p in study_trials.mark_params(t, space)]
             try:
                 with self._lock, on_cpu():
-                    params, attrs = self._model_params(
+                    params, attrs = mf_search.model_trial(
+                        self._fits,
                         study,
-                        trial,
                         space,
                         completed,
                         [study_trials.pending_params(t) for t in running],
                         pending_marks,
+                        cost_attr=self._cost_attr,
+                        verify_cost_fraction=self._verify_cost_fraction,
+                        acquisition=self._acquisition,
+                        n_fidelities=self._n_fidelities,
+                        consider_running_trials=self._consider_running_trials,
+                        ask_seed=_ask_seed(self._seed, trial.number),
                         kappa=kappa,
                         n_checks=n_checks,
                         may_verify=not earlier_deciding,
@@ -669,69 +657,9 @@ class ISBOSampler(BaseSampler):
         completed: list[FrozenTrial],
     ) -> Recommendation:
         completed = study_trials.runs_up_to_target(completed, space)
-        evidence = self._target_evidence(study, space, completed)
+        evidence = self._fits.target_evidence(study, space, completed)
         rule = None if evidence is None else evidence.rule
         return choose_recommendation(study, space, completed, evidence, rule)
-
-    def _target_evidence(
-        self,
-        study: Study,
-        space: SearchSpace,
-        completed: list[FrozenTrial],
-        *,
-        target_only: bool | None = None,
-    ) -> TargetEvidence | None:
-        """The model's view of every evaluated configuration at the target, or ``None``.
-
-        ``None`` when the model rests on fewer than
-        :data:`~optuna_isbo.recommendation.MIN_MODEL_OBSERVATIONS` trials (its predictive
-        distribution has no variance to report) or fails (with a warning). ``target_only``
-        fits the objective GP to the target-fidelity trials alone; by default it does so
-        exactly when the checks overruled the model (rule ``"observed"``). The standard
-        deviations are widened by :func:`~optuna_isbo.recommendation.small_sample_factor`
-        (the output scale was fitted, not known), then by ``kappa`` after the checks, or
-        before any check by :func:`~optuna_isbo.decisions.extrapolation_factor` where a
-        configuration has no target evaluation; a target-only GP's are not widened by
-        ``kappa`` (the factor measured the model that learned from the cheap trials).
-        """
-        X, s = space.encode_trials(completed)
-        if space.fidelity_param is None:
-            s = torch.ones(X.shape[0], dtype=torch.float64)
-        configs = rec.group_configurations(X, s)
-        if len(completed) < rec.MIN_MODEL_OBSERVATIONS:
-            return None
-        kappa, n_checks, rule = calibration_checks(completed, study)
-        if target_only is None:
-            target_only = rule == "observed"
-        try:
-            fit = self._fit_objective(study, space, completed, target_only=target_only)
-            mean, sd = target_posterior(fit, space, configs.X)
-            feasibility = None
-            keys = constraints.constraint_keys(completed)
-            if keys:
-                C = constraints.constraint_values(completed, keys)
-                model = self._fit_constraints(space, model_inputs(space, X, s), C)
-                ones = torch.ones(configs.X.shape[0], dtype=torch.float64)
-                p_model = model.probability(model_inputs(space, configs.X, ones))
-                feasibility = feasibility_of_configurations(
-                    configs,
-                    s,
-                    constraints.observed_feasible(C),
-                    p_model.detach(),
-                    known=~torch.isnan(C).any(dim=1),
-                )
-        except torch.linalg.LinAlgError as err:
-            warnings.warn(
-                f"ISBOSampler's model failed ({err}); `recommend` returns the best value "
-                "observed at the highest fidelity instead.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return None
-        if fit.model.X.shape[0] < rec.MIN_MODEL_OBSERVATIONS:
-            return None
-        sd = calibrated_std(fit, sd, configs.n_target, kappa, n_checks)
-        return TargetEvidence(configs, mean, sd, kappa, n_checks, rule, feasibility)
 
     # -- internals -------------------------------------------------------------------------
     def _startup_fidelity(
@@ -758,87 +686,6 @@ class ISBOSampler(BaseSampler):
             x = space.sample_sobol(trial_number + 1, seed=self._seed)[-1]
         s = self._startup_fidelity(space, trial_number, completed) if space.fidelity_param else 1.0
         return space.decode(x, s)
-
-    def _fit_objective(
-        self,
-        study: Study,
-        space: SearchSpace,
-        completed: list[FrozenTrial],
-        *,
-        target_only: bool = False,
-    ) -> ObjectiveFit:
-        """The objective GP on ``completed``, or with ``target_only`` on its target trials.
-
-        A target-only fit keeps the fidelity column (every row has ``s = 1``, where the
-        fidelity term of the kernel vanishes), so its inputs have the usual shape; it falls
-        back to all trials when fewer than two are at the target.
-        """
-        X, s = space.encode_trials(completed)
-        target_only = target_only and space.fidelity_param is not None
-        if target_only:
-            at_target = rec.is_target(s)
-            if int(at_target.sum()) >= 2:
-                completed = [
-                    t for t, keep in zip(completed, at_target.tolist(), strict=True) if keep
-                ]
-                X, s = X[at_target], s[at_target]
-            else:
-                target_only = False
-        inputs = model_inputs(space, X, s)
-        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-        y = torch.tensor([sign * t.values[0] for t in completed], dtype=torch.float64)
-        y = tame_outliers(y, torch.tensor([not study_trials.ran_in_full(t) for t in completed]))
-        if self._prior is not None:
-            self._prior.check_search_space(
-                space.distributions, space.fidelity_param, target_fidelity=space.target_fidelity
-            )
-            model = self._prior.adapt(
-                inputs, self._prior.transform(y), log_sd=self._prior_refit_log_sd
-            )
-            pretrained = ObjectiveFit(
-                model, inputs, self._prior.y_shift, self._prior.y_scale, target_only
-            )
-            if y.shape[0] < PRIOR_CHALLENGE_TRIALS:
-                return pretrained
-            # The study's own GP takes over where it predicts the study's values better.
-            own = self._fit_own(space, inputs, y, target_only)
-            if loo_log_density(own.model, own.scale) > loo_log_density(model, pretrained.scale):
-                return own
-            return pretrained
-        return self._fit_own(space, inputs, y, target_only)
-
-    def _fit_own(
-        self, space: SearchSpace, inputs: torch.Tensor, y: torch.Tensor, target_only: bool
-    ) -> ObjectiveFit:
-        """The objective GP fitted to the study's values ``y (n,)`` alone (MAP, warm-started)."""
-        y_std, shift, scale = standardize(y)
-        key = ("objective", inputs.shape[1], space.fidelity_param, target_only)
-        model = fit_gp(
-            inputs,
-            y_std,
-            has_fidelity=space.fidelity_param is not None,
-            warm_start=self._warm_starts.get(key),
-        )
-        self._warm_starts[key] = model.params
-        return ObjectiveFit(model, inputs, shift, scale, target_only)
-
-    def _fit_constraints(
-        self, space: SearchSpace, inputs: torch.Tensor, C: torch.Tensor
-    ) -> constraints.ConstraintModel:
-        """GPs of the constraint values ``C (n, k)`` over ``inputs (n, D)``, warm-started."""
-        key = ("constraints", inputs.shape[1], space.fidelity_param, C.shape[1])
-        warm = self._constraint_warm_starts.setdefault(key, {})
-        return constraints.fit_constraint_model(
-            inputs, C, has_fidelity=space.fidelity_param is not None, warm_starts=warm
-        )
-
-    def _fit_cost(
-        self, space: SearchSpace, cost_seconds: torch.Tensor, inputs: torch.Tensor
-    ) -> CostModel:
-        key = ("cost", inputs.shape[1], space.fidelity_param)
-        model = fit_cost_model(inputs, cost_seconds, warm_start=self._warm_starts.get(key))
-        self._warm_starts[key] = model.gp.params
-        return model
 
     def _target_turn(
         self,
@@ -882,102 +729,6 @@ class ISBOSampler(BaseSampler):
                     RuntimeWarning,
                     stacklevel=4,
                 )
-
-    def _model_params(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        space: SearchSpace,
-        completed: list[FrozenTrial],
-        pending_params: list[dict[str, Any]],
-        failed_params: list[dict[str, Any]],
-        *,
-        kappa: float,
-        n_checks: int,
-        may_verify: bool = True,
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The multi-fidelity search's proposal: a verification, else its acquisition's.
-
-        ``pending_params`` are the running trials' parameters, ``failed_params`` those of the
-        configurations that failed (:func:`optuna_isbo.trials.mark_params`); neither is
-        verified, and the failures condition the acquisition's model at the worst value.
-        ``kappa`` and ``n_checks`` are :func:`~optuna_isbo.decisions.calibration_checks`'.
-        """
-        has_fidelity = space.fidelity_param is not None
-        fit = self._fit_objective(study, space, completed)
-        model, inputs = fit.model, fit.inputs
-        cost_seconds = torch.tensor(
-            [trial_cost_seconds(t, self._cost_attr) for t in completed], dtype=torch.float64
-        )
-        full_runs = torch.tensor([study_trials.ran_in_full(t) for t in completed])
-        if not bool(full_runs.any()):
-            full_runs[:] = True
-        cost_model = self._fit_cost(space, cost_seconds[full_runs], inputs[full_runs])
-        pending = _encoded_inputs(space, pending_params, inputs.shape[1])
-        failed = _encoded_inputs(space, failed_params, inputs.shape[1])
-
-        feasibility = None
-        keys = constraints.constraint_keys(completed)
-        if keys:
-            feasibility = self._fit_constraints(
-                space, inputs, constraints.constraint_values(completed, keys)
-            )
-        verifying = torch.tensor(
-            [t.user_attrs.get(ATTR_PREFIX + "phase") == "verify" for t in completed]
-        )
-        x_verify = (
-            verification_candidate(
-                space,
-                fit,
-                cost_seconds,
-                verifying,
-                torch.cat([pending, failed]),
-                self._verify_cost_fraction,
-                feasibility,
-            )
-            if may_verify
-            else None
-        )
-        if x_verify is not None:
-            chosen = model_inputs(space, x_verify[None], torch.ones(1, dtype=torch.float64))
-            mean, var = model.mean_var(chosen)
-            attrs = {
-                "phase": "verify",
-                "predicted_cost_seconds": float(cost_model.expected_seconds(chosen)[0]),
-                "predicted_value_at_target": fit.value_of(float(mean[0]), study),
-                "predicted_std_at_target": fit.scale * float(var[0].sqrt()),
-            }
-            return space.decode(x_verify, 1.0), attrs
-
-        if not has_fidelity:
-            kappa, n_checks = 1.0, 0
-        return mf_search.propose(
-            study,
-            space,
-            fit,
-            cost_model,
-            feasibility,
-            pending,
-            failed=failed,
-            acquisition=self._acquisition,
-            n_fidelities=self._n_fidelities,
-            consider_running_trials=self._consider_running_trials,
-            ask_seed=_ask_seed(self._seed, trial.number),
-            kappa=kappa,
-            n_checks=n_checks,
-        )
-
-
-def _encoded_inputs(
-    space: SearchSpace, params: list[dict[str, Any]], n_columns: int
-) -> torch.Tensor:
-    """``(len(params), n_columns)`` model inputs of parameter dictionaries."""
-    if not params:
-        return torch.zeros(0, n_columns, dtype=torch.float64)
-    encoded = [space.encode_params(p) for p in params]
-    X = torch.stack([x for x, _ in encoded])
-    s = torch.tensor([s for _, s in encoded], dtype=torch.float64)
-    return model_inputs(space, X, s)
 
 
 def _earlier_trial_deciding(

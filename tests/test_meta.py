@@ -23,9 +23,9 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from optuna_isbo import ISBOSampler
+from optuna_isbo.fits import PRIOR_CHALLENGE_TRIALS
 from optuna_isbo.meta import GPPrior, MeanFunction, fit_prior
 from optuna_isbo.model import _JITTER, GPParams, condition, loo_log_density, matern52
-from optuna_isbo.sampler import PRIOR_CHALLENGE_TRIALS
 from optuna_isbo.search_space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -896,7 +896,7 @@ def _prior_fit(prior: GPPrior, n_trials: int) -> Any:
     (study,) = _gp_studies(1, n_trials, seed=11)
     sampler = ISBOSampler(seed=0, prior=prior, fidelity_param=None)
     space = SearchSpace(SPACE, None)
-    return sampler._fit_objective(study, space, list(study.trials))
+    return sampler._fits.objective(study, space, list(study.trials))
 
 
 def test_a_prior_unlike_the_study_gives_way_to_the_studys_own_gp() -> None:

@@ -17,6 +17,7 @@ from optuna.trial import TrialState, create_trial
 
 from optuna_isbo import ISBOSampler
 from optuna_isbo.cost import trial_cost_seconds
+from optuna_isbo.fits import ModelFits
 from optuna_isbo.model import fit_gp, standardize
 from optuna_isbo.recommendation import Recommendation, small_sample_factor
 from optuna_isbo.search_space import SearchSpace
@@ -121,7 +122,7 @@ def test_one_absurd_cost_does_not_set_the_scale_of_all_others() -> None:
     space = SearchSpace(sampler._joint_search_space(study), FIDELITY, None)
     X, s = space.encode_trials(study.trials)
     cost = torch.tensor([trial_cost_seconds(t, "isbo:cost") for t in study.trials])
-    model = sampler._fit_cost(space, cost, torch.cat([X, s[:, None]], dim=1))
+    model = sampler._fits.cost(space, cost, torch.cat([X, s[:, None]], dim=1))
 
     def predicted(x: float) -> float:
         x_enc, s_enc = space.encode_params({"x": x, FIDELITY: 64})
@@ -247,7 +248,7 @@ def test_recommend_falls_back_when_the_model_fails(monkeypatch: pytest.MonkeyPat
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise torch.linalg.LinAlgError("not positive definite")
 
-    monkeypatch.setattr(ISBOSampler, "_fit_objective", broken)
+    monkeypatch.setattr(ModelFits, "objective", broken)
     with pytest.warns(RuntimeWarning, match="model failed"):
         recommendation = sampler.recommendation(study)
     # The best value at the highest fidelity, not the lucky cheap one.
