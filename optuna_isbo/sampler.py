@@ -299,7 +299,6 @@ class ISBOSampler(BaseSampler):
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._n_fidelities = n_fidelities
         self._warn_independent_sampling = bool(warn_independent_sampling)
-        self._prior = prior
         self._verify_cost_fraction = verify_cost_fraction
         self._mf_cost_fraction = mf_cost_fraction
         # The target search's startup count: observations at the target before its GP is used
@@ -395,14 +394,14 @@ class ISBOSampler(BaseSampler):
         if not search_space:
             return {}
         space = SearchSpace(search_space, self._fidelity_param, self._target_fidelity)
-        if self._prior is not None:
-            self._prior.check_search_space(
+        if self._fits.prior is not None:
+            self._fits.prior.check_search_space(
                 search_space, space.fidelity_param, target_fidelity=space.target_fidelity
             )
         trials = study._get_trials(deepcopy=False, states=_LISTED_STATES, use_cache=False)
         completed = study_trials.usable_completed_trials(trials, search_space)
         marks = study_trials.failed_configurations(trials, search_space, space.fidelity_param)
-        if space.fidelity_param is None and self._prior is None:
+        if space.fidelity_param is None and self._fits.prior is None:
             # No fidelity: the search is the target search, Optuna's GPSampler (an empty result
             # during its startup sends every parameter to ``sample_independent``).
             if len(completed) < self._target_startup:
@@ -699,7 +698,7 @@ class ISBOSampler(BaseSampler):
 
         Never with a ``prior``: the pre-trained GP is the multi-fidelity search's.
         """
-        if self._prior is not None:
+        if self._fits.prior is not None:
             return False
         costs = [trial_cost_seconds(t, self._cost_attr) for t in completed]
         with on_cpu():
