@@ -8,7 +8,9 @@ the cost that is the target search's, or a study whose cheap fidelities failed t
 the proposal comes from :class:`optuna.samplers.GPSampler` run on the trials evaluated at the
 target alone. It brings Optuna's dimension-aware kernel priors, integer and categorical
 handling, log expected improvement (constrained, and batched over running trials) and its
-multi-start mixed acquisition optimizer (``optuna/_gp/``).
+multi-start mixed acquisition optimizer (``optuna/_gp/``). In a study with a fidelity its
+acquisition is also charged for runs dearer than the typical target run, as the multi-fidelity
+search weighs cost (:mod:`optuna_isbo.target_cost`).
 
 ``GPSampler`` reads the study only through ``Study._get_trials``, ``Study.directions`` and the
 storage, so it is handed a :class:`TargetView` of the study: the same study whose trial
@@ -52,6 +54,7 @@ from optuna_isbo import trials as study_trials
 from optuna_isbo._device import on_cpu
 from optuna_isbo.decisions import TARGET_PHASE
 from optuna_isbo.search_space import SearchSpace
+from optuna_isbo.target_cost import CostAwareGPSampler
 
 # How much outliers must inflate the values' standard deviation before a study without a
 # fidelity hands them to GPSampler pulled in to the outlier fence (the module docstring).
@@ -199,19 +202,27 @@ def _with_missing_constraints_infeasible(
 
 
 def make_target_sampler(
-    seed: int | None, independent_sampler: BaseSampler, n_startup_trials: int
+    seed: int | None,
+    independent_sampler: BaseSampler,
+    n_startup_trials: int,
+    cost_seconds: Callable[[FrozenTrial], float] | None = None,
 ) -> GPSampler:
     """The ``GPSampler`` behind the target search, seeded as the user seeded ISBOSampler.
 
     ``independent_sampler`` is shared with :class:`~optuna_isbo.ISBOSampler`, so that on a study
-    without a fidelity the startup trials are drawn exactly as ``GPSampler`` draws them.
+    without a fidelity the startup trials are drawn exactly as ``GPSampler`` draws them. With
+    ``cost_seconds`` (a trial's cost, for a study with a fidelity) it is the
+    :class:`~optuna_isbo.target_cost.CostAwareGPSampler`.
     """
-    return GPSampler(
-        seed=seed,
-        independent_sampler=independent_sampler,
-        n_startup_trials=n_startup_trials,
-        warn_independent_sampling=False,
-    )
+    kwargs: dict[str, Any] = {
+        "seed": seed,
+        "independent_sampler": independent_sampler,
+        "n_startup_trials": n_startup_trials,
+        "warn_independent_sampling": False,
+    }
+    if cost_seconds is None:
+        return GPSampler(**kwargs)
+    return CostAwareGPSampler(cost_seconds=cost_seconds, **kwargs)
 
 
 def sample_at_target(
@@ -277,6 +288,8 @@ def propose(
             study_trials.tamed_values(observed, study),
             warned,
         )
+        if isinstance(sampler, CostAwareGPSampler):
+            sampler.costed(frozenset(at_target))
         params = sample_at_target(sampler, view, trial, x_space)
         if params:
             return {**params, fidelity: space.unit_to_fidelity(1.0)}, {"phase": TARGET_PHASE}
