@@ -128,7 +128,7 @@ class ISBOSampler(BaseSampler):
         refitted to the study under a hyperprior centred on the pre-trained values (see
         ``prior_refit_log_sd``). The study's search space and fidelity parameter must match the
         prior's, else :class:`ValueError` names the difference. The cost GP is fitted as usual.
-        From :data:`~optuna_isbo.fits.PRIOR_CHALLENGE_TRIALS` (10) completed trials on, a GP
+        From :data:`~optuna_isbo.fits.PRIOR_CHALLENGE_TRIALS` (5) completed trials on, a GP
         fitted to the study alone challenges it at every fit, and the one with the higher
         leave-one-out log predictive density of the study's values is used
         (:func:`~optuna_isbo.model.loo_log_density`): a prior that does not describe the new
@@ -156,9 +156,11 @@ class ISBOSampler(BaseSampler):
         ``mf_cost_fraction=1``), and once they fail it is 0
         (:func:`optuna_isbo.decisions.mf_share`). The target search, Optuna's
         ``GPSampler`` on the trials evaluated at the target (:mod:`optuna_isbo.target_search`),
-        proposes every other trial (``isbo:phase`` is ``"target"``). The target search is
-        therefore never starved: until verifications vouch for the cheap runs the study is at
-        worst ``GPSampler`` at ``1 - rho`` of the budget, afterwards at no less than a fifth of
+        its log EI charged for runs dearer than the typical target run
+        (:mod:`optuna_isbo.target_cost`), proposes every other trial (``isbo:phase`` is
+        ``"target"``). The target search is therefore never starved: until verifications
+        vouch for the cheap runs the study is at worst that search at ``1 - rho`` of the
+        budget, afterwards at no less than a fifth of
         it, and the target evaluations that the multi-fidelity search buys feed it too
         (:mod:`optuna_isbo.decisions`). 1 lets the multi-fidelity search decide every trial,
         0 leaves it the startup design only. Unused without a fidelity (the search is then the
