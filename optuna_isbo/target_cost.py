@@ -117,10 +117,16 @@ class CostAwareGPSampler(GPSampler):
     Parameters
     ----------
     cost_seconds
-        The cost in seconds of a trial the search sees, or ``None`` for one whose cost says
-        nothing about a run at the target (a failed configuration listed at the worst value).
+        The cost in seconds of a completed trial (:func:`optuna_isbo.cost.trial_cost_seconds`).
     **kwargs
         ``GPSampler``'s.
+
+    Notes
+    -----
+    Only the trials named by :meth:`costed` teach the cost GP: the runs at the target. The
+    search also sees failed configurations listed at the worst value, whose cost says nothing
+    about a run at the target. Until :data:`MIN_COSTED_RUNS` of them have costs spread beyond a
+    factor of 1.1, the proposals are ``GPSampler``'s.
     """
 
     def __init__(self, *, cost_seconds: Callable[[FrozenTrial], float], **kwargs: object) -> None:
