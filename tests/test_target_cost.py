@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from typing import Any
 
 import numpy as np
 import optuna
@@ -16,9 +17,10 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.samplers import GPSampler
 from optuna.trial import create_trial
 
-from optuna_isbo import ISBOSampler
+from optuna_isbo import ISBOSampler, target_cost
 from optuna_isbo.cost import trial_cost_seconds
 from optuna_isbo.target_cost import (
+    MAX_COSTED_RUNS,
     SHARPNESS_PER_NAT,
     CostAwareGPSampler,
     CostChargedAcquisition,
@@ -183,3 +185,36 @@ def test_the_target_search_of_a_study_with_a_fidelity_takes_the_cheap_optimum() 
         assert study.trials[-1].user_attrs.get("isbo:phase") == "target"
         taken.append(x)
     assert all(x < 0.5 for x in taken), taken
+
+
+def test_the_cost_gp_learns_from_at_most_max_costed_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond ``MAX_COSTED_RUNS`` target runs the cost GP sees an evenly spaced subset (its fit
+    is cubic in the runs), still spanning the whole study."""
+    fitted: list[np.ndarray] = []
+    fit = gp.fit_kernel_params
+
+    def recording_fit(**kwargs: Any) -> gp.GPRegressor:
+        fitted.append(kwargs["X"])
+        return fit(**kwargs)
+
+    monkeypatch.setattr(target_cost.gp, "fit_kernel_params", recording_fit)
+    n_runs = MAX_COSTED_RUNS + 44
+    sampler = CostAwareGPSampler(cost_seconds=trial_cost_seconds, seed=0, n_startup_trials=4)
+    study = optuna.create_study(sampler=sampler)
+    x_of_run = np.random.default_rng(2).random((n_runs, 2))
+    for x, y in x_of_run:
+        study.add_trial(
+            create_trial(
+                value=_two_mirrored_optima(x, y),
+                params={"x": x, "y": y},
+                distributions=DISTS,
+                user_attrs={"isbo:cost": math.exp(3.0 * x)},
+            )
+        )
+    sampler.costed({t.number for t in study.trials})
+    study.ask({"x": DISTS["x"], "y": DISTS["y"]})
+    # GPSampler's objective fit may be recorded too (on every run); the cost fit is not.
+    (cost_fit,) = [X for X in fitted if X.shape[0] != n_runs]
+    assert cost_fit.shape[0] == MAX_COSTED_RUNS
+    np.testing.assert_allclose(cost_fit[0], x_of_run[0])  # the first run and the last
+    np.testing.assert_allclose(cost_fit[-1], x_of_run[-1])
