@@ -78,20 +78,25 @@ def _two_mirrored_optima(x: float, y: float) -> float:
     return min((x - 0.2) ** 2, (x - 0.8) ** 2) + (y - 0.5) ** 2
 
 
+def _add_run(study: optuna.Study, x: float, y: float, cost_seconds: float | None = None) -> None:
+    """A completed run at ``(x, y)``, costing ``e^(3x)`` seconds unless ``cost_seconds``."""
+    study.add_trial(
+        create_trial(
+            value=_two_mirrored_optima(x, y),
+            params={"x": x, "y": y},
+            distributions=DISTS,
+            user_attrs={"isbo:cost": math.exp(3.0 * x) if cost_seconds is None else cost_seconds},
+        )
+    )
+
+
 def _mirrored_study(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """Observations symmetric about ``x = 0.5``, where runs at large ``x`` are dearer."""
     study = optuna.create_study(sampler=sampler)
     for x in (0.1, 0.25, 0.4):
         for y in (0.2, 0.5, 0.8):
             for mirrored in (x, 1.0 - x):
-                study.add_trial(
-                    create_trial(
-                        value=_two_mirrored_optima(mirrored, y),
-                        params={"x": mirrored, "y": y},
-                        distributions=DISTS,
-                        user_attrs={"isbo:cost": math.exp(3.0 * mirrored)},
-                    )
-                )
+                _add_run(study, mirrored, y)
     return study
 
 
@@ -128,14 +133,7 @@ def test_without_a_cost_landscape_the_search_is_gpsampler(spread: float) -> None
         rng = np.random.default_rng(1)
         for k in range(12):
             x, y = rng.random(2)
-            study.add_trial(
-                create_trial(
-                    value=_two_mirrored_optima(x, y),
-                    params={"x": x, "y": y},
-                    distributions=DISTS,
-                    user_attrs={"isbo:cost": 10.0 * spread ** (k % 2)},
-                )
-            )
+            _add_run(study, x, y, cost_seconds=10.0 * spread ** (k % 2))
         if isinstance(sampler, CostAwareGPSampler):
             sampler.costed({t.number for t in study.trials})
         out = []
@@ -203,14 +201,7 @@ def test_the_cost_gp_learns_from_at_most_max_costed_runs(monkeypatch: pytest.Mon
     study = optuna.create_study(sampler=sampler)
     x_of_run = np.random.default_rng(2).random((n_runs, 2))
     for x, y in x_of_run:
-        study.add_trial(
-            create_trial(
-                value=_two_mirrored_optima(x, y),
-                params={"x": x, "y": y},
-                distributions=DISTS,
-                user_attrs={"isbo:cost": math.exp(3.0 * x)},
-            )
-        )
+        _add_run(study, x, y)
     sampler.costed({t.number for t in study.trials})
     study.ask({"x": DISTS["x"], "y": DISTS["y"]})
     # GPSampler's objective fit may be recorded too (on every run); the cost fit is not.
