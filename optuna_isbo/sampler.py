@@ -307,16 +307,13 @@ class ISBOSampler(BaseSampler):
         # The target search's startup count: observations at the target before its GP is used
         # (failed configurations, which its view lists at the worst value, do not count).
         self._target_startup = max(n_startup_trials, 1)
+        # With a fidelity its acquisition is charged for dear target runs, as the
+        # multi-fidelity search weighs cost (:mod:`optuna_isbo.target_cost`).
         self._target = target_search.make_target_sampler(
-            seed, self._independent_sampler, self._target_startup
-        )
-        # The target search of a study with a fidelity: charged for dear runs
-        # (:mod:`optuna_isbo.target_cost`), as the multi-fidelity search weighs cost.
-        self._target_mf = target_search.make_target_sampler(
             seed,
             self._independent_sampler,
             self._target_startup,
-            cost_seconds=functools.partial(trial_cost_seconds, cost_attr=cost_attr),
+            functools.partial(trial_cost_seconds, cost_attr=cost_attr),
         )
         self._lock = threading.Lock()
         self._fits = ModelFits(prior, prior_refit_log_sd)
@@ -341,13 +338,6 @@ class ISBOSampler(BaseSampler):
         self.__dict__.update(state)
         self.__dict__.setdefault("_costs_capped", set())
         self.__dict__.setdefault("_warned_missing_constraints", set())
-        if "_target_mf" not in self.__dict__:  # pickled before the target search weighed cost
-            self._target_mf = target_search.make_target_sampler(
-                None,
-                self._independent_sampler,
-                self._target_startup,
-                cost_seconds=functools.partial(trial_cost_seconds, cost_attr=self._cost_attr),
-            )
         if "_fits" not in self.__dict__:  # pickled before the fits had their own owner
             self._fits = ModelFits(state.get("_prior"), state.get("_prior_refit_log_sd", 1.0))
         self._lock = threading.Lock()
@@ -356,7 +346,6 @@ class ISBOSampler(BaseSampler):
     def reseed_rng(self) -> None:
         self._seed = int(np.random.SeedSequence().generate_state(1)[0])
         self._target.reseed_rng()  # reseeds the shared independent sampler too
-        self._target_mf.reseed_rng()
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -459,7 +448,7 @@ class ISBOSampler(BaseSampler):
             )
             with self._lock:
                 params, attrs = target_search.propose(
-                    self._target_mf,
+                    self._target,
                     study,
                     trial,
                     space,

@@ -101,10 +101,8 @@ class CostChargedAcquisition(BaseAcquisitionFunc):
 
     def predicted_log_cost(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior mean log cost in seconds, shape ``x.shape[:-1]``."""
-        mean = self._cost_gpr.kernel(x) @ self._alpha if x.ndim > 1 else None
-        if mean is None:  # a single point of shape (d,)
-            mean = self._cost_gpr.kernel(x.unsqueeze(0)).squeeze(0) @ self._alpha
-        return self._log_cost_mean + self._log_cost_std * mean
+        mean = self._cost_gpr.kernel(x.reshape(-1, x.shape[-1])) @ self._alpha
+        return self._log_cost_mean + self._log_cost_std * mean.reshape(x.shape[:-1])
 
     def charge(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`\\max(0, \\mu_c(x) - \\tilde c)`, smoothed; shape ``x.shape[:-1]``."""
@@ -141,7 +139,8 @@ class CostAwareGPSampler(GPSampler):
         self._cost_gpr_cache: gp.GPRegressor | None = None
 
     def costed(self, numbers: Container[int]) -> None:
-        """The trials (by number) whose cost the next proposals learn from."""
+        """The trials (by number) whose cost the next proposals learn from (none: no charge;
+        :func:`optuna_isbo.target_search.sample_at_target` names them for each proposal)."""
         self._costed = numbers
 
     def _get_acqf_and_best_params(

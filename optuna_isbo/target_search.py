@@ -205,24 +205,22 @@ def make_target_sampler(
     seed: int | None,
     independent_sampler: BaseSampler,
     n_startup_trials: int,
-    cost_seconds: Callable[[FrozenTrial], float] | None = None,
-) -> GPSampler:
+    cost_seconds: Callable[[FrozenTrial], float],
+) -> CostAwareGPSampler:
     """The ``GPSampler`` behind the target search, seeded as the user seeded ISBOSampler.
 
     ``independent_sampler`` is shared with :class:`~optuna_isbo.ISBOSampler`, so that on a study
-    without a fidelity the startup trials are drawn exactly as ``GPSampler`` draws them. With
-    ``cost_seconds`` (a trial's cost, for a study with a fidelity) it is the
-    :class:`~optuna_isbo.target_cost.CostAwareGPSampler`.
+    without a fidelity the startup trials are drawn exactly as ``GPSampler`` draws them. It is
+    the :class:`~optuna_isbo.target_cost.CostAwareGPSampler`, whose proposals are
+    ``GPSampler``'s wherever :func:`sample_at_target` names no costed trials.
     """
-    kwargs: dict[str, Any] = {
-        "seed": seed,
-        "independent_sampler": independent_sampler,
-        "n_startup_trials": n_startup_trials,
-        "warn_independent_sampling": False,
-    }
-    if cost_seconds is None:
-        return GPSampler(**kwargs)
-    return CostAwareGPSampler(cost_seconds=cost_seconds, **kwargs)
+    return CostAwareGPSampler(
+        cost_seconds=cost_seconds,
+        seed=seed,
+        independent_sampler=independent_sampler,
+        n_startup_trials=n_startup_trials,
+        warn_independent_sampling=False,
+    )
 
 
 def sample_at_target(
@@ -230,13 +228,22 @@ def sample_at_target(
     view: Study | TargetView,
     trial: FrozenTrial,
     search_space: dict[str, BaseDistribution],
+    costed: Container[int] = (),
 ) -> dict[str, Any]:
     """``GPSampler``'s proposal over ``search_space`` from the trials in ``view``.
 
-    Returns an empty dict while ``view`` has fewer completed trials than the sampler's startup
-    count; the caller then draws the startup point.
+    ``costed`` are the trials (by number) whose cost charges the acquisition
+    (:mod:`optuna_isbo.target_cost`); none, as in a study without a fidelity, leaves it
+    ``GPSampler``'s. Returns an empty dict while ``view`` has fewer completed trials than the
+    sampler's startup count; the caller then draws the startup point.
     """
-    return sampler.sample_relative(view, trial, search_space)  # type: ignore[arg-type]
+    if not isinstance(sampler, CostAwareGPSampler):  # a sampler pickled before the charge
+        return sampler.sample_relative(view, trial, search_space)  # type: ignore[arg-type]
+    sampler.costed(costed)
+    try:
+        return sampler.sample_relative(view, trial, search_space)  # type: ignore[arg-type]
+    finally:
+        sampler.costed(())
 
 
 def propose(
@@ -288,9 +295,7 @@ def propose(
             study_trials.tamed_values(observed, study),
             warned,
         )
-        if isinstance(sampler, CostAwareGPSampler):
-            sampler.costed(frozenset(at_target))
-        params = sample_at_target(sampler, view, trial, x_space)
+        params = sample_at_target(sampler, view, trial, x_space, costed=at_target)
         if params:
             return {**params, fidelity: space.unit_to_fidelity(1.0)}, {"phase": TARGET_PHASE}
     running = [

@@ -152,10 +152,9 @@ def test_without_a_cost_landscape_the_search_is_gpsampler(spread: float) -> None
 
 def test_a_study_with_a_fidelity_charges_its_target_search() -> None:
     sampler = ISBOSampler(seed=0, fidelity_param="b")
-    assert isinstance(sampler._target_mf, CostAwareGPSampler)
-    assert not isinstance(sampler._target, CostAwareGPSampler)
+    assert isinstance(sampler._target, CostAwareGPSampler)
     restored = pickle.loads(pickle.dumps(sampler))
-    assert isinstance(restored._target_mf, CostAwareGPSampler)
+    assert isinstance(restored._target, CostAwareGPSampler)
 
 
 def test_the_target_search_of_a_study_with_a_fidelity_takes_the_cheap_optimum() -> None:
